@@ -1,0 +1,42 @@
+"""Reference deployment for asap-runbook: real ASAP agents behind nginx, Redis, Prometheus.
+
+``ReferenceDeployment`` starts, on loopback and in its own processes:
+
+* a hardened agent (``hardened_app``: bearer auth, nonce required, 5/s rate limit in Redis,
+  1 MiB body limit, JSON logs, ``/ready`` wired to Redis, scrapeable metrics) behind a hardened
+  nginx (TLS 1.2/1.3 with a 90-day leaf from a local CA, HSTS, HTTP->HTTPS 301, 1m bodies,
+  X-Forwarded-For overwritten);
+* ``misconfigured_agents`` misconfigured agents (``misconfigured_app``: defaults, no auth,
+  ``ASAP_DEBUG=1``, spoofable proxy headers) each behind a weak nginx (TLS 1.0/1.1, expired
+  self-signed certificate, no HSTS, no redirect, 100m bodies);
+* Redis (rate limits, shared nonce store, readiness) and, optionally, Prometheus scraping
+  both with the shipped alert rules.
+
+This package never imports ``asap.transport`` (only the agent subprocesses do).
+"""
+
+from .deployment import (
+    DEFAULT_ALERT_RULES,
+    HARDENED_AGENT_ID,
+    MISCONFIGURED_AGENT_ID,
+    PROBE_SENDER,
+    TOKEN_ENV,
+    AgentInfo,
+    PrometheusInfo,
+    RedisInfo,
+    ReferenceDeployment,
+    ReferenceDeploymentError,
+)
+
+__all__ = [
+    "DEFAULT_ALERT_RULES",
+    "HARDENED_AGENT_ID",
+    "MISCONFIGURED_AGENT_ID",
+    "PROBE_SENDER",
+    "TOKEN_ENV",
+    "AgentInfo",
+    "PrometheusInfo",
+    "RedisInfo",
+    "ReferenceDeployment",
+    "ReferenceDeploymentError",
+]
