@@ -1,0 +1,114 @@
+"""The check registry: `@check("ITEM-ID")` binds an async function to a catalog item.
+
+A check looks at one target and returns a Finding. It never returns `pass` because it could
+not look: it returns `errored(...)` (could not run) or `skipped(...)` (not applicable, not
+enabled, missing parameter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from ..results import Evidence, Status
+
+if TYPE_CHECKING:
+    from ..catalog import CatalogItem
+    from ..params import Params, Target, Threshold
+    from ..probe import Probe
+
+
+@dataclass
+class Finding:
+    status: Status
+    summary: str
+    evidence: list[Evidence] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def _make(cls, status, summary, evidence=None, **details):
+        return cls(status, summary, _evidence(evidence), details)
+
+    @classmethod
+    def passed(cls, summary: str, evidence=None, **details) -> "Finding":
+        return cls._make(Status.PASS, summary, evidence, **details)
+
+    @classmethod
+    def failed(cls, summary: str, evidence=None, **details) -> "Finding":
+        return cls._make(Status.FAIL, summary, evidence, **details)
+
+    @classmethod
+    def warned(cls, summary: str, evidence=None, **details) -> "Finding":
+        return cls._make(Status.WARN, summary, evidence, **details)
+
+    @classmethod
+    def skipped(cls, reason: str, evidence=None, **details) -> "Finding":
+        return cls._make(Status.SKIP, reason, evidence, **details)
+
+    @classmethod
+    def errored(cls, reason: str, evidence=None, **details) -> "Finding":
+        return cls._make(Status.ERROR, reason, evidence, **details)
+
+
+def _evidence(items) -> list[Evidence]:
+    out = []
+    for e in items or []:
+        if isinstance(e, Evidence):
+            out.append(e)
+        elif isinstance(e, tuple):
+            out.append(Evidence(label=e[0], data=e[1]))
+        elif isinstance(e, dict) and "label" in e:
+            out.append(Evidence(label=e["label"], data=e.get("data")))
+        else:
+            out.append(Evidence(label="observation", data=e))
+    return out
+
+
+@dataclass
+class CheckContext:
+    item: "CatalogItem"
+    target: "Target"
+    params: "Params"
+    probe: "Probe"
+    run_dir: Path | None = None
+    state: dict[str, Any] = field(default_factory=dict)  # shared by the checks of one target
+
+    def threshold(self, name: str) -> "Threshold":
+        return getattr(self.params.thresholds, name)
+
+    def require_active(self, switch: str) -> Finding | None:
+        """Return a skip Finding unless the operator enabled this active probe for the target."""
+        if not getattr(self.target.active_probes, switch):
+            return Finding.skipped(
+                f"active probe not enabled: set targets[{self.target.name}].active_probes.{switch}: true"
+            )
+        return None
+
+
+CheckFn = Callable[[CheckContext], Awaitable[Finding]]
+
+
+@dataclass(frozen=True)
+class RegisteredCheck:
+    item_id: str
+    fn: CheckFn
+    exclusive: bool  # sends load (bursts): runs alone, after the target's other checks
+
+
+REGISTRY: dict[str, RegisteredCheck] = {}
+
+
+def check(item_id: str, *, exclusive: bool = False) -> Callable[[CheckFn], CheckFn]:
+    def register(fn: CheckFn) -> CheckFn:
+        if item_id in REGISTRY:
+            raise RuntimeError(f"two checks registered for {item_id}")
+        REGISTRY[item_id] = RegisteredCheck(item_id, fn, exclusive)
+        return fn
+    return register
+
+
+def registered() -> dict[str, RegisteredCheck]:
+    # importing the section modules fills the registry
+    from . import monitoring, resilience, scaling, security  # noqa: F401
+    return REGISTRY

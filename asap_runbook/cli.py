@@ -1,0 +1,110 @@
+"""The `asap-runbook` console script.
+
+Exit codes (the contract, tested): 0 ready, 1 not ready (a blocking fail), 2 bad usage or
+parameters, 3 incomplete (errors or items awaiting a person, no blocking fail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import RunbookError
+from .results import ExitCode
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _err(message: str) -> None:
+    print(f"asap-runbook: {message}", file=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    from .runner import run
+    sections = [s.strip() for s in args.sections.split(",")] if args.sections else None
+    code, _ = run(args.params, args.out, sections)
+    return code
+
+
+def cmd_demo(args) -> int:
+    """Start the reference deployment, run the runbook against it, stop everything."""
+    from .reference import ReferenceDeployment
+    from .runner import run
+    params = Path(args.params) if args.params else REPO / "params" / "demo.yaml"
+    workdir = Path(tempfile.mkdtemp(prefix="asap-runbook-demo-"))
+    print(f"starting the reference deployment in {workdir} ...")
+    try:
+        with ReferenceDeployment(workdir, prometheus=not args.no_prometheus) as dep:
+            os.environ.update(dep.env())
+            print("reference deployment up: hardened " + dep.env()["ASAP_DEMO_HARDENED_URL"] +
+                  ", misconfigured " + dep.env()["ASAP_DEMO_MISCONFIGURED_URL"])
+            if args.serve:
+                print("\n".join(dep.export_lines()))
+                print("serving until Ctrl-C ...")
+                try:
+                    while True:
+                        import time
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    return 0
+            code, run_dir = run(params, args.out, None)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("reference deployment stopped.")
+    print(f"open {run_dir / 'index.html'} (the demo is expected to be 'not ready': one target is misconfigured on purpose)")
+    return 0 if code in (ExitCode.READY, ExitCode.NOT_READY, ExitCode.INCOMPLETE) else code
+
+
+def cmd_lab(args) -> int:
+    from .runner import ensure_kernel
+    ensure_kernel()
+    argv = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={REPO / 'notebooks'}", *args.lab_args]
+    return subprocess.call(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asap-runbook", description="Production-readiness runbook for ASAP agents.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the runbook against the targets in a parameters file")
+    r.add_argument("--params", required=True, help="YAML parameters file")
+    r.add_argument("--out", default="outputs", help="where run directories are written (default: outputs)")
+    r.add_argument("--sections", help="comma-separated subset: security,monitoring,scaling,resilience")
+    r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("demo", help="start the reference deployment, run the runbook on it, stop it")
+    d.add_argument("--params", help="parameters file (default: params/demo.yaml)")
+    d.add_argument("--out", default=str(REPO / "outputs"))
+    d.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    d.add_argument("--serve", action="store_true", help="start the deployment and keep it up (for JupyterLab)")
+    d.set_defaults(fn=cmd_demo)
+
+    lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel")
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    lab.set_defaults(fn=cmd_lab)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse prints its own sentence
+        return ExitCode.BAD_USAGE if e.code else 0
+    try:
+        return args.fn(args)
+    except RunbookError as e:
+        _err(e.message)
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

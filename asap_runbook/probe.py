@@ -1,0 +1,273 @@
+"""The HTTP probe: how every black-box check talks to a target.
+
+httpx with explicit timeouts, a total deadline per request (a server that trickles bytes
+cannot hold a check past it), bounded reads, and redaction of the token before anything is
+kept as evidence. `transport=` is the seam for unit tests of edge cases no real server here
+can produce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from .errors import NotAnAsapAgent, ProbeError, TargetTimeout, TargetUnreachable
+from .params import ProbeSettings, Target
+
+REDACTED = "***REDACTED***"
+_EVIDENCE_BODY_CHARS = 2000
+_KEPT_HEADERS = {
+    "content-type", "content-length", "location", "retry-after", "strict-transport-security",
+    "cache-control", "etag", "server", "www-authenticate", "asap-version", "content-encoding",
+    "x-content-type-options", "allow", "transfer-encoding",
+}
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, REDACTED)
+    return text
+
+
+def ssl_context(ca_file: os.PathLike | None, verify: bool = True) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif ca_file:
+        ctx.load_verify_locations(cafile=str(ca_file))
+    return ctx
+
+
+@dataclass
+class ProbeResponse:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    truncated: bool
+    elapsed: float
+    url: str
+    http_version: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON, or None if it is not JSON (callers decide what that means)."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    def rpc_error(self) -> dict | None:
+        """The JSON-RPC error object, if any. ASAP answers most failures with HTTP 200 + error."""
+        doc = self.json()
+        if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+            return doc["error"]
+        return None
+
+    def rpc_result(self) -> dict | None:
+        doc = self.json()
+        if isinstance(doc, dict) and "result" in doc:
+            return doc["result"]
+        return None
+
+
+def envelope(sender: str, *, nonce: str | None | bool = True, timestamp: datetime | None | bool = True,
+             payload: dict | None = None, **extra: Any) -> dict:
+    """A minimal valid `task.request` envelope (reference §0.2), with overridable parts."""
+    env: dict[str, Any] = {
+        "asap_version": "0.1",
+        "sender": sender,
+        "recipient": "urn:asap:agent:target",
+        "payload_type": "task.request",
+        "payload": payload or {"conversation_id": "conv_runbook", "skill_id": "echo", "input": {"msg": "runbook probe"}},
+    }
+    if timestamp is True:
+        env["timestamp"] = datetime.now(UTC).isoformat()
+    elif isinstance(timestamp, datetime):
+        env["timestamp"] = timestamp.isoformat()
+    if nonce is True:
+        env["extensions"] = {"nonce": uuid.uuid4().hex}
+    elif isinstance(nonce, str):
+        env["extensions"] = {"nonce": nonce}
+    env.update(extra)
+    return env
+
+
+def rpc(env: dict | None, *, rpc_id: str | None = None, method: str = "asap.send") -> dict:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": rpc_id or f"runbook-{uuid.uuid4().hex[:12]}"}
+    if env is not None:
+        body["params"] = {"envelope": env}
+    return body
+
+
+class Probe:
+    """One target's HTTP client. Use as an async context manager."""
+
+    def __init__(self, target: Target, settings: ProbeSettings, transport: httpx.AsyncBaseTransport | None = None):
+        self.target = target
+        self.settings = settings
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._manifest: dict | None = None
+        self.requests_sent = 0
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s for s in [self.target.token] if s]
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                verify=ssl_context(self.target.ca_file, self.target.tls_verify),
+                timeout=httpx.Timeout(self.settings.timeout_seconds),
+                transport=self._transport,
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._client
+
+    async def __aenter__(self) -> "Probe":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.target.base_url + path
+
+    def auth_headers(self) -> dict[str, str]:
+        token = self.target.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def request(self, method: str, path: str, *, headers: dict | None = None, content: Any = None,
+                      json_body: Any = None, authenticated: bool = False, read_limit: int | None = None,
+                      deadline: float | None = None) -> ProbeResponse:
+        """Send one request with a total deadline and a bounded read; raise ProbeError subclasses."""
+        url = self.url(path)
+        hdrs = dict(headers or {})
+        if authenticated:
+            hdrs.update(self.auth_headers())
+        if json_body is not None:
+            content = json.dumps(json_body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        limit = read_limit or self.settings.max_response_bytes
+        deadline = deadline or self.settings.timeout_seconds * 2
+        started = time.monotonic()
+        self.requests_sent += 1
+
+        async def go() -> ProbeResponse:
+            async with self.client().stream(method, url, headers=hdrs, content=content) as resp:
+                chunks, size, truncated = [], 0, False
+                async for chunk in resp.aiter_raw():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > limit:
+                        truncated = True
+                        break
+                body = b"".join(chunks)[:limit]
+                if resp.headers.get("content-encoding") in ("gzip", "br", "deflate") and not truncated:
+                    try:
+                        body = httpx.Response(resp.status_code, headers=resp.headers, content=body).read()
+                    except Exception:  # keep the raw bytes when they do not decode
+                        pass
+                return ProbeResponse(resp.status_code, resp.headers, body, truncated, time.monotonic() - started,
+                                     url, resp.http_version)
+
+        try:
+            pr = await asyncio.wait_for(go(), timeout=deadline)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise TargetTimeout(f"{method} {url} did not complete within {deadline:g} s") from None
+        except httpx.ConnectError as e:
+            raise TargetUnreachable(f"cannot connect to {url}: {_reason(e)}") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+            raise ProbeError(f"{method} {url} failed: {_reason(e)}") from None
+        except httpx.HTTPError as e:
+            raise ProbeError(f"{method} {url} failed: {_reason(e)}") from None
+        pr.evidence = self._evidence(method, url, hdrs, content, pr)
+        return pr
+
+    def _evidence(self, method, url, headers, content, resp: ProbeResponse) -> dict:
+        sec = self.secrets
+        req_headers = {k: (f"{v.split(' ', 1)[0]} {REDACTED}" if k.lower() == "authorization" else redact(v, sec))
+                       for k, v in headers.items()}
+        body_desc = None
+        if content is not None:
+            raw = content if isinstance(content, (bytes, bytearray)) else None
+            if raw is not None and len(raw) <= _EVIDENCE_BODY_CHARS:
+                body_desc = redact(raw.decode("utf-8", "replace"), sec)
+            elif raw is not None:
+                body_desc = f"<{len(raw)} bytes>"
+            else:
+                body_desc = "<streamed body>"
+        text = redact(resp.text[:_EVIDENCE_BODY_CHARS], sec)
+        return {
+            "request": {"method": method, "url": url, "headers": req_headers, "body": body_desc},
+            "response": {
+                "status": resp.status, "http_version": resp.http_version,
+                "headers": {k: redact(v, sec) for k, v in resp.headers.items() if k.lower() in _KEPT_HEADERS},
+                "body": text + ("…" if len(resp.text) > _EVIDENCE_BODY_CHARS or resp.truncated else ""),
+                "elapsed_ms": round(resp.elapsed * 1000, 1),
+            },
+        }
+
+    async def get(self, path: str, **kw) -> ProbeResponse:
+        return await self.request("GET", path, **kw)
+
+    async def send(self, env: dict | None, *, authenticated: bool = True, headers: dict | None = None,
+                   rpc_body: Any = None, retry_on_429: bool = True) -> ProbeResponse:
+        """POST one JSON-RPC request to /asap. Waits out a short 429 (at most twice) unless told not to,
+        so that a concurrent burst in another section does not turn into a false finding."""
+        body = rpc_body if rpc_body is not None else rpc(env)
+        for attempt in range(3):
+            resp = await self.request("POST", "/asap", json_body=body, authenticated=authenticated, headers=headers)
+            if resp.status != 429 or not retry_on_429 or attempt == 2:
+                return resp
+            try:
+                wait = float(resp.headers.get("retry-after", "1"))
+            except ValueError:
+                wait = 1.0
+            if wait > 5:
+                return resp
+            await asyncio.sleep(wait + 0.05)
+        return resp
+
+    async def manifest(self) -> dict:
+        """The agent's manifest; raises NotAnAsapAgent if the target does not serve one."""
+        if self._manifest is None:
+            resp = await self.get("/.well-known/asap/manifest.json")
+            doc = resp.json()
+            if resp.status != 200 or not isinstance(doc, dict) or not str(doc.get("id", "")).startswith("urn:asap:agent:"):
+                raise NotAnAsapAgent(
+                    f"{resp.url} answered HTTP {resp.status} without an ASAP manifest; is this an ASAP agent?")
+            self._manifest = doc
+        return self._manifest
+
+
+def _reason(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "certificate verification failed (set the target's ca_file for a private CA)"
+    return text.splitlines()[0][:300]
+
+
+def iso_ago(**kw) -> datetime:
+    return datetime.now(UTC) - timedelta(**kw)

@@ -1,0 +1,53 @@
+"""Prometheus access through prometheus-api-client, with every failure turned into one sentence.
+
+prometheus-api-client is synchronous (requests); checks call it in a worker thread so a slow
+Prometheus does not stall the probes of other targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_api_client import PrometheusConnect
+from requests.adapters import Retry
+
+from .errors import PrometheusError
+from .params import Prometheus
+
+
+class Prom:
+    def __init__(self, settings: Prometheus):
+        self.settings = settings
+        # no retries: a down Prometheus must cost one timeout, not several
+        self.client = PrometheusConnect(url=settings.url, timeout=settings.timeout_seconds,
+                                        retry=Retry(total=0, connect=0, read=0, status=0))
+
+    def _call(self, what: str, fn, *args, **kw) -> Any:
+        try:
+            return fn(*args, **kw)
+        except Exception as e:  # requests / PrometheusApiClientException: both mean "could not look"
+            text = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            if "Connection refused" in text or "Max retries" in text or "NewConnectionError" in text:
+                text = "connection refused"
+            raise PrometheusError(f"Prometheus at {self.settings.url} could not answer {what}: {text}") from None
+
+    async def targets(self) -> list[dict]:
+        data = await asyncio.to_thread(self._call, "the targets query", self.client.get_targets)
+        return data.get("activeTargets", []) if isinstance(data, dict) else []
+
+    async def query(self, promql: str) -> list[dict]:
+        return await asyncio.to_thread(self._call, f"the query {promql!r}", self.client.custom_query, promql)
+
+    async def rules(self) -> list[dict]:
+        """Loaded rule groups (/api/v1/rules); prometheus-api-client has no wrapper for it."""
+        def get():
+            resp = self.client._session.get(f"{self.client.url}/api/v1/rules", timeout=self.settings.timeout_seconds,
+                                            verify=self.client._session.verify)
+            resp.raise_for_status()
+            return resp.json()["data"]["groups"]
+        return await asyncio.to_thread(self._call, "the rules query", get)
+
+
+def prom_for(params) -> Prom | None:
+    return Prom(params.prometheus) if params.prometheus else None
