@@ -65,9 +65,19 @@ def notebook_path(section: str) -> Path:
     return NOTEBOOKS_DIR / f"{section}.ipynb"
 
 
+def _kernel_imports_this_package() -> None:
+    """Kernels start in notebooks/; make them import this very copy of the package, so a headless
+    run, a checkout beside another one, and the CLI all run the same code."""
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p]])
+
+
 def execute(section: str, params_path: Path, run_dir: Path) -> str | None:
     """Run one section notebook; return None, or one sentence saying why it failed."""
     import papermill as pm
+    _kernel_imports_this_package()
     out = run_dir / "notebooks" / f"{section}.ipynb"
     try:
         pm.execute_notebook(
