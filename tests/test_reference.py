@@ -187,6 +187,18 @@ def test_hardened_metrics_are_scrapeable_and_extended(env, client):
     assert "metrics-content-type" in info["wrapper_fixes"]
 
 
+def test_hardened_websocket_through_nginx(env):
+    websockets_sync = pytest.importorskip("websockets.sync.client")
+    ctx = ssl.create_default_context(cafile=env["ASAP_DEMO_CA_FILE"])
+    ws_url = env["ASAP_DEMO_HARDENED_URL"].replace("https://", "wss://") + "/asap/ws"
+    import json
+
+    with websockets_sync.connect(ws_url, ssl=ctx, open_timeout=5) as ws:  # no token in the handshake
+        ws.send(json.dumps(_request()))
+        answer = json.loads(ws.recv(timeout=5))
+    assert answer["error"]["code"] == -32600
+
+
 def test_hardened_proxy_body_limit(env, client):
     r = client.post(f"{env['ASAP_DEMO_HARDENED_URL']}/asap", content=b"x" * (1024 * 1024 + 10))
     assert r.status_code == 413
@@ -225,16 +237,10 @@ def test_hardened_certificate_lifespan(dep):
 
 
 def test_prometheus_scrapes_hardened_up_misconfigured_down(dep):
-    deadline = time.monotonic() + 15
-    targets: dict = {}
-    while time.monotonic() < deadline:
-        targets = dep.prometheus_targets()
-        health = {job: {t["health"] for t in ts} for job, ts in targets.items()}
-        if health.get("asap-hardened") == {"up"} and health.get("asap-misconfigured") == {"down"}:
-            break
-        time.sleep(0.5)
+    targets = dep.wait_prometheus_targets(timeout=15)
     assert {t["health"] for t in targets["asap-hardened"]} == {"up"}, targets
-    assert {t["health"] for t in targets["asap-misconfigured"]} == {"down"}, targets
+    bad = targets["asap-misconfigured"][0]
+    assert bad["health"] == "down" and "EOF" in bad["lastError"], bad
     rules = httpx.get(f"{dep.prometheus.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
     names = {r["name"] for g in rules for r in g["rules"]}
     assert {"ASAPHighErrorRate", "ASAPHighLatencyP99", "ASAPAgentDown", "ASAPRateLimitExceeded"} <= names
@@ -312,3 +318,52 @@ def test_without_prometheus_and_two_misconfigured(tmp_path):
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_component_failure_names_it_and_cleans_up(tmp_path):
+    bad_rules = tmp_path / "bad-rules.yml"
+    bad_rules.write_text("groups:\n  - name: x\n    rules:\n      - alert: Bad\n        expr: this is not promql (\n")
+    d = ReferenceDeployment(tmp_path / "wd", prometheus=True, misconfigured_agents=0, alert_rules=bad_rules)
+    with pytest.raises(ReferenceDeploymentError) as info:
+        d.start()
+    assert "prometheus" in str(info.value)
+    assert d.pids()
+    for pid in d.pids().values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_cli_prints_exports_without_token_and_stops_on_sigint(tmp_path):
+    import signal
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asap_runbook.reference", "--workdir", str(tmp_path), "--no-prometheus"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo,
+    )
+    lines = []
+    try:
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("export ASAP_DEMO_MISCONFIGURED_NGINX_CONF"):
+                break
+        token = (tmp_path / "token").read_text().strip()
+        out = "".join(lines)
+        assert "export ASAP_DEMO_HARDENED_URL=https://127.0.0.1:" in out
+        assert f'export ASAP_DEMO_TOKEN="$(cat {tmp_path / "token"})"' in out
+        assert token not in out
+        url = next(line.split("=", 1)[1].strip() for line in lines if line.startswith("export ASAP_DEMO_HARDENED_HTTP_URL="))
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 301
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert token not in rest + err
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=2)

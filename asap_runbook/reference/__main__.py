@@ -7,6 +7,7 @@ its line reads it from ``<workdir>/token`` (``export ASAP_DEMO_TOKEN="$(cat <wor
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     parser.add_argument("--misconfigured-agents", type=int, default=1, metavar="N")
     args = parser.parse_args(argv)
+    # Ctrl-C must stop everything even when started with SIGINT ignored (background job, supervisor)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="asap-reference-"))
     dep = ReferenceDeployment(workdir, prometheus=not args.no_prometheus, misconfigured_agents=args.misconfigured_agents)
     try:

@@ -301,6 +301,38 @@ class ReferenceDeployment:
             )
         return out
 
+    def wait_prometheus_targets(
+        self,
+        expected: dict[str, str] | None = None,
+        timeout: float = 15.0,
+    ) -> dict[str, list[dict]]:
+        """Poll until every job in *expected* has all its targets in the given health.
+
+        Default expectation: ``asap-hardened`` up and ``asap-misconfigured`` down (as shipped).
+        Returns the last target listing; raises ReferenceDeploymentError on timeout.
+        """
+        if expected is None:
+            expected = {"asap-hardened": "up"}
+            if self.misconfigured:
+                expected["asap-misconfigured"] = "down"
+        deadline = time.monotonic() + timeout
+        targets: dict[str, list[dict]] = {}
+        while True:
+            try:
+                targets = self.prometheus_targets()
+            except httpx.HTTPError:
+                targets = {}
+            if all(
+                targets.get(job) and {t["health"] for t in targets[job]} == {health}
+                for job, health in expected.items()
+            ):
+                return targets
+            if time.monotonic() > deadline:
+                raise ReferenceDeploymentError(
+                    f"Prometheus targets not as expected after {timeout:.0f} s: expected {expected}, got {targets}"
+                )
+            time.sleep(0.5)
+
     # ---------------------------------------------------------------- start
     def start(self) -> "ReferenceDeployment":
         with self._lock:
