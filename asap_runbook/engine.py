@@ -151,3 +151,23 @@ def run_section(section: str, params: Params, **kw) -> SectionRun:
         return asyncio.run(run_section_async(section, params, **kw))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, run_section_async(section, params, **kw)).result()
+
+
+async def run_check_async(item_id: str, params: Params, target: str, *, run_dir: Path | None = None,
+                          transport=None) -> Result:
+    """Run one catalog item against one target through the same path a section run takes."""
+    item = load_catalog().get(item_id)
+    t = params.target(target)
+    rec = _Recorder(item.section, None)
+    await _run_target([item], t, params, rec, run_dir, None, transport)
+    from .confirmations import apply_records
+    return apply_records(rec.run.results, params)[0]
+
+
+def run_check(item_id: str, params: Params, target: str, **kw) -> Result:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run_check_async(item_id, params, target, **kw))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run_check_async(item_id, params, target, **kw)).result()
