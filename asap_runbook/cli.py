@@ -39,10 +39,21 @@ def cmd_demo(args) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="asap-runbook-demo-"))
     print(f"starting the reference deployment in {workdir} ...")
     try:
-        with ReferenceDeployment(workdir, prometheus=not args.no_prometheus) as dep:
+        if args.fleet:  # one hardened + N-1 misconfigured agents, and a params file naming them all
+            from .fleet import fleet_deployment
+            deployment = fleet_deployment(workdir, args.fleet, prometheus=not args.no_prometheus)
+        else:
+            deployment = ReferenceDeployment(workdir, prometheus=not args.no_prometheus)
+        with deployment as dep:
             os.environ.update(dep.env())
+            if args.fleet and not args.params:
+                from .fleet import fleet_params
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                # a stable path in the outputs folder: the next `demo --fleet N` finds this run for drift
+                params = fleet_params(dep, Path(args.out) / f"fleet-{args.fleet}.params.yaml")
+                print(f"fleet of {args.fleet} agent(s); parameters written to {params}")
             print("reference deployment up: hardened " + dep.env()["ASAP_DEMO_HARDENED_URL"] +
-                  ", misconfigured " + dep.env()["ASAP_DEMO_MISCONFIGURED_URL"])
+                  ", misconfigured " + dep.env().get("ASAP_DEMO_MISCONFIGURED_URL", "(none)"))
             if args.serve:
                 print("\n".join(dep.export_lines()))
                 print("serving until Ctrl-C ...")
@@ -60,11 +71,27 @@ def cmd_demo(args) -> int:
     return 0 if code in (ExitCode.READY, ExitCode.NOT_READY, ExitCode.INCOMPLETE) else code
 
 
+def cmd_diff(args) -> int:
+    """What changed between two runs (RUN_A the base, RUN_B the newer)."""
+    from . import drift
+    out = Path(args.out)
+    a, b = drift.load_run(drift.resolve_run(args.run_a, out)), drift.load_run(drift.resolve_run(args.run_b, out))
+    d = drift.compare(a, b, found_by="the command line")
+    print(drift.as_json(d) if args.json else drift.text(d, show_unchanged=args.unchanged))
+    return 0
+
+
 def cmd_lab(args) -> int:
     from .runner import ensure_kernel
     ensure_kernel()
     argv = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={REPO / 'notebooks'}", *args.lab_args]
     return subprocess.call(argv)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of agents (1 or more)")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=str(REPO / "outputs"))
     d.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     d.add_argument("--serve", action="store_true", help="start the deployment and keep it up (for JupyterLab)")
+    d.add_argument("--fleet", type=_positive_int, metavar="N", help="a fleet of N reference agents (1 hardened, N-1 "
+                   "misconfigured) and a parameters file for them in the outputs folder")
     d.set_defaults(fn=cmd_demo)
+
+    df = sub.add_parser("diff", help="what changed between two runs: new failures, fixed, regressed, expired")
+    df.add_argument("run_a", metavar="RUN_A", help="the earlier run: a run directory or a run id under --out")
+    df.add_argument("run_b", metavar="RUN_B", help="the later run")
+    df.add_argument("--out", default="outputs", help="where run ids are looked up (default: outputs)")
+    df.add_argument("--json", action="store_true", help="print JSON instead of text")
+    df.add_argument("--unchanged", action="store_true", help="also list the unchanged findings")
+    df.set_defaults(fn=cmd_diff)
 
     lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel")
     lab.add_argument("lab_args", nargs=argparse.REMAINDER)

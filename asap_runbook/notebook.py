@@ -3,6 +3,7 @@ the notebooks only pass parameters and display what comes back."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +38,34 @@ def run(section: str, params_path: str, run_dir: str | None = None, targets: lis
         _display(_html(f"<p style='color:#8c0b07'><b>Cannot run:</b> {e.message}</p>"))
         print(f"asap-runbook: {e.message}", file=sys.stderr)
         return None
-    return run_section(section, params, run_dir=Path(run_dir) if run_dir else None, targets=targets)
+    bar = _progress_bar(section, params, targets)
+    try:
+        return run_section(section, params, run_dir=Path(run_dir) if run_dir else None, targets=targets,
+                           progress=_advance(bar) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _progress_bar(section: str, params, targets: list[str] | None):
+    """A progress bar while the section runs, in JupyterLab (a widget) or a terminal.
+
+    Not in headless runs (`asap-runbook run` sets ASAP_RUNBOOK_HEADLESS): there the CLI shows
+    progress, and a widget would only leave a dead "HBox(...)" in the rendered evidence."""
+    if os.environ.get("ASAP_RUNBOOK_HEADLESS"):
+        return None
+    from tqdm.auto import tqdm
+    from .catalog import load_catalog
+    n_targets = len([t for t in params.targets if not targets or t.name in targets])
+    total = len(list(load_catalog().section(section))) * n_targets
+    return tqdm(total=total, desc=section, unit="check")
+
+
+def _advance(bar):
+    def progress(item_id: str, target: str, status: Status) -> None:
+        bar.set_postfix_str(f"{item_id} on {target}: {status.value}", refresh=False)
+        bar.update(1)
+    return progress
 
 
 def table(section_run: SectionRun | None) -> pd.DataFrame:

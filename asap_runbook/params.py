@@ -127,7 +127,11 @@ class Prometheus(_Model):
 class ProbeSettings(_Model):
     timeout_seconds: float = Field(5, gt=0, le=120)
     max_response_bytes: int = Field(1_048_576, ge=1024)
-    concurrency: int = Field(8, ge=1, le=64)
+    concurrency: int = Field(8, ge=1, le=64, description="checks in flight at once, per target")
+    max_requests_per_target: int = Field(
+        1000, ge=1, le=100_000,
+        description="upper bound on the requests one section sends to one target; beyond it a check ends in error")
+    max_targets_in_parallel: int = Field(32, ge=1, le=512, description="targets probed at once, per section")
 
 
 class Params(_Model):

@@ -172,6 +172,10 @@ class Probe:
         limit = read_limit or self.settings.max_response_bytes
         deadline = deadline or self.settings.timeout_seconds * 2
         started = time.monotonic()
+        budget = getattr(self.settings, "max_requests_per_target", None)
+        if budget is not None and self.requests_sent >= budget:
+            raise ProbeError(f"request budget exhausted: {self.requests_sent} requests already sent to "
+                             f"{self.target.name} (probe.max_requests_per_target: {budget})")
         self.requests_sent += 1
 
         async def go() -> ProbeResponse:

@@ -78,6 +78,7 @@ def execute(section: str, params_path: Path, run_dir: Path) -> str | None:
     """Run one section notebook; return None, or one sentence saying why it failed."""
     import papermill as pm
     _kernel_imports_this_package()
+    os.environ["ASAP_RUNBOOK_HEADLESS"] = "1"  # the CLI shows progress; no widget in the evidence
     out = run_dir / "notebooks" / f"{section}.ipynb"
     try:
         pm.execute_notebook(
@@ -85,12 +86,36 @@ def execute(section: str, params_path: Path, run_dir: Path) -> str | None:
             parameters={"params_path": str(params_path), "run_dir": str(run_dir)},
             kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
             log_output=False, request_save_on_cell_execute=True,
+            kernel_manager_class=ipc_kernel_manager(),
         )
     except pm.PapermillExecutionError as e:
         return f"the {section} notebook stopped at cell {e.exec_count}: {e.ename}: {e.evalue}"
     except Exception as e:  # kernel died, timeout, missing kernel: still one sentence
         return f"the {section} notebook could not run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
+
+
+def ipc_kernel_manager():
+    """Kernels talk to us over Unix sockets in a private directory, not loopback TCP: ipykernel
+    warns on stderr about unencrypted TCP for every notebook, and other local users cannot
+    connect to an ipc socket in a 0700 directory."""
+    import shutil
+    import tempfile
+    from jupyter_client import AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self._ipc_dir = tempfile.mkdtemp(prefix="asap-kernel-")
+            self.transport = "ipc"
+            self.ip = os.path.join(self._ipc_dir, "k")
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart)
+            if not restart:
+                shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+    return IpcKernelManager
 
 
 class Renderer:
@@ -156,13 +181,14 @@ def write_junit(run: RunResults, path: Path) -> None:
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str]) -> None:
+def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], **extra) -> None:
     per_section = {s: counts([r for r in run.results if r.section == s]) for s in run.sections}
     per_target = {t: counts([r for r in run.results if r.target == t]) for t in run.targets}
     html = jinja_env().get_template("index.html.j2").render(
         run=run, style=style(), per_section=per_section, per_target=per_target, pages=section_pages,
         statuses=[s.value for s in Status],
         findings=lambda section: Markup(findings_html([r for r in run.results if r.section == section])),
+        **extra,
     )
     (run_dir / "index.html").write_text(html)
 
@@ -175,12 +201,13 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(run: RunResults, run_dir: Path) -> Path:
+def write_manifest(run: RunResults, run_dir: Path, summary: dict | None = None) -> Path:
     files = sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != "manifest.json")
     manifest = {
         "schema_version": 1, "run_id": run.run_id, "created_at": now().isoformat(),
         "runbook_version": run.runbook_version, "params_digest": run.params_digest,
         "readiness": run.readiness, "exit_code": run.exit_code,
+        **(summary or {}),  # small fields the outputs index shows (outputs_index.summary_fields)
         "files": {str(p.relative_to(run_dir)): sha256(p) for p in files},
     }
     path = run_dir / "manifest.json"
@@ -208,13 +235,16 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     say(f"asap-runbook {version()}: run {run_id}, {len(params.targets)} target(s), sections {', '.join(chosen)}")
     problems: list[str] = []
     t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as pool:
+    from .progress import watch_sections
+    totals = {s: len(list(catalog.section(s))) * len(params.targets) for s in chosen}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as pool, \
+            watch_sections(run_dir / "sections", totals, say) as tell:
         futures = {pool.submit(execute, s, params_path, run_dir): s for s in chosen}
         for fut in concurrent.futures.as_completed(futures):
             section, why = futures[fut], fut.result()
             if why:
                 problems.append(why)
-            say(f"  {section}: {'executed' if not why else why} ({time.monotonic() - t0:.1f} s)")
+            tell(f"  {section}: {'executed' if not why else why} ({time.monotonic() - t0:.1f} s)")
     results: list[Result] = []
     for section in chosen:
         sr = _load_section(run_dir, section)
@@ -237,13 +267,21 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     )
     (run_dir / "results.json").write_text(run_results.model_dump_json(indent=1))
     write_junit(run_results, run_dir / "junit.xml")
-    write_index(run_results, run_dir, pages)
+    from . import drift as drift_mod, fleet, outputs_index
+    drift = drift_mod.drift_since_previous(run_results, run_dir)
+    write_index(run_results, run_dir, pages, drift=drift, categories=drift_mod.CATEGORIES, titles=drift_mod.TITLES,
+                matrix=fleet.matrix(run_results, {t.name: t.groups for t in params.targets}))
     log.removeHandler(handler)
     handler.close()
-    write_manifest(run_results, run_dir)
+    write_manifest(run_results, run_dir, outputs_index.summary_fields(run_results, drift))
+    outputs_index.write_outputs_index(run_dir.parent)
     c = run_results.counts
     say(f"{run_results.readiness.upper()} (exit {code}): " + ", ".join(f"{v} {k}" for k, v in c.items() if v))
     for p in problems:
         say(f"  problem: {p}")
+    if drift.base_run_id:
+        c = drift.counts()
+        say(f"since {drift.base_run_id}: {c['new_failures']} new failure(s), {c['fixed']} fixed, "
+            f"{c['regressed']} regressed, {c['expired']} expired, {c['unchanged']} unchanged")
     say(f"evidence: {run_dir / 'index.html'}")
     return code, run_dir
