@@ -258,6 +258,9 @@ class Probe:
         """The agent's manifest; raises NotAnAsapAgent if the target does not serve one."""
         if self._manifest is None:
             resp = await self.get("/.well-known/asap/manifest.json")
+            if resp.truncated:
+                raise NotAnAsapAgent(f"{resp.url} answered with more than {self.settings.max_response_bytes} bytes "
+                                     "(probe.max_response_bytes); the read was cut there, and that is no ASAP manifest")
             doc = resp.json()
             if resp.status != 200 or not isinstance(doc, dict) or not str(doc.get("id", "")).startswith("urn:asap:agent:"):
                 raise NotAnAsapAgent(
