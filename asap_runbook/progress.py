@@ -64,7 +64,7 @@ def watch_sections(sections_dir: Path, totals: dict[str, int], say: Callable[[st
 
     def poll() -> None:
         last_plain = time.monotonic()
-        while not stop.wait(POLL_SECONDS):
+        while True:
             done, text = describe(read_progress(sections_dir, list(totals)), totals)
             with lock:
                 if bar is not None:
@@ -74,6 +74,8 @@ def watch_sections(sections_dir: Path, totals: dict[str, int], say: Callable[[st
                 elif time.monotonic() - last_plain >= PLAIN_EVERY_SECONDS:
                     last_plain = time.monotonic()
                     print(f"  progress: {done}/{total} checks · {text}", file=stream, flush=True)
+            if stop.wait(POLL_SECONDS):
+                return
 
     def tell(line: str) -> None:
         with lock:

@@ -1,0 +1,92 @@
+"""Fleets: the generated parameters, the targets x items matrix, progress, and `demo --fleet`."""
+
+from __future__ import annotations
+
+import io
+import os
+import json
+import re
+
+import yaml
+
+from asap_runbook import fleet, progress
+from asap_runbook.cli import main
+from asap_runbook.params import load_params
+from asap_runbook.results import Status
+
+
+def test_fleet_params_name_every_agent_and_no_secret(deployment, tmp_path):
+    path = fleet.fleet_params(deployment, tmp_path / "fleet.yaml")
+    text = path.read_text()
+    assert deployment.token not in text
+    params = load_params(path)
+    assert [t.name for t in params.targets] == ["hardened", "misconfigured"]
+    assert params.target("hardened").token_env == "ASAP_DEMO_TOKEN"
+    assert params.target("misconfigured").groups["role"] == "misconfigured"
+
+
+def test_matrix_links_every_cell_to_its_evidence(deployment, tmp_path):
+    """The summary page of a real run: one cell per (item, target), each a link to an existing row."""
+    params = fleet.fleet_params(deployment, tmp_path / "fleet.yaml", active_probes=False)
+    assert main(["run", "--params", str(params), "--out", str(tmp_path / "out"), "--sections", "security"]) in (1, 3)
+    run_dir = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
+    page = (run_dir / "index.html").read_text()
+    results = json.loads((run_dir / "results.json").read_text())["results"]
+    links = re.findall(r'<a class="st st-(\w+) cell" href="#([\w.-]+--[\w.-]+)">(\w+)</a>', page)
+    assert len(links) == len(results)
+    anchors = set(re.findall(r'<tr id="([\w.-]+--[\w.-]+)">', page))
+    for status, anchor, text in links:
+        assert anchor in anchors and status == text  # colour class and text agree
+    by = {(r["item_id"], r["target"]): r["status"] for r in results}
+    assert by[("SEC-TLS-4", "hardened")] == "pass" and by[("SEC-TLS-4", "misconfigured")] == "fail"
+    assert 'href="#SEC-TLS-4--misconfigured">fail</a>' in page
+    assert "not ready" in page and "role: misconfigured" in page  # per-target readiness and groups
+
+
+def test_progress_describes_sections_and_running_checks(tmp_path):
+    (tmp_path / "security.progress.json").write_text(json.dumps(
+        {"done": 3, "total": 50, "running": ["SEC-TLS-2 on a", "SEC-AUTH-1 on b"], "finished": False}))
+    (tmp_path / "scaling.progress.json").write_text(json.dumps({"done": 20, "total": 20, "running": [], "finished": True}))
+    totals = {"security": 50, "scaling": 20, "monitoring": 32}
+    done, text = progress.describe(progress.read_progress(tmp_path, list(totals)), totals)
+    assert done == 23
+    assert text == "security 3/50 · scaling 20/20 ✓ · monitoring 0/32 · running SEC-TLS-2 on a (+1)"
+    stream = io.StringIO()
+    with progress.watch_sections(tmp_path, totals, say=lambda s: stream.write(s + "\n"), stream=stream,
+                                 enabled=True) as tell:
+        tell("  security: executed")
+    assert "security: executed" in stream.getvalue() and "23/102" in stream.getvalue()
+
+
+def test_notebook_progress_callback_advances_a_bar():
+    from asap_runbook.notebook import _advance
+
+    class Bar:
+        n, post = 0, ""
+        def update(self, k): self.n += k
+        def set_postfix_str(self, s, refresh=True): self.post = s
+
+    bar = Bar()
+    _advance(bar)("SEC-TLS-1", "hardened", Status.PASS)
+    assert bar.n == 1 and bar.post == "SEC-TLS-1 on hardened: pass"
+
+
+def test_demo_fleet_flag_starts_n_agents(tmp_path, capsys):
+    """`asap-runbook demo --fleet 3`: three agents on free ports, a params file for them, one run."""
+    saved = dict(os.environ)  # the demo exports its deployment's variables; the session deployment's must survive
+    try:
+        code = main(["demo", "--fleet", "3", "--no-prometheus", "--out", str(tmp_path)])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    said = capsys.readouterr().out
+    assert code == 0, said
+    # the deployment's files are gone with it, so read the params file as YAML, not load_params
+    targets = yaml.safe_load((tmp_path / "fleet-3.params.yaml").read_text())["targets"]
+    assert [t["name"] for t in targets] == ["hardened", "misconfigured", "misconfigured-2"]
+    assert len({t["base_url"] for t in targets}) == 3
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["targets"] == ["hardened", "misconfigured", "misconfigured-2"]
+    assert (tmp_path / "index.html").exists()
+    assert main(["demo", "--fleet", "0"]) == 2
