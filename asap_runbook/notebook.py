@@ -7,8 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from .engine import run_section
 from .errors import RunbookError
 from .params import load_params
@@ -68,19 +66,48 @@ def _advance(bar):
     return progress
 
 
-def table(section_run: SectionRun | None) -> pd.DataFrame:
-    """One row per (item, target): the machine-readable view of the section."""
+def table(section_run: SectionRun | None):
+    """One row per (item, target) as a pandas DataFrame: the machine-readable view of the section.
+
+    pandas is imported here, not at module level: a headless run never calls this, and importing
+    pandas in each of the four kernels costs more than all the probes of a section."""
+    import pandas as pd
     rows = [{"item": r.item_id, "target": r.target, "status": r.status.value, "blocking": r.blocking,
              "verification": r.verification, "summary": r.summary} for r in (section_run.results if section_run else [])]
     return pd.DataFrame(rows, columns=["item", "target", "status", "blocking", "verification", "summary"])
 
 
-def summary(section_run: SectionRun | None) -> pd.DataFrame:
+class StatusTable:
+    """Counts of statuses per target; shows as an HTML table in a notebook, as text elsewhere."""
+
+    def __init__(self, section_run: SectionRun | None):
+        results = section_run.results if section_run else []
+        self.statuses = [s.value for s in Status if any(r.status is s for r in results)]
+        self.counts: dict[str, dict[str, int]] = {}
+        for r in results:
+            row = self.counts.setdefault(r.target, {s: 0 for s in self.statuses})
+            row[r.status.value] += 1
+
+    def _repr_html_(self) -> str:
+        import html
+        head = "".join(f"<th>{s}</th>" for s in self.statuses)
+        body = "".join(
+            f"<tr><td>{html.escape(t)}</td>" + "".join(
+                f'<td><span class="st st-{s}">{n}</span></td>' if n else "<td>0</td>" for s, n in row.items()) + "</tr>"
+            for t, row in self.counts.items())
+        return f'<style>{style()}</style><table class="rb"><thead><tr><th>target</th>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    def __repr__(self) -> str:
+        return "\n".join(f"{t}: " + ", ".join(f"{n} {s}" for s, n in row.items() if n) for t, row in self.counts.items())
+
+    def frame(self):
+        import pandas as pd
+        return pd.DataFrame.from_dict(self.counts, orient="index")
+
+
+def summary(section_run: SectionRun | None) -> StatusTable:
     """Counts of statuses per target."""
-    df = table(section_run)
-    if df.empty:
-        return df
-    return df.pivot_table(index="target", columns="status", values="item", aggfunc="count", fill_value=0)
+    return StatusTable(section_run)
 
 
 def show(section_run: SectionRun | None) -> None:
@@ -98,7 +125,9 @@ def show_pending(section_run: SectionRun | None) -> None:
     if not pending:
         _display(_html("<p>No item awaits a person in this section.</p>"))
         return
-    df = pd.DataFrame([{"item": r.item_id, "target": r.target, "checklist item": r.title, "what to check": r.summary}
-                       for r in pending])
-    _display(_html(f"<p><b>{len(pending)}</b> item(s) await a person:</p>"))
-    _display(df)
+    import html
+    rows = "".join(f"<tr><td><code>{r.item_id}</code></td><td>{html.escape(r.target)}</td><td>{html.escape(r.title)}</td>"
+                   f"<td>{html.escape(r.summary)}</td></tr>" for r in pending)
+    _display(_html(f"<p><b>{len(pending)}</b> item(s) await a person:</p>"
+                   f'<table class="rb"><thead><tr><th>item</th><th>target</th><th>checklist item</th>'
+                   f"<th>what to check</th></tr></thead><tbody>{rows}</tbody></table>"))

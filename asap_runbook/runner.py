@@ -74,15 +74,15 @@ def _kernel_imports_this_package() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p]])
 
 
-def execute(section: str, params_path: Path, run_dir: Path) -> str | None:
-    """Run one section notebook; return None, or one sentence saying why it failed."""
+def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | None = None) -> str | None:
+    """Run one section notebook (or `notebook`: the benchmark's floor); return None, or one sentence saying why it failed."""
     import papermill as pm
     _kernel_imports_this_package()
     os.environ["ASAP_RUNBOOK_HEADLESS"] = "1"  # the CLI shows progress; no widget in the evidence
     out = run_dir / "notebooks" / f"{section}.ipynb"
     try:
         pm.execute_notebook(
-            str(notebook_path(section)), str(out),
+            str(notebook or notebook_path(section)), str(out),
             parameters={"params_path": str(params_path), "run_dir": str(run_dir)},
             kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
             log_output=False, request_save_on_cell_execute=True,

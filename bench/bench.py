@@ -1,0 +1,210 @@
+"""Benchmark (not a test): how close the runbook runs to the floor of the tools underneath.
+
+One invocation measures, side by side:
+
+1. runbook: `runner.run` on params/demo.yaml against the demo reference deployment (all four
+   sections, rendering, results, junit, index, manifest, drift, outputs index);
+2. floor: the same number of trivial notebooks (a parameters cell and `x = 1`), executed with
+   the same machinery (`runner.execute`: papermill, the same kernel and kernel manager, the same
+   thread pool) and rendered with the same `runner.Renderer`;
+3. fleets of 1, 5 and 20 reference agents (1 hardened + N-1 misconfigured), `runner.run` on the
+   parameters `fleet.fleet_params` writes for each.
+
+For each: wall time (median of --repeat runs) and peak memory: the sum of the RSS of this
+process and its descendants (the notebook kernels), sampled every 50 ms, excluding the
+reference deployment's own processes (agents, nginx, Redis, Prometheus), which are the
+system under test, not the runbook. Deployment start-up is reported apart and not counted.
+
+    .venv/bin/python bench/bench.py [--repeat 3] [--fleets 1,5,20] [--json bench/last.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import nbformat
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from asap_runbook import fleet, runner  # noqa: E402
+from asap_runbook.catalog import load_catalog  # noqa: E402
+from asap_runbook.reference import ReferenceDeployment  # noqa: E402
+
+
+class PeakRSS:
+    """Peak of the summed RSS of this process tree, minus the excluded subtrees."""
+
+    def __init__(self, exclude_pids: set[int], interval: float = 0.05):
+        self.exclude = exclude_pids
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _excluded(self) -> set[int]:
+        out = set()
+        for pid in self.exclude:
+            try:
+                p = psutil.Process(pid)
+                out.add(pid)
+                out.update(c.pid for c in p.children(recursive=True))
+            except psutil.Error:
+                pass
+        return out
+
+    def sample(self) -> int:
+        me = psutil.Process()
+        excluded = self._excluded()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            if p.pid in excluded:
+                continue
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _deployment_pids(dep: ReferenceDeployment | None) -> set[int]:
+    return set(dep.pids().values()) if dep is not None else set()
+
+
+@contextmanager
+def measured(dep: ReferenceDeployment | None, into: dict, key: str):
+    with PeakRSS(_deployment_pids(dep)) as mem:
+        t0 = time.perf_counter()
+        yield
+        wall = time.perf_counter() - t0
+    into.setdefault(key, {"wall": [], "peak_rss": []})
+    into[key]["wall"].append(wall)
+    into[key]["peak_rss"].append(mem.peak)
+
+
+def trivial_notebooks(where: Path, n: int) -> list[Path]:
+    """n notebooks with the same kernel and parameters cell as the sections, and one trivial cell."""
+    where.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        nb = nbformat.v4.new_notebook()
+        params = nbformat.v4.new_code_cell('params_path = "../params/demo.yaml"\nrun_dir = None')
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [nbformat.v4.new_markdown_cell(f"# trivial {i}"), params, nbformat.v4.new_code_cell("x = 1\nx")]
+        nb.metadata["kernelspec"] = {"name": runner.KERNEL_NAME, "display_name": "asap-runbook", "language": "python"}
+        path = where / f"trivial-{i}.ipynb"
+        nbformat.write(nb, str(path))
+        paths.append(path)
+    return paths
+
+
+def floor_run(notebooks: list[Path], params_path: Path, out: Path) -> None:
+    """Execute and render like runner.run does, with nothing of the runbook inside the notebooks."""
+    run_dir = out / runner.new_run_id()
+    (run_dir / "notebooks").mkdir(parents=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(notebooks)) as pool:
+        problems = list(pool.map(lambda nb: runner.execute(nb.stem, params_path, run_dir, notebook=nb), notebooks))
+    if any(problems):
+        raise SystemExit(f"floor notebook failed: {problems}")
+    renderer = runner.Renderer()
+    for nb in notebooks:
+        renderer.render(run_dir / "notebooks" / f"{nb.stem}.ipynb", run_dir / f"{nb.stem}.html")
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--fleets", default="1,5,20")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = ap.parse_args()
+    fleets = [int(x) for x in args.fleets.split(",")]
+    runner.ensure_kernel()
+    work = Path(tempfile.mkdtemp(prefix="asap-bench-"))
+    figures: dict[str, dict] = {}
+    startup: dict[str, float] = {}
+    sections = list(load_catalog().sections)
+    try:
+        # (1) and (2), interleaved so that drift of the machine affects both alike
+        with ReferenceDeployment(work / "demo", prometheus=True) as dep:
+            startup["demo"] = dep.startup_seconds
+            os.environ.update(dep.env())
+            dep.wait_prometheus_targets()
+            notebooks = trivial_notebooks(work / "trivial", len(sections))
+            # one warm-up of each, not counted: first kernel start pays for cold disk caches
+            floor_run(notebooks, REPO / "params" / "demo.yaml", work / "warm")
+            for _ in range(args.repeat):
+                with measured(dep, figures, "floor"):
+                    floor_run(notebooks, REPO / "params" / "demo.yaml", work / "floor")
+                with measured(dep, figures, "runbook"):
+                    code, _ = runner.run(REPO / "params" / "demo.yaml", work / "runbook", say=quiet)
+                figures["runbook"].setdefault("exit_codes", []).append(code)
+        # (3) fleets
+        for n in fleets:
+            with fleet.fleet_deployment(work / f"fleet-{n}", n, prometheus=True) as dep:
+                startup[f"fleet-{n}"] = dep.startup_seconds
+                os.environ.update(dep.env())
+                params = fleet.fleet_params(dep, work / f"fleet-{n}.yaml")
+                for _ in range(args.repeat):
+                    with measured(dep, figures, f"fleet-{n}"):
+                        code, _ = runner.run(params, work / f"out-fleet-{n}", say=quiet)
+                    figures[f"fleet-{n}"].setdefault("exit_codes", []).append(code)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def med(key, what):
+        return statistics.median(figures[key][what])
+
+    rows = [("runbook (demo, 4 sections, 2 targets)", "runbook"), (f"floor ({len(sections)} trivial notebooks)", "floor")]
+    rows += [(f"fleet of {n} agent(s)", f"fleet-{n}") for n in fleets]
+    print(f"\nasap-runbook benchmark: median of {args.repeat} run(s); {os.cpu_count()} CPU(s); "
+          f"Python {sys.version.split()[0]}\n")
+    print("| measurement | wall time (s) | runs (s) | peak RSS of runbook + kernels (MiB) |")
+    print("|---|---:|---|---:|")
+    for label, key in rows:
+        runs = ", ".join(f"{w:.2f}" for w in figures[key]["wall"])
+        print(f"| {label} | {med(key, 'wall'):.2f} | {runs} | {max(figures[key]['peak_rss']) / 2**20:.0f} |")
+    ratio = med("runbook", "wall") / med("floor", "wall")
+    print(f"\nrunbook / floor = {ratio:.2f} (target <= 1.3)")
+    out = {"repeat": args.repeat, "cpus": os.cpu_count(), "figures": figures, "startup_seconds": startup,
+           "ratio_runbook_floor": ratio}
+    if 1 in fleets and 20 in fleets:
+        fr = med("fleet-20", "wall") / med("fleet-1", "wall")
+        out["ratio_fleet20_fleet1"] = fr
+        print(f"fleet(20) / fleet(1) = {fr:.2f} (target <= 2)")
+    print("deployment start-up, not counted: " + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
