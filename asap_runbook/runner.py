@@ -240,24 +240,24 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as pool, \
             watch_sections(run_dir / "sections", totals, say) as tell:
         futures = {pool.submit(execute, s, params_path, run_dir): s for s in chosen}
+        renderer = Renderer()  # built while the kernels start; each page is rendered as soon as its notebook is done
+        pages = {}
         for fut in concurrent.futures.as_completed(futures):
             section, why = futures[fut], fut.result()
             if why:
                 problems.append(why)
             tell(f"  {section}: {'executed' if not why else why} ({time.monotonic() - t0:.1f} s)")
+            nb = run_dir / "notebooks" / f"{section}.ipynb"
+            if nb.exists():
+                renderer.render(nb, run_dir / f"{section}.html")
+                pages[section] = f"{section}.html"
     results: list[Result] = []
     for section in chosen:
         sr = _load_section(run_dir, section)
         why = next((p for p in problems if f"the {section} notebook" in p), None)
         got = sr.results if sr else []
         results += _fill_missing(got, section, params, why or f"the {section} section wrote no result for this item")
-    renderer = Renderer()
-    pages = {}
-    for section in chosen:
-        nb = run_dir / "notebooks" / f"{section}.ipynb"
-        if nb.exists():
-            renderer.render(nb, run_dir / f"{section}.html")
-            pages[section] = f"{section}.html"
+    pages = {s: pages[s] for s in chosen if s in pages}
     code = exit_code(results, problems)
     run_results = RunResults(
         run_id=run_id, runbook_version=version(), environment=params.environment, params_file=str(params_path),

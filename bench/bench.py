@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from asap_runbook import fleet, runner  # noqa: E402
 from asap_runbook.catalog import load_catalog  # noqa: E402
-from asap_runbook.reference import ReferenceDeployment  # noqa: E402
+from asap_runbook.reference import ReferenceDeployment, ReferenceDeploymentError  # noqa: E402
 
 
 class PeakRSS:
@@ -128,12 +128,30 @@ def floor_run(notebooks: list[Path], params_path: Path, out: Path) -> None:
     run_dir = out / runner.new_run_id()
     (run_dir / "notebooks").mkdir(parents=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(notebooks)) as pool:
-        problems = list(pool.map(lambda nb: runner.execute(nb.stem, params_path, run_dir, notebook=nb), notebooks))
-    if any(problems):
-        raise SystemExit(f"floor notebook failed: {problems}")
-    renderer = runner.Renderer()
-    for nb in notebooks:
-        renderer.render(run_dir / "notebooks" / f"{nb.stem}.ipynb", run_dir / f"{nb.stem}.html")
+        futures = {pool.submit(runner.execute, nb.stem, params_path, run_dir, notebook=nb): nb for nb in notebooks}
+        renderer = runner.Renderer()
+        for fut in concurrent.futures.as_completed(futures):
+            if fut.result():
+                raise SystemExit(f"floor notebook failed: {fut.result()}")
+            nb = futures[fut]
+            renderer.render(run_dir / "notebooks" / f"{nb.stem}.ipynb", run_dir / f"{nb.stem}.html")
+
+
+@contextmanager
+def deployment(make, attempts: int = 3):
+    """Start a reference deployment; retry when another process took a port between pick and bind."""
+    for attempt in range(attempts):
+        dep = make()
+        try:
+            dep.start()
+            break
+        except ReferenceDeploymentError:
+            if attempt == attempts - 1:
+                raise
+    try:
+        yield dep
+    finally:
+        dep.stop()
 
 
 def quiet(_line: str) -> None:
@@ -154,7 +172,7 @@ def main() -> int:
     sections = list(load_catalog().sections)
     try:
         # (1) and (2), interleaved so that drift of the machine affects both alike
-        with ReferenceDeployment(work / "demo", prometheus=True) as dep:
+        with deployment(lambda: ReferenceDeployment(work / "demo", prometheus=True)) as dep:
             startup["demo"] = dep.startup_seconds
             os.environ.update(dep.env())
             dep.wait_prometheus_targets()
@@ -169,9 +187,10 @@ def main() -> int:
                 figures["runbook"].setdefault("exit_codes", []).append(code)
         # (3) fleets
         for n in fleets:
-            with fleet.fleet_deployment(work / f"fleet-{n}", n, prometheus=True) as dep:
+            with deployment(lambda: fleet.fleet_deployment(work / f"fleet-{n}", n, prometheus=True)) as dep:
                 startup[f"fleet-{n}"] = dep.startup_seconds
                 os.environ.update(dep.env())
+                dep.wait_prometheus_targets(timeout=30)  # as for the demo: checks should not wait on first scrapes
                 params = fleet.fleet_params(dep, work / f"fleet-{n}.yaml")
                 for _ in range(args.repeat):
                     with measured(dep, figures, f"fleet-{n}"):
