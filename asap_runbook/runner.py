@@ -87,6 +87,7 @@ def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | Non
             kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
             log_output=False, request_save_on_cell_execute=True,
             kernel_manager_class=ipc_kernel_manager(),
+            shutdown_kernel="immediate",  # the notebook is saved and complete: do not wait for the interpreter to wind down
         )
     except pm.PapermillExecutionError as e:
         return f"the {section} notebook stopped at cell {e.exec_count}: {e.ename}: {e.evalue}"
