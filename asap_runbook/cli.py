@@ -84,7 +84,9 @@ def cmd_diff(args) -> int:
 def cmd_lab(args) -> int:
     from .runner import ensure_kernel
     ensure_kernel()
-    argv = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={REPO / 'notebooks'}", *args.lab_args]
+    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={REPO / 'notebooks'}", *args.lab_args]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in argv:
+        argv.append("--allow-root")  # CI machines and containers run as root
     return subprocess.call(argv)
 
 
@@ -121,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--unchanged", action="store_true", help="also list the unchanged findings")
     df.set_defaults(fn=cmd_diff)
 
-    lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel")
-    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel "
+                                     "(other options go to jupyter lab, e.g. --no-browser --port 8888)")
     lab.set_defaults(fn=cmd_lab)
     return p
 
@@ -130,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "lab":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.lab_args = extra
     except SystemExit as e:  # argparse prints its own sentence
         return ExitCode.BAD_USAGE if e.code else 0
     try:
