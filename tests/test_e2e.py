@@ -116,7 +116,7 @@ probe: {{timeout_seconds: 2}}
     proc = run_cli("run", "--params", str(params), "--out", str(tmp_path / "out"), "--sections", "security")
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    run_dir = next((tmp_path / "out").iterdir())
+    run_dir = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())  # outputs/index.html sits beside the runs
     run = RunResults.model_validate_json((run_dir / "results.json").read_text())
     probes = [r for r in run.results if r.verification == "probe" and r.status is not Status.MANUAL]
     assert probes and all(r.status in (Status.ERROR, Status.SKIP) for r in probes), [(r.item_id, r.status) for r in probes]
