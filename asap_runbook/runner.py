@@ -123,9 +123,9 @@ class Renderer:
     """One nbconvert exporter for every page: no new Python process per page."""
 
     def __init__(self):
-        from nbconvert import HTMLExporter
+        from .html_export import LeanHTMLExporter  # HTMLExporter minus a slow BeautifulSoup pass
         base = str(resources.files("asap_runbook") / "templates" / "nbconvert")
-        self.exporter = HTMLExporter(template_name="asap_offline", extra_template_basedirs=[base],
+        self.exporter = LeanHTMLExporter(template_name="asap_offline", extra_template_basedirs=[base],
                                      exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
 
     def render(self, notebook: Path, html_path: Path) -> None:

@@ -90,3 +90,31 @@ def test_demo_fleet_flag_starts_n_agents(tmp_path, capsys):
     assert results["targets"] == ["hardened", "misconfigured", "misconfigured-2"]
     assert (tmp_path / "index.html").exists()
     assert main(["demo", "--fleet", "0"]) == 2
+
+
+def test_lean_html_exporter_renders_what_the_stock_one_does():
+    """The Renderer skips nbconvert's BeautifulSoup pass; the page must come out the same."""
+    from importlib import resources
+
+    import nbformat
+    from bs4 import BeautifulSoup
+    from nbconvert import HTMLExporter
+
+    from asap_runbook.runner import Renderer
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data={"text/html": "<table class='rb'><tr><td>fail</td></tr></table>"}),
+        nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}),
+        nbformat.v4.new_output("stream", name="stdout", text="hello\n"),
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), cell]
+    base = str(resources.files("asap_runbook") / "templates" / "nbconvert")
+    stock = HTMLExporter(template_name="asap_offline", extra_template_basedirs=[base], exclude_input=True,
+                         exclude_input_prompt=True, exclude_output_prompt=True)
+    lean, _ = Renderer().exporter.from_notebook_node(nb)
+    ref, _ = stock.from_notebook_node(nb)
+    a, b = BeautifulSoup(lean, "html.parser"), BeautifulSoup(ref, "html.parser")
+    assert a.get_text() == b.get_text()
+    assert [t.name for t in a.select("[tabindex]")] == [t.name for t in b.select("[tabindex]")]
+    assert [i.get("alt") for i in a.select("img")] == [i.get("alt") for i in b.select("img")] != []
