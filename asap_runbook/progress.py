@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 import threading
 import time
@@ -59,7 +60,8 @@ def watch_sections(sections_dir: Path, totals: dict[str, int], say: Callable[[st
     bar = None
     if tty:
         from tqdm import tqdm
-        bar = tqdm(total=total, unit="check", file=stream, dynamic_ncols=True, leave=False,
+        cols = shutil.get_terminal_size((100, 20)).columns or 100  # a pty without a size reports 0
+        bar = tqdm(total=total, unit="check", file=stream, ncols=cols, leave=False,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
 
     def poll() -> None:
