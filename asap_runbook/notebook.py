@@ -74,3 +74,9 @@ def show_pending(section_run: SectionRun | None) -> None:
                        for r in pending])
     _display(_html(f"<p><b>{len(pending)}</b> item(s) await a person:</p>"))
     _display(df)
+
+
+def confirm_panel(section_run: SectionRun | None, params_path: str):
+    """Items that await a person, each with a confirm control that writes the confirmations file."""
+    from .widgets import confirm_panel as panel
+    return panel(section_run, params_path)
