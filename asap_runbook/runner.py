@@ -189,6 +189,7 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     from . import confirmations, signing
     confirmations.validate_files(params)  # a malformed confirmations/waivers file: one sentence, nothing runs
     key = signing.load_signing_key(signing_key)
+    catalog = load_catalog()
     chosen = sections or list(catalog.sections)
     unknown = [s for s in chosen if s not in catalog.sections]
     if unknown:

@@ -150,8 +150,10 @@ def report_sign_off(rec: dict, key: Ed25519PrivateKey | None, say=print) -> None
         say(f"signed off by {rec['by']} at {rec['at']}")
     elif rec["requested_by"]:
         say(f"sign-off by {rec['requested_by']} refused: the run is {rec['readiness']}; {len(rec['refused'])} item(s) block it:")
-        for line in rec["refused"]:
+        for line in rec["refused"][:20]:
             say(f"  - {line}")
+        if len(rec["refused"]) > 20:
+            say(f"  ... and {len(rec['refused']) - 20} more (all of them: sign-off.json and index.html)")
     say(f"manifest signed with key {fingerprint(key.public_key())}" if key else
         f"manifest NOT signed: pass --signing-key PATH or set ${KEY_ENV} (make a key with `asap-runbook keygen PATH`)")
 
