@@ -14,6 +14,7 @@ from .catalog import load_catalog
 from .confirmations import add_confirmation, default_user, latest, load_confirmations
 from .errors import RunbookError
 from .params import load_params
+from .report import _md_code
 from .results import SectionRun, Status, now
 
 
@@ -39,8 +40,8 @@ def _guidance(item_id: str) -> str:
         what = item.manual_guidance
     else:
         what = f"Not automated yet ({item.verification}): check it by hand. {item.rationale}"
-    return (f"<div><b>What to check and what evidence to attach:</b> {html.escape(what.strip())}</div>"
-            f"<div style='color:#57606a'><b>How to fix:</b> {html.escape(item.remediation.strip())}</div>")
+    return (f"<div><b>What to check and what evidence to attach:</b> {_md_code(what.strip())}</div>"
+            f"<div style='color:#57606a'><b>How to fix:</b> {_md_code(item.remediation.strip())}</div>")
 
 
 def confirm_panel(section_run: SectionRun | None, params_path: str):
@@ -70,7 +71,7 @@ def confirm_panel(section_run: SectionRun | None, params_path: str):
         evidence = w.Text(description="Evidence", placeholder="link to the evidence (ticket, page, screenshot)",
                           layout=w.Layout(width="60%"))
         button = w.Button(description=f"Confirm {r.item_id} on {r.target}", button_style="success",
-                          tooltip=f"record that you confirmed {r.item_id} on {r.target}", layout=w.Layout(width="auto"))
+                          tooltip=f"record that you confirmed {r.item_id} on {r.target}", layout=w.Layout(width="max-content"))
         note.add_class(f"asap-note-{key}")
         evidence.add_class(f"asap-evidence-{key}")
         button.add_class(f"asap-confirm-{key}")
@@ -86,7 +87,7 @@ def confirm_panel(section_run: SectionRun | None, params_path: str):
 
         button.on_click(on_click)
         title = w.HTML(f"<h4 style='margin:.6em 0 .2em'><code>{html.escape(r.item_id)}</code> on "
-                       f"<b>{html.escape(r.target)}</b>: {html.escape(r.title)}</h4>" + _guidance(r.item_id))
+                       f"<b>{html.escape(r.target)}</b>: {_md_code(r.title)}</h4>" + _guidance(r.item_id))
         boxes.append(w.VBox([title, state, note, evidence, button],
                             layout=w.Layout(border="1px solid #d0d7de", padding="4px 8px", margin="4px 0")))
     panel = w.VBox(boxes)
