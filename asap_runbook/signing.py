@@ -228,12 +228,14 @@ def artifact_digests(run_dir: Path) -> dict[str, str]:
 
 
 def previous_link(run_dir: Path) -> dict | None:
-    """The newest earlier run beside this one (run ids sort by time) that has a manifest."""
-    earlier = sorted((d for d in run_dir.parent.iterdir()
-                      if d.is_dir() and d.name < run_dir.name and (d / MANIFEST).is_file()), key=lambda d: d.name)
+    """The newest earlier run beside this one that has a manifest. Run ids start with their UTC
+    second; within one second the manifest written last is the newest."""
+    second = run_dir.name.split("-")[0]
+    earlier = [d for d in run_dir.parent.iterdir()
+               if d.is_dir() and d != run_dir and d.name.split("-")[0] <= second and (d / MANIFEST).is_file()]
     if not earlier:
         return None
-    prev = earlier[-1]
+    prev = max(earlier, key=lambda d: (d.name.split("-")[0], (d / MANIFEST).stat().st_mtime_ns))
     return {"run_id": prev.name, "manifest_sha256": sha256_file(prev / MANIFEST)}
 
 
