@@ -222,3 +222,11 @@ def test_full_run_html_shows_confirmation_and_waiver(evidence_run):
     assert 'id="waivers"' in html and 'id="confirmations"' in html
     security = json.loads((evidence_run.run_dir / "sections" / "security.json").read_text())
     assert any(r["status"] == "waived" for r in security["results"])
+
+
+def test_run_with_a_malformed_waivers_file_exits_2_before_anything_runs(params, tmp_path, capsys):
+    (tmp_path / "waivers.yaml").write_text("waivers: [{item: SEC-TLS-1, target: api}]\n")
+    assert cli.main(["run", "--params", str(params), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "waivers file" in err and "approver" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -77,3 +77,12 @@ def test_bad_params_is_one_sentence_not_a_traceback(tmp_path):
 def test_nothing_pending(params):
     panel = rb.confirm_panel(section(result("SCALE-SERVER-1", "api", Status.PASS)), str(params))
     assert "No item in this section awaits a person" in panel.value
+
+
+def test_notebook_run_with_a_malformed_waivers_file_is_one_sentence(tmp_path, capsys):
+    p = tmp_path / "params.yaml"
+    p.write_text("waivers_file: waivers.yaml\ntargets:\n  - {name: api, base_url: 'https://127.0.0.1:9'}\n")
+    (tmp_path / "waivers.yaml").write_text("waivers: [{item: SEC-TLS-1}]\n")
+    assert rb.run("security", str(p)) is None
+    err = capsys.readouterr().err
+    assert "waivers file" in err and "Traceback" not in err
