@@ -179,7 +179,7 @@ def apply_records(results: list[Result], params: Params, *, at: datetime | None 
     for r in results:
         if r.status is Status.MANUAL:
             r = _confirm(r, latest(confirmations, r.item_id, r.target), at)
-        elif r.status in WAIVABLE:
+        elif r.status in WAIVABLE and "expired_waiver" not in r.details:  # idempotent: applied once per result
             r = _waive(r, [w for w in waivers if w.covers(r.item_id, r.target)], at)
         out.append(r)
     return out

@@ -216,6 +216,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         why = next((p for p in problems if f"the {section} notebook" in p), None)
         got = sr.results if sr else []
         results += _fill_missing(got, section, params, why or f"the {section} section wrote no result for this item")
+    from .confirmations import apply_records  # also covers results filled in for a section that could not run
+    results = apply_records(results, params)
     renderer = Renderer()
     pages = {}
     for section in chosen:

@@ -230,3 +230,13 @@ def test_run_with_a_malformed_waivers_file_exits_2_before_anything_runs(params, 
     err = capsys.readouterr().err
     assert "waivers file" in err and "approver" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_applying_twice_changes_nothing(params, tmp_path):
+    p = load_params(params)
+    write_waivers(tmp_path / "waivers.yaml", waiver(expires="2020-01-01"), waiver(item="SEC-TLS-4"))
+    add_confirmation(p.confirmations_file, "MON-LOG-4", "Alice")
+    once = apply_records([result("SEC-TLS-1", status=Status.FAIL), result("SEC-TLS-4", status=Status.FAIL),
+                          result("MON-LOG-4")], p)
+    assert [r.status for r in once] == [Status.FAIL, Status.WAIVED, Status.CONFIRMED]
+    assert apply_records(once, p) == once
