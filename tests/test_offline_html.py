@@ -61,6 +61,7 @@ def test_no_page_references_a_network_resource(evidence_run):
         assert not re.search(r"<link[^>]+href=[\"']https?:", text), page.name
         assert not re.search(r"url\([\"']?(https?:)?//", text), page.name
         assert not re.search(r"@import", text), page.name
+        assert "<script" not in text, f"{page.name}: no script at all"
 
 
 def test_summary_page_renders_offline(evidence_run, browser, tmp_path):
