@@ -5,8 +5,8 @@ that, the same parameters file path; so editing a threshold in `params/prod.yaml
 against yesterday's run of that file (the drift says the parameters changed), and the same
 file copied elsewhere still finds its history. Only runs in the same outputs folder count.
 
-The previous run is found through the manifest chain (`previous_manifest_sha256`, written by the
-sign-off work) when manifests carry it, else by scanning `outputs/*/manifest.json` for the newest
+The previous run is found through the manifest chain (`previous.manifest_sha256`, written by
+signing.py) when manifests carry it, else by scanning `outputs/*/manifest.json` for the newest
 older run with the same parameters. Either way only small manifests are read to find it; the one
 previous `results.json` is then read (and checked against its manifest's SHA-256).
 
@@ -155,6 +155,15 @@ def _same_params(doc: dict, digest: str, params_file: str) -> str | None:
     return None
 
 
+def _link(doc: dict) -> str | None:
+    """The previous run's manifest SHA-256 this manifest records (signing.py writes
+    `previous: {run_id, manifest_sha256}`; `previous_manifest_sha256` is accepted too)."""
+    prev = doc.get("previous")
+    if isinstance(prev, dict) and prev.get("manifest_sha256"):
+        return prev["manifest_sha256"]
+    return doc.get("previous_manifest_sha256")
+
+
 def find_previous(run_dir: Path, digest: str, params_file: str, started_at: datetime | None = None,
                   previous_manifest_sha256: str | None = None) -> tuple[Path | None, str]:
     """The run directory of the previous run of the same parameters, and how it was found."""
@@ -172,15 +181,15 @@ def find_previous(run_dir: Path, digest: str, params_file: str, started_at: date
     # part of a chain), follow previous_manifest_sha256 back to a run of the same parameters
     by_sha = {_sha256(d / "manifest.json"): (d, doc) for d, doc in others}
     node = by_sha.get(previous_manifest_sha256) if previous_manifest_sha256 else None
-    if node is None and others and "previous_manifest_sha256" in others[0][1]:
+    if node is None and others and _link(others[0][1]) is not None:
         node = others[0]
-    seen: set[str] = set()
+    seen: set[Path] = set()
     while node is not None and node[0] not in seen:
         seen.add(node[0])
         why = _same_params(node[1], digest, params_file)
         if why:
             return node[0], f"manifest chain ({why})"
-        node = by_sha.get(node[1].get("previous_manifest_sha256") or "")
+        node = by_sha.get(_link(node[1]) or "")
     # no chain (older manifests, or a broken one): newest older run of the same parameters
     for d, doc in others:
         why = _same_params(doc, digest, params_file)
@@ -218,6 +227,26 @@ def drift_since_previous(run: RunResults, run_dir: Path, previous_manifest_sha25
         d.problem = f"previous run {prev_dir.name} cannot be compared: {e.message}"
         return d
     return compare(base, run, how)
+
+
+DRIFT_FILE = "drift.json"
+
+
+def write_drift(drift: Drift, run_dir: Path) -> None:
+    """drift.json beside results.json: the drift as the summary page showed it (hashed in the manifest)."""
+    (Path(run_dir) / DRIFT_FILE).write_text(as_json(drift))
+
+
+def read_drift(run_dir: Path) -> Drift | None:
+    try:
+        doc = json.loads((Path(run_dir) / DRIFT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    doc.pop("counts", None)
+    try:
+        return Drift.model_validate(doc)
+    except ValueError:
+        return None
 
 
 def resolve_run(ref: str, out_dir: Path) -> Path:

@@ -40,6 +40,20 @@ def matrix(run: RunResults, groups: dict[str, dict[str, str]] | None = None) -> 
     return {"targets": targets, "by_name": {t["name"]: t for t in targets}, "group_keys": group_keys, "rows": rows}
 
 
+def page_context(run: RunResults, run_dir: Path, drift=None, matrix: dict | None = None) -> dict[str, Any]:
+    """What the summary page adds for fleets and drift. When the page is rendered again later
+    (an after-the-fact sign-off), the drift comes from the run's drift.json and the matrix from
+    the results (without groups, which only the parameters know)."""
+    from . import drift as drift_mod
+    if drift is None:
+        drift = drift_mod.read_drift(Path(run_dir))
+    ctx: dict[str, Any] = {"matrix": matrix or globals()["matrix"](run),
+                           "categories": drift_mod.CATEGORIES, "titles": drift_mod.TITLES}
+    if drift is not None:
+        ctx["drift"] = drift
+    return ctx
+
+
 def fleet_size_ok(n: int) -> int:
     if n < 1:
         raise ValueError("a fleet has at least one agent")

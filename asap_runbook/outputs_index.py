@@ -16,7 +16,7 @@ from .report import style
 from .results import RunResults
 
 
-def summary_fields(run: RunResults, drift=None) -> dict[str, Any]:
+def summary_fields(run: RunResults, drift=None, sign_off: dict | None = None) -> dict[str, Any]:
     """Small per-run fields for manifest.json that the outputs index shows."""
     fields: dict[str, Any] = {
         "started_at": run.started_at.isoformat(), "finished_at": run.finished_at.isoformat(),
@@ -24,11 +24,8 @@ def summary_fields(run: RunResults, drift=None) -> dict[str, Any]:
         "targets": len(run.targets), "sections": list(run.sections),
         "counts": {k: v for k, v in run.counts.items() if v},
     }
-    sign_off = getattr(run, "sign_off", None)  # issue 5 adds sign-off; show who when present
-    if sign_off is not None:
-        by = getattr(sign_off, "by", None) or (sign_off.get("by") if isinstance(sign_off, dict) else None)
-        if by:
-            fields["signed_off_by"] = by
+    if sign_off and sign_off.get("signed_off"):
+        fields["signed_off_by"] = sign_off.get("by")
     if drift is not None:
         fields["drift"] = {"base_run_id": drift.base_run_id, **drift.counts()}
     return fields

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -23,6 +22,7 @@ from xml.etree import ElementTree as ET
 
 from .catalog import load_catalog
 from .errors import RunbookError, UsageError
+from .fleet import page_context
 from .params import Params, load_params, params_digest
 from .report import env as jinja_env
 from .report import findings_html, style
@@ -182,14 +182,15 @@ def write_junit(run: RunResults, path: Path) -> None:
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], **extra) -> None:
+def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], sign_off: dict | None = None,
+                **extra) -> None:
     per_section = {s: counts([r for r in run.results if r.section == s]) for s in run.sections}
     per_target = {t: counts([r for r in run.results if r.target == t]) for t in run.targets}
     html = jinja_env().get_template("index.html.j2").render(
-        run=run, style=style(), per_section=per_section, per_target=per_target, pages=section_pages,
+        run=run, sign_off=sign_off, style=style(), per_section=per_section, per_target=per_target, pages=section_pages,
         statuses=[s.value for s in Status],
         findings=lambda section: Markup(findings_html([r for r in run.results if r.section == section])),
-        **extra,
+        **page_context(run, run_dir, **extra),  # drift and the targets x items matrix (fleet.py)
     )
     (run_dir / "index.html").write_text(html)
 
@@ -202,25 +203,22 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(run: RunResults, run_dir: Path, summary: dict | None = None) -> Path:
-    files = sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != "manifest.json")
-    manifest = {
-        "schema_version": 1, "run_id": run.run_id, "created_at": now().isoformat(),
-        "runbook_version": run.runbook_version, "params_digest": run.params_digest,
-        "readiness": run.readiness, "exit_code": run.exit_code,
-        **(summary or {}),  # small fields the outputs index shows (outputs_index.summary_fields)
-        "files": {str(p.relative_to(run_dir)): sha256(p) for p in files},
-    }
-    path = run_dir / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1))
-    return path
+def write_manifest(run: RunResults, run_dir: Path, key=None, summary: dict | None = None) -> Path:
+    """SHA-256 of every artifact, chained to the previous run's manifest, signed when a key is given.
+    `summary`: the small fields outputs/index.html shows (outputs_index.summary_fields)."""
+    from . import signing
+    return signing.write_manifest_file(
+        signing.build_manifest(run, run_dir, key, signing.previous_link(run_dir), extra=summary), run_dir)
 
 
 def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", sections: list[str] | None = None,
-        say=print) -> tuple[int, Path | None]:
+        say=print, sign_off_by: str | None = None, signing_key: str | None = None) -> tuple[int, Path | None]:
     """Run the runbook; return (exit code, run directory). Bad parameters raise ParamsError before anything runs."""
     params_path = Path(params_path).resolve()
     params = load_params(params_path)
+    from . import confirmations, signing
+    confirmations.validate_files(params)  # a malformed confirmations/waivers file: one sentence, nothing runs
+    key = signing.load_signing_key(signing_key)
     catalog = load_catalog()
     chosen = sections or list(catalog.sections)
     unknown = [s for s in chosen if s not in catalog.sections]
@@ -258,6 +256,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         why = next((p for p in problems if f"the {section} notebook" in p), None)
         got = sr.results if sr else []
         results += _fill_missing(got, section, params, why or f"the {section} section wrote no result for this item")
+    from .confirmations import apply_records  # also covers results filled in for a section that could not run
+    results = apply_records(results, params)
     pages = {s: pages[s] for s in chosen if s in pages}
     code = exit_code(results, problems)
     run_results = RunResults(
@@ -268,14 +268,23 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     )
     (run_dir / "results.json").write_text(run_results.model_dump_json(indent=1))
     write_junit(run_results, run_dir / "junit.xml")
+    for r in results:  # expired waivers are ignored, loudly
+        if "expired_waiver" in r.details:
+            say(f"  warning: waiver for {r.item_id} on {r.target} ({r.details['expired_waiver']['ticket']}) "
+                f"expired on {r.details['expired_waiver']['expires'][:10]}; it is ignored")
     from . import drift as drift_mod, fleet, outputs_index
-    drift = drift_mod.drift_since_previous(run_results, run_dir)
-    write_index(run_results, run_dir, pages, drift=drift, categories=drift_mod.CATEGORIES, titles=drift_mod.TITLES,
+    previous = signing.previous_link(run_dir)  # the manifest chain, as write_manifest will record it
+    drift = drift_mod.drift_since_previous(run_results, run_dir, previous["manifest_sha256"] if previous else None)
+    drift_mod.write_drift(drift, run_dir)
+    sign_off = signing.sign_off_record(run_results, sign_off_by, key)
+    signing.write_sign_off(sign_off, run_dir)
+    write_index(run_results, run_dir, pages, sign_off, drift=drift,
                 matrix=fleet.matrix(run_results, {t.name: t.groups for t in params.targets}))
     log.removeHandler(handler)
     handler.close()
-    write_manifest(run_results, run_dir, outputs_index.summary_fields(run_results, drift))
+    write_manifest(run_results, run_dir, key, outputs_index.summary_fields(run_results, drift, sign_off))
     outputs_index.write_outputs_index(run_dir.parent)
+    signing.report_sign_off(sign_off, key, say)
     c = run_results.counts
     say(f"{run_results.readiness.upper()} (exit {code}): " + ", ".join(f"{v} {k}" for k, v in c.items() if v))
     for p in problems:
