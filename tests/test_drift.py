@@ -166,9 +166,25 @@ def test_two_real_runs_one_fixed_one_regressed(deployment, tmp_path, capsys):
     assert ("SEC-TLS-4", "api") in {(c["item_id"], c["target"]) for c in doc["regressed"]}
     second = json.loads((out / runs[1] / "manifest.json").read_text())
     assert second["drift"]["base_run_id"] == runs[0] and second["drift"]["fixed"] >= 1
+    assert second["previous"]["run_id"] == runs[0]  # the signed chain that drift followed
+    saved = json.loads((out / runs[1] / "drift.json").read_text())
+    assert saved["found_by"].startswith("manifest chain") and "drift.json" in second["files"]
     page = (out / runs[1] / "index.html").read_text()
     assert "What changed since the previous run" in page and f"../{runs[0]}/index.html" in page
     assert 'href="#SEC-TLS-4--web"' in page  # the drift row and the matrix link into the evidence
     index = (out / "index.html").read_text()
     assert index.index(runs[1]) < index.index(runs[0])
     assert os.environ.get("ASAP_DEMO_TOKEN") and os.environ["ASAP_DEMO_TOKEN"] not in page + index
+
+
+def test_summary_page_rendered_again_keeps_drift_and_matrix(tmp_path):
+    """An after-the-fact sign-off re-renders index.html with no drift passed: it comes from drift.json."""
+    from asap_runbook.runner import write_index
+    base = _run("a", [_r("SEC-TLS-1", Status.FAIL)], T0)
+    current = _run("b", [_r("SEC-TLS-1", Status.PASS)], T0 + timedelta(hours=1))
+    d = tmp_path / "b"
+    d.mkdir()
+    drift.write_drift(drift.compare(base, current, "manifest chain (same params digest)"), d)
+    write_index(current, d, {})
+    page = (d / "index.html").read_text()
+    assert "Fixed (1)" in page and 'href="#SEC-TLS-1--api">pass</a>' in page
