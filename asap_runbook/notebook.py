@@ -136,6 +136,24 @@ def show_pending(section_run: SectionRun | None) -> None:
 
 
 def confirm_panel(section_run: SectionRun | None, params_path: str):
-    """Items that await a person, each with a confirm control that writes the confirmations file."""
+    """Items that await a person, each with a confirm control that writes the confirmations file.
+
+    In a headless run nobody can click, and the rendered page shows widgets only as a placeholder,
+    so the panel is a short note instead: building hundreds of controls for a fleet (and reading
+    the confirmations file once per row) cost seconds per section and showed nothing more."""
+    if os.environ.get("ASAP_RUNBOOK_HEADLESS"):
+        return _confirm_note(section_run, params_path)
     from .widgets import confirm_panel as panel
     return panel(section_run, params_path)
+
+
+def _confirm_note(section_run: SectionRun | None, params_path: str):
+    import html
+    if section_run is None:
+        return None
+    pending = [r for r in section_run.results if r.status is Status.MANUAL]
+    confirmed = [r for r in section_run.results if r.status is Status.CONFIRMED]
+    return _html(
+        f"<p><b>{len(pending)}</b> item(s) await a person and <b>{len(confirmed)}</b> are confirmed (who, when and "
+        "until when: in the findings above). Confirm in JupyterLab with this notebook's confirm panel, or with "
+        f"<code>asap-runbook confirm ITEM --target TARGET --by NAME --note '...' --params {html.escape(str(params_path))}</code>.</p>")

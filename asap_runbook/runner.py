@@ -78,7 +78,6 @@ def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | Non
     """Run one section notebook (or `notebook`: the benchmark's floor); return None, or one sentence saying why it failed."""
     import papermill as pm
     _kernel_imports_this_package()
-    os.environ["ASAP_RUNBOOK_HEADLESS"] = "1"  # the CLI shows progress; no widget in the evidence
     out = run_dir / "notebooks" / f"{section}.ipynb"
     try:
         pm.execute_notebook(
@@ -110,6 +109,12 @@ def ipc_kernel_manager():
             self._ipc_dir = tempfile.mkdtemp(prefix="asap-kernel-")
             self.transport = "ipc"
             self.ip = os.path.join(self._ipc_dir, "k")
+
+        async def _async_pre_start_kernel(self, **kw):
+            # only the kernels of a headless run know they are headless (notebook.py): no progress
+            # widget, no confirm controls nobody can click; this process's environment is untouched
+            kw["env"] = {**(kw.get("env") or os.environ), "ASAP_RUNBOOK_HEADLESS": "1"}
+            return await super()._async_pre_start_kernel(**kw)
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
             await super()._async_cleanup_resources(restart)
