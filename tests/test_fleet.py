@@ -118,3 +118,14 @@ def test_lean_html_exporter_renders_what_the_stock_one_does():
     assert a.get_text() == b.get_text()
     assert [t.name for t in a.select("[tabindex]")] == [t.name for t in b.select("[tabindex]")]
     assert [i.get("alt") for i in a.select("img")] == [i.get("alt") for i in b.select("img")] != []
+
+
+def test_progress_in_a_log_prints_plain_lines(tmp_path, monkeypatch):
+    """Not a terminal (CI logs): no bar, a plain line now and then."""
+    monkeypatch.setattr(progress, "PLAIN_EVERY_SECONDS", 0)
+    (tmp_path / "scaling.progress.json").write_text(json.dumps({"done": 5, "total": 16, "running": ["SCALE-SERVER-1 on a"]}))
+    stream = io.StringIO()
+    with progress.watch_sections(tmp_path, {"scaling": 16}, say=lambda s: None, stream=stream, enabled=None):
+        pass
+    assert "progress: 5/16 checks · scaling 5/16 · running SCALE-SERVER-1 on a" in stream.getvalue()
+    assert "\r" not in stream.getvalue()
