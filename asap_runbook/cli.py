@@ -67,7 +67,8 @@ def cmd_demo(args) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("reference deployment stopped.")
-    print(f"open {run_dir / 'index.html'} (the demo is expected to be 'not ready': one target is misconfigured on purpose)")
+    why = "" if args.fleet == 1 else " (the demo is expected to be 'not ready': misconfigured targets are there on purpose)"
+    print(f"open {run_dir / 'index.html'}{why}")
     return 0 if code in (ExitCode.READY, ExitCode.NOT_READY, ExitCode.INCOMPLETE) else code
 
 
