@@ -115,3 +115,30 @@ def test_targets_in_parallel_is_bounded(demo_params, bound):
         assert s.stats["max_ports_busy"] <= bound
         if bound > 1:
             assert s.stats["max_ports_busy"] > 1
+
+
+def test_full_run_with_misbehaving_targets(bad, deployment, tmp_path):
+    """The same four through `asap-runbook run` (kernels in other processes reach the servers):
+    each ends in error with its reason, the hardened target still passes, no traceback anywhere."""
+    import yaml
+
+    from asap_runbook.cli import main
+    from asap_runbook.results import RunResults
+    env = deployment.env()
+    targets = [{"name": n, "base_url": u} for n, u in bad.url.items()]
+    targets.append({"name": "hardened", "base_url": env["ASAP_DEMO_HARDENED_URL"], "ca_file": env["ASAP_DEMO_CA_FILE"],
+                    "token_env": "ASAP_DEMO_TOKEN"})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"targets": targets, "probe": {"timeout_seconds": 1, "max_response_bytes": 65536}}))
+    code = main(["run", "--params", str(params), "--out", str(tmp_path / "out"), "--sections", "security,resilience"])
+    assert code in (1, 3)
+    run_dir = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
+    run = RunResults.model_validate_json((run_dir / "results.json").read_text())
+    probe_items = _probe_items("security") | _probe_items("resilience")
+    for name, reason in REASONS.items():
+        probed = [r for r in run.results if r.target == name and r.item_id in probe_items]
+        assert probed and all(r.status is Status.ERROR and reason in r.summary for r in probed), name
+    ok = {r.item_id: r.status for r in run.results if r.target == "hardened"}
+    assert ok["SEC-TLS-1"] is Status.PASS and ok["SEC-TLS-4"] is Status.PASS
+    for page in run_dir.rglob("*.html"):
+        assert "Traceback" not in page.read_text()
