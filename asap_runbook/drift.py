@@ -26,7 +26,7 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -293,6 +293,3 @@ def as_json(drift: Drift) -> str:
     doc["counts"] = drift.counts()
     return json.dumps(doc, indent=1)
 
-
-def still_failing(drift: Drift) -> Iterable[Change]:
-    return (c for c in drift.unchanged if c.after in {s.value for s in BAD})

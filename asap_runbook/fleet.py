@@ -21,7 +21,7 @@ from .results import READINESS, RunResults, exit_code
 REPO = Path(__file__).resolve().parent.parent
 
 
-def matrix(run: RunResults, groups: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+def build_matrix(run: RunResults, groups: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """The targets x items matrix for the summary page: per-target readiness, one cell per (item, target)."""
     groups = groups or {}
     by_key = {(r.item_id, r.target): r.status.value for r in run.results}
@@ -47,7 +47,7 @@ def page_context(run: RunResults, run_dir: Path, drift=None, matrix: dict | None
     from . import drift as drift_mod
     if drift is None:
         drift = drift_mod.read_drift(Path(run_dir))
-    ctx: dict[str, Any] = {"matrix": matrix or globals()["matrix"](run),
+    ctx: dict[str, Any] = {"matrix": matrix or build_matrix(run),
                            "categories": drift_mod.CATEGORIES, "titles": drift_mod.TITLES}
     if drift is not None:
         ctx["drift"] = drift

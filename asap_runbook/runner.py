@@ -286,7 +286,7 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     sign_off = signing.sign_off_record(run_results, sign_off_by, key)
     signing.write_sign_off(sign_off, run_dir)
     write_index(run_results, run_dir, pages, sign_off, drift=drift,
-                matrix=fleet.matrix(run_results, {t.name: t.groups for t in params.targets}))
+                matrix=fleet.build_matrix(run_results, {t.name: t.groups for t in params.targets}))
     log.removeHandler(handler)
     handler.close()
     write_manifest(run_results, run_dir, key, outputs_index.summary_fields(run_results, drift, sign_off))
