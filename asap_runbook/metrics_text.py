@@ -173,6 +173,16 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
     return prev_le
 
 
+def prometheus_monotonic(buckets: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """What PromQL's histogram_quantile does to non-monotonic buckets: raise each to the running max
+    (so +Inf becomes the largest double-cumulated value)."""
+    out, top = [], 0.0
+    for le, v in buckets:
+        top = max(top, v)
+        out.append((le, top))
+    return out
+
+
 def merge(series: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
     """Sum several series' buckets by le (what `sum by (le)` does)."""
     acc: dict[float, float] = {}
@@ -187,7 +197,7 @@ def latency_summary(buckets: list[tuple[float, float]], q: float = 0.99) -> dict
     broken = is_double_cumulated(buckets)
     fixed = decumulate(buckets) if broken else buckets
     value = quantile(q, fixed)
-    naive = quantile(q, buckets)
+    naive = quantile(q, prometheus_monotonic(buckets))
     return {
         "quantile": q,
         "value_seconds": value,

@@ -70,7 +70,7 @@ async def latency(prom: Prom, job: str, window: str, q: float = 0.99) -> dict:
     return {
         "window": window, "quantile": q,
         "value_seconds": mt.quantile(q, fixed),
-        "naive_histogram_quantile_seconds": mt.quantile(q, buckets),
+        "naive_histogram_quantile_seconds": mt.quantile(q, mt.prometheus_monotonic(buckets)),
         "double_cumulated": broken,
         "method": ("de-cumulated buckets (scraped[i] - scraped[i-1]): this job's buckets are double-cumulated"
                    if broken else "buckets as scraped (this job's buckets are sane: no finite bucket above +Inf)"),
@@ -124,3 +124,77 @@ async def timeseries(prom: Prom, job: str, window: str):
         df["mean_seconds"] = (df["latency_sum"] / df["latency_count"]).where(df["latency_count"] > 0)
     df.attrs.update(job=job, window=window, rate_range=rng, step=f"{step}s", double_cumulated=broken)
     return df
+
+
+def monitoring_plots(section=None, params_path: str | None = None, targets: list[str] | None = None):
+    """Request rate, error ratio and latency (p99 + mean) over `prometheus.window` for every target
+    with a `prometheus_job`, as one matplotlib figure (a static PNG in the HTML evidence).
+    Returns the per-job DataFrames; a Prometheus that does not answer is one sentence, no plot."""
+    import concurrent.futures
+
+    import matplotlib.pyplot as plt
+
+    from .errors import RunbookError
+    from .notebook import _display, _html
+    from .params import load_params
+
+    def say(text: str) -> None:
+        _display(_html(f"<p><b>Prometheus plots:</b> {text}</p>"))
+
+    try:
+        params = load_params(params_path)
+    except RunbookError as e:
+        say(e.message)
+        return {}
+    if params.prometheus is None:
+        say("no prometheus.url in the parameters, nothing to plot.")
+        return {}
+    ran = {r.target for r in section.results} if section is not None and getattr(section, "results", None) else None
+    jobs = {t.name: t.prometheus_job for t in params.targets
+            if t.prometheus_job and (not targets or t.name in targets) and (ran is None or t.name in ran)}
+    if not jobs:
+        say("no target has a prometheus_job.")
+        return {}
+    prom = Prom(params.prometheus)
+    window = params.prometheus.window
+
+    async def collect():
+        frames = await asyncio.gather(*(timeseries(prom, job, window) for job in jobs.values()))
+        return dict(zip(jobs, frames))
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # works inside Jupyter's running loop too
+            frames = pool.submit(asyncio.run, collect()).result()
+    except RunbookError as e:
+        say(e.message)
+        return {}
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
+    panels = [("requests_per_s", "requests / s", axes[0]), ("error_ratio", "error ratio", axes[1])]
+    for name, df in frames.items():
+        label = f"{name} ({jobs[name]})"
+        if df.empty:
+            axes[0].plot([], [], label=f"{label}: no data (not scraped)")
+            continue
+        for col, _, ax in panels:
+            if col in df:
+                ax.plot(df.index, df[col], label=label)
+        if "p99_seconds" in df:
+            axes[2].plot(df.index, df["p99_seconds"], label=f"{label} p99"
+                         + (" (de-cumulated buckets)" if df.attrs.get("double_cumulated") else ""))
+        if "mean_seconds" in df:
+            axes[2].plot(df.index, df["mean_seconds"], linestyle="--", label=f"{label} mean (_sum/_count)")
+    th = params.thresholds
+    axes[1].axhline(th.error_rate_ratio.value, color="grey", linewidth=0.8, linestyle=":", label="threshold")
+    axes[2].axhline(th.p99_latency_seconds.value, color="grey", linewidth=0.8, linestyle=":", label="p99 threshold")
+    for (_, ylabel, ax) in panels + [(None, "latency (s)", axes[2])]:
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    some = next((df for df in frames.values() if not df.empty), None)
+    rng = some.attrs.get("rate_range") if some is not None else "?"
+    axes[0].set_title(f"Prometheus, last {window} (rate over {rng})")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    plt.show()
+    plt.close(fig)
+    return frames

@@ -74,3 +74,9 @@ def show_pending(section_run: SectionRun | None) -> None:
                        for r in pending])
     _display(_html(f"<p><b>{len(pending)}</b> item(s) await a person:</p>"))
     _display(df)
+
+
+def monitoring_plots(section_run: SectionRun | None, params_path: str, targets: list[str] | None = None):
+    """Monitoring: request rate, error ratio and latency from Prometheus over the window (static PNG)."""
+    from .monitoring_live import monitoring_plots as plots
+    return plots(section_run, params_path, targets)
