@@ -183,3 +183,28 @@ def test_counters_going_backwards_fail(demo_params):
     r = asyncio.run(run_check_async("MON-METRICS-3", demo_params, hardened.name,
                                     transport=httpx.MockTransport(handler)))
     assert r.status is Status.FAIL and "went backwards" in r.summary, r.summary
+
+
+def test_control_without_a_running_deployment_is_one_sentence(tmp_path):
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "asap_runbook.reference", "control", "--workdir", str(tmp_path),
+                          "stop-redis", "hardened"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith("cannot reach the reference deployment") and "Traceback" not in out.stderr
+
+
+def test_control_stops_and_starts_the_named_redis(deployment):
+    import redis
+
+    cmd = deployment.env()["ASAP_DEMO_CONTROL"]
+    mis = redis.Redis(port=deployment.misconfigured_redis.port, socket_connect_timeout=0.5)
+    hardened = redis.Redis(port=deployment.redis.port, socket_connect_timeout=0.5)
+    try:
+        assert subprocess.run(f"{cmd} stop-redis misconfigured", shell=True, timeout=30).returncode == 0
+        with pytest.raises(redis.ConnectionError):
+            mis.ping()
+        assert hardened.ping()  # the other one is untouched
+    finally:
+        assert subprocess.run(f"{cmd} start-redis misconfigured", shell=True, timeout=30).returncode == 0
+    assert mis.ping()

@@ -383,6 +383,8 @@ async def readiness_follows_dependency(ctx: CheckContext) -> Finding:
     if status != 200:
         return Finding.errored(f"/ready is not 200 before the drill (got {status}: {body}); cannot run the drill")
     budget = ctx.target.active_probes.max_seconds
+    max_polls = ctx.target.active_probes.max_requests  # GET /ready polls, both phases together
+    polls = 1
     react = min(READINESS_REACTION_SECONDS, budget / 3)
     timeline: list[dict] = []
     t0 = time.monotonic()
@@ -397,7 +399,8 @@ async def readiness_follows_dependency(ctx: CheckContext) -> Finding:
         mark("dependency_stop", command=d.dependency_stop, exit_code=rc, output=out)
         failed_at = None
         if rc == 0:
-            while time.monotonic() - t0 < react:
+            while time.monotonic() - t0 < react and polls < max_polls:
+                polls += 1
                 status, body = await _ready_status(ctx)
                 if status != 200:
                     failed_at = time.monotonic() - t0
@@ -405,7 +408,7 @@ async def readiness_follows_dependency(ctx: CheckContext) -> Finding:
                     break
                 await asyncio.sleep(0.2)
             else:
-                mark(f"/ready still 200 after {react:g} s", status=status, body=body)
+                mark(f"/ready still 200 after {time.monotonic() - t0:.1f} s", status=status, body=body)
     finally:
         rc2, out2 = await _shell(d.dependency_start)
         mark("dependency_start", command=d.dependency_start, exit_code=rc2, output=out2)
@@ -413,20 +416,23 @@ async def readiness_follows_dependency(ctx: CheckContext) -> Finding:
     t_start = time.monotonic()
     recovered_at = None
     if rc2 == 0:
-        while time.monotonic() - t_start < budget / 2:
+        while time.monotonic() - t_start < budget / 2 and polls < max_polls:
+            polls += 1
             status, body = await _ready_status(ctx)
             if status == 200:
                 recovered_at = time.monotonic() - t_start
                 mark("/ready ok again", status=status, body=body)
                 break
             await asyncio.sleep(0.2)
-    ev = [("drill timeline (seconds from dependency_stop)", timeline)]
+    ev = [("drill timeline (seconds from dependency_stop)", timeline),
+          ("sent", f"{polls} GET /ready (cap active_probes.max_requests = {max_polls}), polled every 0.2 s; "
+                   f"the two commands above")]
     if rc != 0:
         return Finding.errored(f"dependency_stop failed (exit {rc}): {out[:200]}", ev)
     if rc2 != 0:
         return Finding.errored(f"dependency_start failed (exit {rc2}): {out2[:200]}; the dependency may still be down", ev)
     if failed_at is None:
-        return Finding.failed(f"/ready stayed 200 for {react:g} s while the dependency was stopped: readiness is "
+        return Finding.failed(f"/ready stayed 200 for {react:g} s ({polls} polls) while the dependency was stopped: readiness is "
                               "not wired to it, so traffic keeps flowing to an agent that cannot serve", ev)
     if recovered_at is None:
         return Finding.failed(f"/ready failed {failed_at:.1f} s after the stop but did not recover within "
@@ -514,6 +520,7 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
     logf = tempfile.NamedTemporaryFile(prefix="asap-drain-drill-", suffix=".log", delete=False)
     timeline: list[dict] = []
     t0 = time.monotonic()
+    max_polls, polls = ctx.target.active_probes.max_requests, 0
 
     def mark(what: str, **kw) -> None:
         timeline.append({"t_s": round(time.monotonic() - t0, 2), "what": what} | kw)
@@ -523,9 +530,10 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
     mark("agent_start", command=cmd, pid=proc.pid, port=port)
     try:
         started = False
-        while time.monotonic() - t0 < min(15.0, budget / 2):
+        while time.monotonic() - t0 < min(15.0, budget / 2) and polls < max_polls - 2:
             if proc.returncode is not None:
                 break
+            polls += 1
             try:
                 r = await ctx.probe.get(f"{base}/health", deadline=1.0)
                 if r.status == 200:
@@ -534,7 +542,7 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
             except ProbeError:
                 pass
             try:
-                await asyncio.wait_for(proc.wait(), timeout=0.2)
+                await asyncio.wait_for(proc.wait(), timeout=0.3)
             except asyncio.TimeoutError:
                 pass
         if not started:
@@ -596,6 +604,8 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
             await proc.wait()
         logf.close()
     ev = [("drill timeline (seconds from agent_start)", timeline), ("grace period", f"{grace:g} s ({grace_from})"),
+          ("sent", f"{polls} GET /health while the agent started, 1 POST /asap (skill sleep, {slow:g} s), "
+                   "SIGTERM, 1 GET /health after it"),
           ("agent output (tail)", _tail(logf.name, ctx))]
     Path(logf.name).unlink(missing_ok=True)
     if not completed:
