@@ -111,7 +111,7 @@ def test_drills_off_is_skip(demo_params, check):
 
 # -------------------------------------------------------------------------- Prometheus down
 @pytest.fixture
-def prometheus_down_params(deployment, tmp_path):
+def prometheus_down_path(deployment, tmp_path):
     import socket
 
     with socket.socket() as s:  # a port nothing listens on
@@ -126,7 +126,12 @@ def prometheus_down_params(deployment, tmp_path):
         t["k8s_manifests"] = [str((DEMO_PARAMS.parent / p).resolve()) for p in t.get("k8s_manifests", [])]
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
-    return load_params(path)
+    return path
+
+
+@pytest.fixture
+def prometheus_down_params(prometheus_down_path):
+    return load_params(prometheus_down_path)
 
 
 @pytest.mark.parametrize("item_id", ["MON-METRICS-2", "MON-ALERT-1", "MON-ALERT-2", "MON-ALERT-3", "MON-ALERT-4"])
@@ -155,3 +160,16 @@ def test_token_never_in_monitoring_evidence(check):
     for item in ("MON-LOG-1", "MON-LOG-3", "MON-HEALTH-4"):
         r = check(item, "hardened")
         assert token not in r.model_dump_json()
+
+
+
+def test_plots_with_prometheus_down_say_so(prometheus_down_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import asap_runbook.notebook as rb
+
+    shown = []
+    monkeypatch.setattr(rb, "_display", lambda obj: shown.append(getattr(obj, "data", str(obj))))
+    assert rb.monitoring_plots(None, str(prometheus_down_path)) == {}
+    assert len(shown) == 1 and "could not answer" in shown[0] and "Traceback" not in shown[0]
