@@ -146,8 +146,20 @@ def test_prometheus_plots_render(deployment, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
+    import time
+
+    import httpx
+
     import asap_runbook.notebook as rb
 
+    # a rate needs two samples in its range: let a freshly started Prometheus scrape a few times
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{deployment.prometheus.url}/api/v1/query",
+                      params={"query": 'count_over_time(up{job="asap-hardened"}[30s])'}, timeout=5).json()
+        if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 4:
+            break
+        time.sleep(1)
     frames = rb.monitoring_plots(None, str(DEMO_PARAMS))
     assert set(frames) == {"hardened", "misconfigured"}
     assert "requests_per_s" in frames["hardened"] and len(frames["hardened"]) > 0

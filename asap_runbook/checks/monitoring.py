@@ -669,7 +669,11 @@ async def _alert_check(ctx: CheckContext, key: str) -> Finding:
               (", ..." if len(rule.selectors) > 1 else "") + f", for {rule.for_seconds:g}s)"
     window = ctx.params.prometheus.window
     if key == "down":
-        if firing:
+        down_now = await prom.query(f"up{live._sel(job)} == 0")
+        ev.append((f"targets of job {job} with up == 0 now", [r.get("metric", {}).get("instance") for r in down_now]
+                   or "none"))
+        if firing or down_now:
+            state = state or f"{rule.name} not active yet (for {rule.for_seconds:g}s), but up == 0"
             targets = [t for t in await prom.targets() if t.get("labels", {}).get("job") == job]
             why = next((t.get("lastError") for t in targets if t.get("health") != "up"), "")
             return Finding.failed(f"{state} for job {job!r} now: the agent is down or unscrapeable"
