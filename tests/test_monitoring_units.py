@@ -208,3 +208,29 @@ def test_control_stops_and_starts_the_named_redis(deployment):
     finally:
         assert subprocess.run(f"{cmd} start-redis misconfigured", shell=True, timeout=30).returncode == 0
     assert mis.ping()
+
+
+# ----------------------------------------------------------------------------------- alert coverage
+def _rules_api(*rules):
+    """The shape of Prometheus's /api/v1/rules groups."""
+    return [{"name": "g", "rules": list(rules)}]
+
+
+def test_coverage_follows_selectors_not_names():
+    from asap_runbook.alerting import CONCERNS, coverage
+
+    groups = _rules_api(
+        {"type": "recording", "name": "job:asap_errors:ratio",
+         "query": 'sum(rate(asap_requests_total{job="asap-orders", status="error"}[5m])) / sum(rate(asap_requests_total[5m]))'},
+        {"type": "alerting", "name": "SomethingUnrelatedByName", "query": "job:asap_errors:ratio > 0.1", "duration": 300,
+         "alerts": [{"state": "firing", "labels": {"job": "asap-orders"}}]},
+        {"type": "alerting", "name": "ASAPHighErrorRate", "query": 'up{job="x"} == 0', "duration": 60},
+        {"type": "alerting", "name": "NaiveP99", "duration": 300,
+         "query": "histogram_quantile(0.99, sum by (le) (rate(asap_request_duration_seconds_bucket[5m]))) > 1"},
+    )
+    err = coverage(groups, "asap-orders", CONCERNS["error_rate"])
+    assert [c.name for c in err] == ["SomethingUnrelatedByName"]  # the rule *named* ASAPHighErrorRate reads `up`
+    assert err[0].selects_job and err[0].alerts[0]["state"] == "firing"
+    assert not coverage(groups, "asap-payments", CONCERNS["error_rate"])[0].selects_job
+    lat = coverage(groups, "asap-orders", CONCERNS["latency"])
+    assert [c.name for c in lat] == ["NaiveP99"] and lat[0].quantile_on_raw_buckets and lat[0].selects_job
