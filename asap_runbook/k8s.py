@@ -143,6 +143,15 @@ def command_line(container: dict) -> list[str]:
     return argv
 
 
+def shell_wrapped(container: dict) -> bool:
+    """`sh -c "uvicorn ..."` without `exec`: as PID 1 the shell receives SIGTERM and does not pass
+    it on, so the agent never drains and is SIGKILLed when the grace period ends."""
+    argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+    if len(argv) >= 3 and argv[0].rsplit("/", 1)[-1] in ("sh", "bash", "dash", "ash") and argv[1] == "-c":
+        return not argv[2].lstrip().startswith("exec ")
+    return False
+
+
 def env(container: dict) -> dict[str, str]:
     """The container's literal env values; values from secrets/config maps are shown as a reference."""
     out = {}

@@ -127,6 +127,8 @@ def test_example_manifests():
     bad = k8s.workloads(k8s.documents([REPO / "examples/misconfigured/k8s/orders-agent.yaml"]))
     (c,) = bad[0].agent_containers()
     assert k8s.probes(c)["readiness"] is None and k8s.drain_seconds(c)[0] is None  # unbounded uvicorn drain
+    assert k8s.shell_wrapped(c)
+    assert not k8s.shell_wrapped({"command": ["sh", "-c", "exec uvicorn app:app"]})
 
 
 def test_malformed_manifest_is_one_sentence(tmp_path):

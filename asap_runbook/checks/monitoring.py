@@ -480,6 +480,9 @@ async def k8s_probes(ctx: CheckContext) -> Finding:
             for p in (live_p, ready_p):
                 if p is not None and p.path and not k8s.port_known(c, p.port):
                     problems.append(f"{name}: {p.kind}Probe port {p.port!r} is not a declared containerPort")
+            if k8s.shell_wrapped(c):
+                problems.append(f"{name}: the agent runs under `sh -c` without exec, so SIGTERM stops at the shell "
+                                "(PID 1) and the agent is killed at the end of the grace period without draining")
             if drain is None:
                 warnings.append(f"{name}: {how}")
                 if pre >= grace:
