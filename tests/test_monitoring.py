@@ -185,3 +185,15 @@ def test_plots_with_prometheus_down_say_so(prometheus_down_path, monkeypatch):
     monkeypatch.setattr(rb, "_display", lambda obj: shown.append(getattr(obj, "data", str(obj))))
     assert rb.monitoring_plots(None, str(prometheus_down_path)) == {}
     assert len(shown) == 1 and "could not answer" in shown[0] and "Traceback" not in shown[0]
+
+
+def test_drill_commands_that_fail_are_errors(demo_params, check):
+    t = demo_params.target("hardened")
+    t = t.model_copy(update={"drills": t.drills.model_copy(update={
+        "dependency_stop": "exit 3", "dependency_start": "true", "agent_start": "echo no such agent; exit 1"})})
+    params = demo_params.model_copy(update={"targets": [t]})
+    r = check("MON-HEALTH-2", "hardened", params)
+    assert r.status is Status.ERROR and "dependency_stop failed (exit 3)" in r.summary
+    r = check("MON-HEALTH-4", "hardened", params)
+    assert r.status is Status.ERROR and "did not answer" in r.summary
+    assert any("no such agent" in line for e in r.evidence if e.label == "agent output" for line in e.data)
