@@ -533,7 +533,8 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
     mark("agent_start", command=cmd, pid=proc.pid, port=port)
     try:
         started = False
-        while time.monotonic() - t0 < min(15.0, budget / 2) and polls < max_polls - 2:
+        # start-up (importing asap.transport, ~1-5 s; more on a loaded host) has its own bound
+        while time.monotonic() - t0 < min(15.0, budget * 0.75) and polls < max_polls - 2:
             if proc.returncode is not None:
                 break
             polls += 1
@@ -545,7 +546,7 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
             except ProbeError:
                 pass
             try:
-                await asyncio.wait_for(proc.wait(), timeout=0.3)
+                await asyncio.wait_for(proc.wait(), timeout=0.5)
             except asyncio.TimeoutError:
                 pass
         if not started:
@@ -576,7 +577,7 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
             mark("new connection after SIGTERM", outcome=f"answered HTTP {r.status}")
         except ProbeError as e:
             mark("new connection after SIGTERM", outcome=f"refused ({e.message[:80]})")
-        wait = max(0.5, min(grace, budget - (time.monotonic() - t0) - 1))
+        wait = max(slow + 2, min(grace, budget - (time.monotonic() - t0)))  # stays inside the check timeout
         try:
             await asyncio.wait_for(proc.wait(), timeout=wait)
             exited_at = time.monotonic() - t_sig
