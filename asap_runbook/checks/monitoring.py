@@ -312,11 +312,11 @@ async def trace_correlation(ctx: CheckContext) -> Finding:
     if not events:
         return Finding.failed(f"trace id {trace} not found in {sample.source} within 3 s of the request", ev)
     if received and processed:
-        return Finding.passed(
-            "trace_id joins asap.request.received and asap.request.processed"
-            + (f"; envelope_id (the request id) also joins {', '.join(x for x in joins['request envelope id (envelope_id)'] if not x.startswith('asap.request.received')) or 'nothing else'}"
-               if request_id else "")
-            + "; correlation_id is never logged (asap-protocol 2.5.10), processed carries the response id", ev)
+        also = [x for x in joins["request envelope id (envelope_id)"] if x != "asap.request.received"]
+        by_id = f"; the request id (envelope_id) also joins {', '.join(also)}" if also else ""
+        logged = "is logged" if joins["correlation_id field logged"] else "is never logged (asap-protocol 2.5.10)"
+        return Finding.passed(f"trace_id joins asap.request.received and asap.request.processed{by_id}; "
+                              f"correlation_id {logged}; processed carries the response id, not the request id", ev)
     seen = ", ".join(sorted({str(e.get("event")) for e in events}))
     return Finding.warned(f"trace id found only on {seen}: the request's received and processed lines cannot both "
                           "be joined on it", ev)
