@@ -236,3 +236,14 @@ def test_coverage_follows_selectors_not_names():
     assert not coverage(groups, "asap-payments", CONCERNS["error_rate"])[0].selects_job
     lat = coverage(groups, "asap-orders", CONCERNS["latency"])
     assert [c.name for c in lat] == ["NaiveP99"] and lat[0].quantile_on_raw_buckets and lat[0].selects_job
+
+
+def test_log_command_sample_and_failure():
+    from asap_runbook.params import Target
+
+    t = Target(name="t", base_url="https://x.example", log_command="printf '{\"event\":\"asap.x\",\"level\":\"info\",\"timestamp\":\"t\"}\\nhello\\n'")
+    s = asyncio.run(logs.read_sample(t))
+    assert s.stats()["json"] == 1 and s.stats()["other"] == 1 and s.source.startswith("$ printf")
+    bad = Target(name="t", base_url="https://x.example", log_command="echo nope >&2; exit 4")
+    with pytest.raises(logs.LogSourceError, match="log_command exited with 4: nope"):
+        asyncio.run(logs.read_sample(bad))
