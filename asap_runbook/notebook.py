@@ -33,6 +33,8 @@ def run(section: str, params_path: str, run_dir: str | None = None, targets: lis
     """Run one section's checks and show the results. Bad parameters: one sentence, no traceback."""
     try:
         params = load_params(params_path)
+        from .confirmations import validate_files
+        validate_files(params)  # a malformed confirmations or waivers file: one sentence here too
     except RunbookError as e:
         _display(_html(f"<p style='color:#8c0b07'><b>Cannot run:</b> {e.message}</p>"))
         print(f"asap-runbook: {e.message}", file=sys.stderr)
@@ -80,3 +82,9 @@ def monitoring_plots(section_run: SectionRun | None, params_path: str, targets: 
     """Monitoring: request rate, error ratio and latency from Prometheus over the window (static PNG)."""
     from .monitoring_live import monitoring_plots as plots
     return plots(section_run, params_path, targets)
+
+
+def confirm_panel(section_run: SectionRun | None, params_path: str):
+    """Items that await a person, each with a confirm control that writes the confirmations file."""
+    from .widgets import confirm_panel as panel
+    return panel(section_run, params_path)
