@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
-import yaml
 
 from asap_runbook.params import load_params
 from asap_runbook.results import Status
 
-from conftest import DEMO_PARAMS
+from conftest import DEMO_PARAMS, write_test_params
 
 # item -> what the misconfigured reference deployment must get
 MISCONFIGURED = {
@@ -117,16 +116,8 @@ def prometheus_down_path(deployment, tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    data = yaml.safe_load(DEMO_PARAMS.read_text())
-    data["prometheus"]["url"] = f"http://127.0.0.1:{port}"
-    for t in data["targets"]:  # keep relative paths resolvable from the copy
-        for key in ("process_config", "source_dir"):
-            if key in t:
-                t[key] = str((DEMO_PARAMS.parent / t[key]).resolve())
-        t["k8s_manifests"] = [str((DEMO_PARAMS.parent / p).resolve()) for p in t.get("k8s_manifests", [])]
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_test_params(tmp_path, prometheus={"url": f"http://127.0.0.1:{port}", "timeout_seconds": 3,
+                                                   "window": "1m"})
 
 
 @pytest.fixture
