@@ -399,16 +399,19 @@ async def readiness_follows_dependency(ctx: CheckContext) -> Finding:
         mark("dependency_stop", command=d.dependency_stop, exit_code=rc, output=out)
         failed_at = None
         if rc == 0:
-            while time.monotonic() - t0 < react and polls < max_polls:
+            t_stop = time.monotonic()  # the window starts when the stop command has returned
+            while True:
                 polls += 1
                 status, body = await _ready_status(ctx)
                 if status != 200:
                     failed_at = time.monotonic() - t0
                     mark("/ready not ready", status=status, body=body)
                     break
+                if time.monotonic() - t_stop >= react or polls >= max_polls:
+                    mark(f"/ready still 200 {time.monotonic() - t_stop:.1f} s after the stop returned",
+                         status=status, body=body)
+                    break
                 await asyncio.sleep(0.2)
-            else:
-                mark(f"/ready still 200 after {time.monotonic() - t0:.1f} s", status=status, body=body)
     finally:
         rc2, out2 = await _shell(d.dependency_start)
         mark("dependency_start", command=d.dependency_start, exit_code=rc2, output=out2)
