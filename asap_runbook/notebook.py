@@ -135,6 +135,12 @@ def show_pending(section_run: SectionRun | None) -> None:
                    f"<th>what to check</th></tr></thead><tbody>{rows}</tbody></table>"))
 
 
+def monitoring_plots(section_run: SectionRun | None, params_path: str, targets: list[str] | None = None):
+    """Monitoring: request rate, error ratio and latency from Prometheus over the window (static PNG)."""
+    from .monitoring_live import monitoring_plots as plots
+    return plots(section_run, params_path, targets)
+
+
 def confirm_panel(section_run: SectionRun | None, params_path: str):
     """Items that await a person, each with a confirm control that writes the confirmations file.
 

@@ -39,6 +39,10 @@ class Prom:
     async def query(self, promql: str) -> list[dict]:
         return await asyncio.to_thread(self._call, f"the query {promql!r}", self.client.custom_query, promql)
 
+    async def query_range(self, promql: str, start, end, step: str) -> list[dict]:
+        return await asyncio.to_thread(self._call, f"the range query {promql!r}", self.client.custom_query_range,
+                                       promql, start_time=start, end_time=end, step=step)
+
     async def rules(self) -> list[dict]:
         """Loaded rule groups (/api/v1/rules); prometheus-api-client has no wrapper for it."""
         def get():

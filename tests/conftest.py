@@ -53,6 +53,8 @@ def write_test_params(dest: Path, *, targets=None, active=True, **extra) -> Path
         for key in ("process_config", "source_dir"):
             if key in t:
                 t[key] = str((DEMO_PARAMS.parent / t[key]).resolve())
+        if t.get("k8s_manifests"):
+            t["k8s_manifests"] = [str((DEMO_PARAMS.parent / p).resolve()) for p in t["k8s_manifests"]]
         if not active:
             t["active_probes"] = {}
     if targets:

@@ -1,5 +1,7 @@
 """``python -m asap_runbook.reference [--workdir DIR]``: run the reference deployment until Ctrl-C.
 
+``python -m asap_runbook.reference control --workdir DIR ...`` controls a running one (drills).
+
 Prints ``export`` lines for the ``ASAP_DEMO_*`` variables. The token's value is never printed:
 its line reads it from ``<workdir>/token`` (``export ASAP_DEMO_TOKEN="$(cat <workdir>/token)"``).
 """
@@ -17,6 +19,11 @@ from .deployment import ReferenceDeployment, ReferenceDeploymentError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["control"]:  # drill control of a running deployment
+        from .control import main as control_main
+
+        return control_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m asap_runbook.reference", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None, help="work directory (default: a new temp dir)")
     parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")

@@ -14,6 +14,7 @@ Layout of the work directory::
     <workdir>/nginx/<name>/            nginx prefix: pid file, temp dirs
     <workdir>/prom/                    Prometheus TSDB
     <workdir>/redis/                   Redis working directory (persistence disabled)
+    <workdir>/control.sock, control.json  drill control (see asap_runbook.reference.control)
 
 ``asap.transport`` is never imported in this process: the agents are
 ``asap_runbook.reference.hardened_app:app`` and ``...misconfigured_app:app`` under uvicorn.
@@ -199,6 +200,9 @@ class ReferenceDeployment:
         self.hardened: AgentInfo | None = None
         self.misconfigured: list[AgentInfo] = []
         self.redis: RedisInfo | None = None
+        # the misconfigured agents' own Redis (a dependency they use but /ready ignores)
+        self.misconfigured_redis: RedisInfo | None = None
+        self._control = None
         self.prometheus: PrometheusInfo | None = None
         self.startup_seconds: float | None = None
         self.shutdown_seconds: float | None = None
@@ -246,6 +250,8 @@ class ReferenceDeployment:
             )
         if self.prometheus is not None:
             env["ASAP_DEMO_PROMETHEUS_URL"] = self.prometheus.url
+        if self._control is not None:
+            env["ASAP_DEMO_CONTROL"] = self._control.command
         return env
 
     def export_lines(self) -> list[str]:
@@ -272,21 +278,22 @@ class ReferenceDeployment:
     def ports(self) -> set[int]:
         return set(self._used_ports)
 
-    def stop_redis(self) -> None:
-        """Stop Redis (readiness drill): the hardened /ready then answers 503."""
+    def stop_redis(self, which: str = "redis") -> None:
+        """Stop Redis (readiness drill): the hardened /ready then answers 503.
+        ``which="misconfigured-redis"`` stops the misconfigured agents' Redis instead."""
         with self._lock:
-            proc = self._procs.get("redis")
+            proc = self._procs.get(which)
             if proc is not None:
                 self._terminate([proc])
 
-    def start_redis(self) -> None:
+    def start_redis(self, which: str = "redis") -> None:
         """(Re)start Redis on the same port and wait for PING."""
         with self._lock:
-            proc = self._procs.get("redis")
+            proc = self._procs.get(which)
             if proc is not None and proc.popen.poll() is None:
                 return
-            self._spawn_redis(append_log=True)
-            self._wait_ready({"redis": self._redis_ready})
+            self._spawn_redis(append_log=True, which=which)
+            self._wait_ready({which: lambda: self._redis_ready(which)})
 
     def prometheus_targets(self) -> dict[str, list[dict]]:
         """Active Prometheus targets by job: ``{job: [{"instance", "health", "lastError"}]}``."""
@@ -399,6 +406,7 @@ class ReferenceDeployment:
         # ports
         redis_port = self._free_port()
         h_agent, h_tls, h_http = self._free_port(), self._free_port(), self._free_port()
+        mis_redis_port = self._free_port() if self.misconfigured_count else None
         mis_ports = [(self._free_port(), self._free_port(), self._free_port()) for _ in range(self.misconfigured_count)]
         prom_port = self._free_port() if self.prometheus_enabled else None
 
@@ -407,8 +415,14 @@ class ReferenceDeployment:
             port=redis_port, url=f"redis://127.0.0.1:{redis_port}/0", log_file=self.logs_dir / "redis.log"
         )
         self._spawn_redis(append_log=False)
-
         checks: dict[str, Callable[[], bool]] = {"redis": self._redis_ready}
+        if mis_redis_port:
+            self.misconfigured_redis = RedisInfo(
+                port=mis_redis_port, url=f"redis://127.0.0.1:{mis_redis_port}/0",
+                log_file=self.logs_dir / "misconfigured-redis.log",
+            )
+            self._spawn_redis(append_log=False, which="misconfigured-redis")
+            checks["misconfigured-redis"] = lambda: self._redis_ready("misconfigured-redis")
 
         # hardened agent + nginx
         self.hardened = self._start_agent_pair(
@@ -435,6 +449,9 @@ class ReferenceDeployment:
             checks["prometheus"] = self._http_ok(f"{self.prometheus.url}/-/ready")
 
         self._wait_ready(checks)
+        from .control import ControlServer  # drills reach this running deployment through it
+
+        self._control = ControlServer(self)
         self._write_env_file()
 
     # ---------------------------------------------------------------- components
@@ -463,14 +480,20 @@ class ReferenceDeployment:
         self._procs[name] = proc
         return proc
 
-    def _spawn_redis(self, append_log: bool) -> None:
-        assert self.redis is not None
+    def _redis_info(self, which: str) -> RedisInfo:
+        info = self.misconfigured_redis if which == "misconfigured-redis" else self.redis
+        if info is None:
+            raise ReferenceDeploymentError(f"no {which} in this deployment")
+        return info
+
+    def _spawn_redis(self, append_log: bool, which: str = "redis") -> None:
+        info = self._redis_info(which)
         argv = [
-            self._bins["redis-server"], "--port", str(self.redis.port), "--bind", "127.0.0.1",
+            self._bins["redis-server"], "--port", str(info.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--daemonize", "no",
             "--dir", str(self.workdir / "redis"), "--logfile", "",
         ]
-        self._spawn("redis", argv, log_file=self.redis.log_file, append_log=append_log)
+        self._spawn(which, argv, log_file=info.log_file, append_log=append_log)
 
     def _base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ASAP_", "OTEL_"))}
@@ -506,6 +529,8 @@ class ReferenceDeployment:
                 "ASAP_REF_PUBLIC_URL": http_url,
                 "ASAP_REF_AGENT_ID": agent_id,
             }
+            if self.misconfigured_redis is not None:
+                app_env["ASAP_REF_REDIS_URL"] = self.misconfigured_redis.url
             secret_env = {}
             proxy_args = ["--proxy-headers", "--forwarded-allow-ips", "*"]
         argv = [
@@ -599,11 +624,10 @@ class ReferenceDeployment:
         )
 
     # ---------------------------------------------------------------- readiness
-    def _redis_ready(self) -> bool:
+    def _redis_ready(self, which: str = "redis") -> bool:
         import redis
 
-        assert self.redis is not None
-        client = redis.Redis(port=self.redis.port, host="127.0.0.1", socket_connect_timeout=0.3, socket_timeout=0.3)
+        client = redis.Redis(port=self._redis_info(which).port, host="127.0.0.1", socket_connect_timeout=0.3, socket_timeout=0.3)
         try:
             return bool(client.ping())
         except Exception:  # noqa: BLE001
@@ -715,12 +739,15 @@ class ReferenceDeployment:
                 return
             self._stopping = True
             t0 = time.monotonic()
+            if self._control is not None:
+                self._control.close()
+                self._control = None
             try:
                 # front to back: Prometheus, nginx, agents, Redis -- all signalled at once
                 order = sorted(
                     self._procs.values(),
                     key=lambda p: (0 if p.name == "prometheus" else 1 if p.name.endswith("-nginx")
-                                   else 3 if p.name == "redis" else 2),
+                                   else 3 if p.name.endswith("redis") else 2),
                 )
                 self._terminate(order)
             finally:

@@ -19,6 +19,9 @@ served at ``GET /.well-known/asap-runbook/reference.json``):
    ``text/plain; version=0.0.4; charset=utf-8`` instead of ``application/openmetrics-text``
    (the body is classic Prometheus text without ``# EOF``, so stock Prometheus marks the raw
    agent DOWN).
+   ``metrics-histogram-buckets``: the ``*_seconds_bucket`` series asap-protocol cumulates twice
+   (a finite bucket above ``+Inf``) are de-cumulated (real bucket i = scraped[i] - scraped[i-1]),
+   so ``histogram_quantile`` gives true latencies.
 2. ``metrics-429-413``: the wrapper counts the 429 and 413 responses the app sends and appends
    ``asap_rate_limit_exceeded_total`` and ``asap_request_size_exceeded_total`` to the
    metrics (the package has no such metrics), plus the business counter
@@ -49,6 +52,7 @@ import asyncio
 import hmac
 import json
 import os
+import re
 import secrets
 import threading
 from collections import defaultdict
@@ -77,6 +81,7 @@ NONCE_KEY_PREFIX = "asap:ref:nonce:"
 
 WRAPPER_FIXES = {
     "metrics-content-type": "GET /asap/metrics served as text/plain; version=0.0.4 so stock Prometheus can scrape it",
+    "metrics-histogram-buckets": "double-cumulated *_seconds_bucket series de-cumulated (scraped[i] - scraped[i-1])",
     "metrics-429-413": "asap_rate_limit_exceeded_total and asap_request_size_exceeded_total count 429/413 responses",
     "business-metric": "refagent_tasks_total{skill} counts handled tasks",
     "strict-nonce": "authenticated POST /asap envelopes without extensions.nonce get JSON-RPC -32003 'Nonce required'",
@@ -393,7 +398,7 @@ class RunbookReferenceWrapper:
         assert start is not None
         body = b"".join(chunks)
         if start["status"] == 200:
-            text = body.decode("utf-8")
+            text = fix_double_cumulated_buckets(body.decode("utf-8"))
             if text and not text.endswith("\n"):
                 text += "\n"
             body = (text + self.counters.render()).encode("utf-8")
@@ -404,6 +409,42 @@ class RunbookReferenceWrapper:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": start["status"], "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+_BUCKET_LINE = re.compile(r'^(?P<name>asap_\w+_seconds)_bucket\{(?P<labels>.*)\} (?P<value>\S+)$')
+_LE_LABEL = re.compile(r'(?:^|,)le="(?P<le>[^"]*)"')
+
+
+def fix_double_cumulated_buckets(text: str) -> str:
+    """De-cumulate the histogram series asap-protocol 2.5.10 cumulates twice.
+
+    A series is rewritten only if it shows the bug (a finite bucket above its +Inf bucket);
+    the real cumulative count of finite bucket i (in exposition order, ascending le) is
+    scraped[i] - scraped[i-1]; +Inf is left as is.
+    """
+    lines = text.split("\n")
+    series: dict[str, list[tuple[int, str, float]]] = {}
+    for n, line in enumerate(lines):
+        m = _BUCKET_LINE.match(line)
+        if not m:
+            continue
+        le = _LE_LABEL.search(m["labels"])
+        if not le:
+            continue
+        key = m["name"] + "{" + _LE_LABEL.sub("", m["labels"]) + "}"
+        series.setdefault(key, []).append((n, le["le"], float(m["value"])))
+    for points in series.values():
+        inf = next((v for _, le, v in points if le == "+Inf"), None)
+        if inf is None or not any(v > inf for _, le, v in points if le != "+Inf"):
+            continue
+        prev = 0.0
+        for n, le, v in points:
+            if le == "+Inf":
+                continue
+            head = lines[n].rsplit(" ", 1)[0]
+            lines[n] = f"{head} {v - prev}"
+            prev = v
+    return "\n".join(lines)
 
 
 def _replaying_receive(messages: list[dict], receive):  # noqa: ANN001, ANN202

@@ -1,0 +1,190 @@
+"""Monitoring checks proven both ways against the real reference deployment (agents, nginx,
+Redis, Prometheus with the shipped rules), plus Prometheus down."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from asap_runbook.params import load_params
+from asap_runbook.results import Status
+
+from conftest import DEMO_PARAMS, write_test_params
+
+# item -> what the misconfigured reference deployment must get
+MISCONFIGURED = {
+    "MON-METRICS-1": Status.FAIL,  # OpenMetrics content type on a classic body
+    "MON-METRICS-2": Status.FAIL,  # Prometheus: target down, "data does not end with # EOF"
+    "MON-METRICS-3": Status.FAIL,  # double-cumulated buckets
+    "MON-METRICS-4": Status.WARN,  # no business metric
+    "MON-LOG-1": Status.FAIL,  # console logs
+    "MON-LOG-2": Status.FAIL,  # ASAP_LOG_FORMAT not json (log + manifest)
+    "MON-LOG-3": Status.FAIL,  # trace id only in console text
+    "MON-HEALTH-1": Status.WARN,  # /ready is the constant
+    "MON-HEALTH-2": Status.FAIL,  # drill: /ready stays 200 with its Redis stopped
+    "MON-HEALTH-3": Status.FAIL,  # liveness on /asap, no readiness, grace < preStop
+    "MON-HEALTH-4": Status.FAIL,  # drill: 1 s drain cuts the in-flight request
+    "MON-ALERT-1": Status.FAIL,  # rule selects the job but has no input series (scrape down)
+    "MON-ALERT-2": Status.FAIL,
+    "MON-ALERT-3": Status.FAIL,  # ASAPAgentDown pending/firing for it
+    "MON-ALERT-4": Status.FAIL,
+}
+AUTOMATED = list(MISCONFIGURED)
+
+
+@pytest.mark.parametrize("item_id", AUTOMATED)
+def test_passes_on_hardened(check, item_id):
+    r = check(item_id, "hardened")
+    assert r.status is Status.PASS, r.summary
+
+
+@pytest.mark.parametrize("item_id", AUTOMATED)
+def test_fails_or_warns_on_misconfigured(check, item_id):
+    r = check(item_id, "misconfigured")
+    assert r.status is MISCONFIGURED[item_id], r.summary
+    assert r.remediation
+
+
+def test_catalog_counts_fifteen_automated():
+    from asap_runbook.catalog import Verification, load_catalog
+    from asap_runbook.checks._registry import registered
+
+    items = list(load_catalog().section("monitoring"))
+    automated = [i.id for i in items if i.verification is not Verification.MANUAL]
+    assert sorted(automated) == sorted(AUTOMATED)
+    assert set(AUTOMATED) <= set(registered())
+
+
+# -------------------------------------------------------------------------- what the findings say
+def test_metrics_exposition_failure_names_the_format(check):
+    r = check("MON-METRICS-1", "misconfigured")
+    assert "openmetrics" in r.summary.lower() and "Clashing name" in r.summary
+
+
+def test_broken_histogram_is_named(check):
+    r = check("MON-METRICS-3", "misconfigured")
+    assert "above the +Inf bucket" in r.summary
+
+
+def test_trace_join_reports_what_joins(check):
+    r = check("MON-LOG-3", "hardened")
+    joins = next(e.data for e in r.evidence if e.label.startswith("what joins"))
+    assert "asap.request.received" in joins["trace_id"] and "asap.request.processed" in joins["trace_id"]
+    assert joins["correlation_id field logged"] is False  # asap-protocol 2.5.10 never logs it
+    assert joins["response correlation_id == request envelope id"] is True
+    assert joins["trace_id_kept"]  # span_id is reported; this handler does not copy extensions back
+
+
+def test_readiness_drill_timeline(check):
+    r = check("MON-HEALTH-2", "hardened")
+    timeline = next(e.data for e in r.evidence if e.label.startswith("drill timeline"))
+    statuses = [t.get("status") for t in timeline if "status" in t]
+    assert statuses == [503, 200]
+    assert all(t["exit_code"] == 0 for t in timeline if t["what"].startswith("dependency_"))
+
+
+def test_alert_coverage_is_by_selector_and_shows_firing(check):
+    r = check("MON-ALERT-3", "misconfigured")
+    assert "ASAPAgentDown" in r.summary and "EOF" in r.summary
+    r = check("MON-ALERT-1", "misconfigured")
+    assert "can never fire" in r.summary
+
+
+def test_alert_rule_on_another_job_does_not_cover(demo_params, check):
+    # the same deployment, the hardened target named with a job the rules' job=~"asap-.*" excludes
+    t = demo_params.target("hardened").model_copy(update={"prometheus_job": "orders"})
+    params = demo_params.model_copy(update={"targets": [t]})
+    r = check("MON-ALERT-1", "hardened", params)
+    assert r.status is Status.FAIL and "selects job 'orders'" in r.summary
+
+
+def test_drills_off_is_skip(demo_params, check):
+    t = demo_params.target("hardened")
+    t = t.model_copy(update={"active_probes": t.active_probes.model_copy(update={"drills": False})})
+    params = demo_params.model_copy(update={"targets": [t]})
+    for item in ("MON-HEALTH-2", "MON-HEALTH-4"):
+        r = check(item, "hardened", params)
+        assert r.status is Status.SKIP and "active_probes.drills" in r.summary
+
+
+# -------------------------------------------------------------------------- Prometheus down
+@pytest.fixture
+def prometheus_down_path(deployment, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return write_test_params(tmp_path, prometheus={"url": f"http://127.0.0.1:{port}", "timeout_seconds": 3,
+                                                   "window": "1m"})
+
+
+@pytest.fixture
+def prometheus_down_params(prometheus_down_path):
+    return load_params(prometheus_down_path)
+
+
+@pytest.mark.parametrize("item_id", ["MON-METRICS-2", "MON-ALERT-1", "MON-ALERT-2", "MON-ALERT-3", "MON-ALERT-4"])
+def test_prometheus_down_is_error_not_fail(check, prometheus_down_params, item_id):
+    r = check(item_id, "hardened", prometheus_down_params)
+    assert r.status is Status.ERROR, r.summary
+    assert "could not answer" in r.summary and "connection refused" in r.summary
+    assert "Traceback" not in r.summary
+
+
+def test_prometheus_plots_render(deployment, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import time
+
+    import httpx
+
+    import asap_runbook.notebook as rb
+
+    # a rate needs two samples in its range: let a freshly started Prometheus scrape a few times
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{deployment.prometheus.url}/api/v1/query",
+                      params={"query": 'count_over_time(up{job="asap-hardened"}[30s])'}, timeout=5).json()
+        if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 4:
+            break
+        time.sleep(1)
+    frames = rb.monitoring_plots(None, str(DEMO_PARAMS))
+    assert set(frames) == {"hardened", "misconfigured"}
+    assert "requests_per_s" in frames["hardened"] and len(frames["hardened"]) > 0
+    assert frames["hardened"].attrs["double_cumulated"] is False  # the wrapper fixes the buckets
+    assert frames["misconfigured"].empty  # never scraped
+
+
+def test_token_never_in_monitoring_evidence(check):
+    token = os.environ["ASAP_DEMO_TOKEN"]
+    for item in ("MON-LOG-1", "MON-LOG-3", "MON-HEALTH-4"):
+        r = check(item, "hardened")
+        assert token not in r.model_dump_json()
+
+
+
+def test_plots_with_prometheus_down_say_so(prometheus_down_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import asap_runbook.notebook as rb
+
+    shown = []
+    monkeypatch.setattr(rb, "_display", lambda obj: shown.append(getattr(obj, "data", str(obj))))
+    assert rb.monitoring_plots(None, str(prometheus_down_path)) == {}
+    assert len(shown) == 1 and "could not answer" in shown[0] and "Traceback" not in shown[0]
+
+
+def test_drill_commands_that_fail_are_errors(demo_params, check):
+    t = demo_params.target("hardened")
+    t = t.model_copy(update={"drills": t.drills.model_copy(update={
+        "dependency_stop": "exit 3", "dependency_start": "true", "agent_start": "echo no such agent; exit 1"})})
+    params = demo_params.model_copy(update={"targets": [t]})
+    r = check("MON-HEALTH-2", "hardened", params)
+    assert r.status is Status.ERROR and "dependency_stop failed (exit 3)" in r.summary
+    r = check("MON-HEALTH-4", "hardened", params)
+    assert r.status is Status.ERROR and "did not answer" in r.summary
+    assert any("no such agent" in line for e in r.evidence if e.label == "agent output" for line in e.data)
