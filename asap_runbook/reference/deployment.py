@@ -699,6 +699,13 @@ class ReferenceDeployment:
                 old.popen.wait(timeout=5)
             new = self._spawn(name, argv, env=env, append_log=True, cwd=self.workdir)
             self._wait_ready({name: self._http_ok(health)})
+            # keep the info objects truthful about which process serves the agent now
+            import dataclasses
+
+            if self.hardened is not None and self.hardened.name == name:
+                self.hardened = dataclasses.replace(self.hardened, pid=new.pid)
+            self.misconfigured = [dataclasses.replace(m, pid=new.pid) if m.name == name else m
+                                  for m in self.misconfigured]
             return {"agent": name, "old_pid": old.pid if old else None, "new_pid": new.pid,
                     "seconds": round(time.monotonic() - t0, 2)}
 
