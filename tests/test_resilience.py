@@ -1,0 +1,80 @@
+"""Resilience drills proven both ways against the real reference agents, with a real fault proxy
+in front of a real downstream agent; plus the fault proxy itself and the drills' guard rails."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from asap_runbook.faultproxy import FaultProxy
+from asap_runbook.results import Status
+
+DRILLS = ["RES-1", "RES-2", "RES-3", "RES-4"]
+
+
+def _variant(params, target: str, **changes):
+    t = params.target(target).model_copy(update=changes)
+    return params.model_copy(update={"targets": [t]})
+
+
+@pytest.mark.parametrize("item_id", DRILLS)
+def test_passes_on_hardened(check, item_id):
+    r = check(item_id, "hardened")
+    assert r.status is Status.PASS, r.summary
+    assert any("proxy" in e.label or "timeline" in e.label for e in r.evidence)
+
+
+@pytest.mark.parametrize("item_id", DRILLS)
+def test_fails_on_misconfigured(check, item_id):
+    r = check(item_id, "misconfigured")
+    assert r.status is Status.FAIL, r.summary
+    assert r.remediation
+
+
+def test_circuit_breaker_evidence_is_from_the_proxy_side(check):
+    r = check("RES-2", "hardened")
+    seen = next(e.data for e in r.evidence if e.label.startswith("what the fault proxy saw"))
+    calls = next(e.data for e in r.evidence if e.label.startswith("what the agent reported"))
+    # fewer distinct calls reached the proxy than the agent made: the open circuit kept them home
+    assert len({a["envelope_id"] for a in seen}) < len(calls)
+
+
+def test_drills_are_opt_in(check, demo_params):
+    off = demo_params.target("hardened").active_probes.model_copy(update={"drills": False})
+    r = check("RES-1", "hardened", _variant(demo_params, "hardened", active_probes=off))
+    assert r.status is Status.SKIP and "active_probes.drills" in r.summary
+
+
+def test_restart_drill_needs_its_command(check, demo_params):
+    no_cmd = demo_params.target("hardened").drills.model_copy(update={"agent_restart": None})
+    r = check("RES-4", "hardened", _variant(demo_params, "hardened", drills=no_cmd))
+    assert r.status is Status.SKIP and "agent_restart" in r.summary
+
+
+def test_failing_restart_command_is_an_error(check, demo_params):
+    bad = demo_params.target("misconfigured").drills.model_copy(update={"agent_restart": "false"})
+    r = check("RES-4", "misconfigured", _variant(demo_params, "misconfigured", drills=bad))
+    assert r.status is Status.ERROR and "restart command failed" in r.summary
+
+
+def test_fault_proxy_actions(deployment):
+    upstream = deployment.misconfigured[0].direct_url
+
+    async def go():
+        async with FaultProxy(upstream, plan=["503", "429:2", "reset", "ok"], max_requests=5) as proxy:
+            async with httpx.AsyncClient(base_url=proxy.url, trust_env=False, timeout=5) as c:
+                statuses = [(await c.get("/health")).status_code, (await c.get("/health")).status_code]
+                with pytest.raises(httpx.TransportError):
+                    await c.get("/health")
+                ok = await c.get("/health")
+                statuses.append(ok.status_code)
+                await c.get("/health")  # the 5th request: still within the bound, default action
+                with pytest.raises(httpx.TransportError):
+                    await c.get("/health")  # beyond max_requests: reset
+            return statuses, proxy.timeline()
+
+    statuses, timeline = asyncio.run(go())
+    assert statuses == [503, 429, 200]
+    assert [a["action"] for a in timeline] == ["503", "429:2", "reset", "ok", "ok", "reset"]
