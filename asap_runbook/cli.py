@@ -63,7 +63,9 @@ def cmd_demo(args) -> int:
 def cmd_lab(args) -> int:
     from .runner import ensure_kernel
     ensure_kernel()
-    argv = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={REPO / 'notebooks'}", *args.lab_args]
+    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={REPO / 'notebooks'}", *args.lab_args]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in argv:
+        argv.append("--allow-root")  # CI machines and containers run as root
     return subprocess.call(argv)
 
 
@@ -84,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--serve", action="store_true", help="start the deployment and keep it up (for JupyterLab)")
     d.set_defaults(fn=cmd_demo)
 
-    lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel")
-    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel "
+                                     "(other options go to jupyter lab, e.g. --no-browser --port 8888)")
     lab.set_defaults(fn=cmd_lab)
     return p
 
@@ -93,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "lab":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.lab_args = extra
     except SystemExit as e:  # argparse prints its own sentence
         return ExitCode.BAD_USAGE if e.code else 0
     try:
