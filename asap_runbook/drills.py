@@ -116,10 +116,11 @@ async def _run_command(command: str, timeout: float) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace").strip()[-500:]
 
 
-async def restart_drill(ctx: CheckContext, steps: int = 8, step_seconds: float = 0.75,
-                        kill_after: float = 1.6) -> dict | Finding:
-    """The task runs steps x step_seconds (6 s); the kill is requested after ~2 checkpoints, leaving
-    room for the restart command's own start-up before the task could finish."""
+async def restart_drill(ctx: CheckContext, steps: int = 8, step_seconds: float = 1.5,
+                        kill_after: float = 3.2) -> dict | Finding:
+    """The first run is slow (steps x step_seconds = 12 s) so the restart command, whatever its own
+    start-up costs, lands mid-task; the kill is requested after ~2 checkpoints. The second run of the
+    same task id goes fast (0.05 s a step): where it resumes is the finding, not how long it takes."""
     if (pre := await _prerequisites(ctx, "checkpoint", "agent_restart")) is not None:
         return pre
     bound = ctx.target.active_probes
@@ -161,7 +162,7 @@ async def restart_drill(ctx: CheckContext, steps: int = 8, step_seconds: float =
         await asyncio.sleep(0.2)
     note("agent back")
     try:
-        status, result, exchange = await _call_skill(ctx, "checkpoint", data, wait)
+        status, result, exchange = await _call_skill(ctx, "checkpoint", data | {"step_seconds": 0.05}, wait)
     except ProbeError as e:
         return Finding.errored(f"after the restart: {e.message}", [("drill timeline", log)])
     note("second run answered", status=status, result=result)

@@ -685,7 +685,7 @@ class ReferenceDeployment:
     def restart_agent(self, name: str) -> dict:
         """Kill an agent with SIGKILL (a crash, an OOM kill, an evicted pod) and start it again on the
         same port with the same environment, like a container restart policy. Returns pids and timing."""
-        with self._lock:
+        with self._lock:  # held for kill + spawn only: two agents can restart at once
             if name not in self._launch:
                 raise ReferenceDeploymentError(f"no agent named {name!r} in this deployment")
             argv, env, health = self._launch[name]
@@ -698,7 +698,8 @@ class ReferenceDeployment:
                     pass
                 old.popen.wait(timeout=5)
             new = self._spawn(name, argv, env=env, append_log=True, cwd=self.workdir)
-            self._wait_ready({name: self._http_ok(health)})
+        self._wait_ready({name: self._http_ok(health)})
+        with self._lock:
             # keep the info objects truthful about which process serves the agent now
             import dataclasses
 
@@ -714,21 +715,24 @@ class ReferenceDeployment:
         a file control/restart-<name> asks, control/restart-<name>.done (JSON) answers."""
         self.control_dir.mkdir(parents=True, exist_ok=True)
 
-        def watch() -> None:
+        def serve(name: str) -> None:
             import json
 
+            try:
+                out = self.restart_agent(name)
+                (self.control_dir / f"restart-{name}.done").write_text(json.dumps(out))
+            except Exception as exc:  # noqa: BLE001 - reported to the requester
+                (self.control_dir / f"restart-{name}.failed").write_text(str(exc).splitlines()[0][:300])
+
+        def watch() -> None:
             while self._started and not self._stopping:
                 for req in sorted(self.control_dir.glob("restart-*")):
                     if req.suffix in (".done", ".failed"):
                         continue
-                    name = req.name.removeprefix("restart-")
                     req.unlink(missing_ok=True)
-                    try:
-                        out = self.restart_agent(name)
-                        (self.control_dir / f"restart-{name}.done").write_text(json.dumps(out))
-                    except Exception as exc:  # noqa: BLE001 - reported to the requester
-                        (self.control_dir / f"restart-{name}.failed").write_text(str(exc).splitlines()[0][:300])
-                time.sleep(0.1)
+                    # one thread per request: agents restart in parallel, like pods do
+                    threading.Thread(target=serve, args=(req.name.removeprefix("restart-"),), daemon=True).start()
+                time.sleep(0.05)
 
         self._control_thread = threading.Thread(target=watch, name="reference-control", daemon=True)
         self._control_thread.start()
