@@ -38,6 +38,12 @@ served at ``GET /.well-known/asap-runbook/reference.json``):
 6. Rate limits are stored in Redis (``ASAP_RATE_LIMIT_BACKEND=redis://...``, set by the
    deployment), shared by all workers.
 
+Scaling/Resilience additions (``skills.py``): skills ``lookup`` (calls a loopback downstream
+agent through one long-lived ``ASAPClient`` with retries, backoff, a circuit breaker and a
+last-good-answer fallback) and ``checkpoint`` (a long task that snapshots every step and resumes);
+snapshots live in :class:`RedisSnapshotStore` (``create_app(snapshot_store=...)``), so they are
+shared by workers and survive an agent restart.
+
 Environment read here: ``ASAP_REF_TOKEN`` (the bearer token; secret), ``ASAP_REF_REDIS_URL``,
 ``ASAP_REF_PUBLIC_URL`` (the https base URL of the nginx in front), plus the package's own
 ``ASAP_LOG_FORMAT`` / ``ASAP_RATE_LIMIT_BACKEND``.
@@ -246,7 +252,7 @@ def _downstream_client(url: str) -> ASAPClient:
     # probe within seconds; production values would be larger (examples/hardened/src)
     return ASAPClient(
         url, timeout=3.0, require_https=False,
-        retry_config=RetryConfig(max_retries=3, base_delay=0.2, max_delay=2.0, jitter=True,
+        retry_config=RetryConfig(max_retries=3, base_delay=0.5, max_delay=4.0, jitter=True,
                                  circuit_breaker_enabled=True, circuit_breaker_threshold=2,
                                  circuit_breaker_timeout=2.0),
     )
