@@ -124,6 +124,9 @@ async def restart_drill(ctx: CheckContext, steps: int = 8, step_seconds: float =
     if (pre := await _prerequisites(ctx, "checkpoint", "agent_restart")) is not None:
         return pre
     bound = ctx.target.active_probes
+    if bound.max_seconds < steps * step_seconds + 3:
+        return Finding.skipped(f"the restart drill needs about {steps * step_seconds + 3:g} s; "
+                               f"targets[{ctx.target.name}].active_probes.max_seconds is {bound.max_seconds:g}")
     task_id = f"drill-{uuid.uuid4().hex[:12]}"
     data = {"task_id": task_id, "steps": steps, "step_seconds": step_seconds}
     wait = steps * step_seconds + 5

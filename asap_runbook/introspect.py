@@ -113,9 +113,12 @@ def _child(ref: str) -> int:
 
 
 def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, str] | None = None,
-                   timeout: float = DEFAULT_TIMEOUT_SECONDS) -> dict[str, Any]:
-    """Load `module:attr` in a child process and return its configuration; raise IntrospectionError."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASAP_", "OTEL_"))}
+                   timeout: float = DEFAULT_TIMEOUT_SECONDS, drop_env: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load `module:attr` in a child process and return its configuration; raise IntrospectionError.
+
+    The child gets the runbook's environment without ASAP_*/OTEL_* (the operator's `app_env` says
+    what the app should see) and without `drop_env` (the target's token variable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASAP_", "OTEL_")) and k not in drop_env}
     env.update(app_env or {})
     env["PYTHONPATH"] = os.pathsep.join(
         [str(p) for p in (app_path, Path(__file__).resolve().parents[1]) if p] +

@@ -115,3 +115,11 @@ def test_manifest_reader(tmp_path):
     assert m.autoscalers[0].metrics == ["cpu utilization 60%"] and m.autoscalers[0].min_replicas == 1
     m = load_manifests([REPO / "examples" / "hardened" / "k8s"])
     assert m.workloads[0].replicas == 2 and m.hpa_for(m.workloads[0]) is not None
+
+
+def test_introspection_child_never_sees_the_token(tmp_path, monkeypatch):
+    (tmp_path / "tattle_app.py").write_text("import os\nraise RuntimeError('token=' + os.environ.get('MY_TOKEN', 'absent'))\n")
+    monkeypatch.setenv("MY_TOKEN", "canary-7f3a9c")
+    with pytest.raises(IntrospectionError) as e:
+        introspect_app("tattle_app:app", app_path=tmp_path, drop_env=("MY_TOKEN",))
+    assert "token=absent" in e.value.message and "canary" not in e.value.message

@@ -61,7 +61,9 @@ async def app_config(ctx: CheckContext) -> dict | Finding:
     if t.app is None:
         return Finding.skipped(f"targets[{t.name}].app is not set (module:attribute of the agent's app)")
     timeout = max(10.0, ctx.params.probe.timeout_seconds * 5)
-    return await _once(ctx, "app_config", lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout))
+    drop = (t.token_env,) if t.token_env else ()
+    return await _once(ctx, "app_config",
+                       lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout, drop))
 
 
 def workers(ctx: CheckContext) -> tuple[int, str]:
