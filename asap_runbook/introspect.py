@@ -103,10 +103,21 @@ def _child(ref: str) -> int:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    def sentence(e: Exception) -> str:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
+
     try:
-        doc = {"ok": True, "app": ref, "config": describe(load_app(ref))}
-    except Exception as e:  # noqa: BLE001 - any failure is reported as one sentence
-        doc = {"ok": False, "app": ref, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]}
+        app = load_app(ref)
+    except BaseException as e:  # noqa: BLE001 - SystemExit at import too: one sentence
+        doc = {"ok": False, "app": ref, "error": f"cannot import {ref}: {sentence(e)}"}
+    else:
+        if not hasattr(app, "state"):
+            doc = {"ok": False, "app": ref, "error": f"{ref} is a {type(app).__name__}, not an ASAP app (no app.state)"}
+        else:
+            try:
+                doc = {"ok": True, "app": ref, "config": describe(app)}
+            except Exception as e:  # noqa: BLE001
+                doc = {"ok": False, "app": ref, "error": f"cannot read the configuration of {ref}: {sentence(e)}"}
     out.write(json.dumps(doc, default=str))
     out.flush()
     return 0
@@ -135,7 +146,7 @@ def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, st
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
         raise IntrospectionError(f"introspecting {ref} exited with code {proc.returncode}: {tail}") from None
     if not doc.get("ok"):
-        raise IntrospectionError(f"cannot import {ref}: {doc.get('error')}")
+        raise IntrospectionError(str(doc.get("error")))
     return doc["config"]
 
 

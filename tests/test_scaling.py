@@ -86,6 +86,8 @@ def test_introspection_runs_in_a_separate_process():
     assert not any(m.startswith("asap.transport") for m in set(sys.modules) - before)
     with pytest.raises(IntrospectionError, match="within"):
         introspect_app("time:sleep", timeout=0.01)
+    with pytest.raises(IntrospectionError, match="not an ASAP app"):
+        introspect_app("json:dumps")
 
 
 def test_source_scan_edge_cases(tmp_path):
