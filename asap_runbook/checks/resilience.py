@@ -15,8 +15,10 @@ GAP_TOLERANCE = 0.9  # a retry "honours Retry-After: N" if it came at least 0.9 
 
 @check("RES-1")
 async def retries_with_backoff(ctx: CheckContext) -> Finding:
-    """Call 1 meets 503, 503, then success; call 2 meets 429 Retry-After: 1, then success."""
-    run = await lookup_drill(ctx, plan=["503", "503", "ok", "429:1", "ok"], default="ok", calls=2)
+    """Call 1 warms the retry path up (503, then success: one-time costs such as lazy imports on the
+    agent's first retry would otherwise stretch the first gap on a busy host); call 2 meets 503, 503,
+    then success (gaps must grow); call 3 meets 429 Retry-After: 1, then success (gap >= 1 s)."""
+    run = await lookup_drill(ctx, plan=["503", "ok", "503", "503", "ok", "429:1", "ok"], default="ok", calls=3)
     if isinstance(run, Finding):
         return run
     ev = run.evidence
@@ -29,7 +31,7 @@ async def retries_with_backoff(ctx: CheckContext) -> Finding:
         return Finding.failed(f"the agent did not retry: {len(no_retry)} call(s) got {no_retry[0][0]['action']} and "
                               f"were never sent again ({len(run.arrivals)} requests reached the proxy for "
                               f"{len(run.calls) or '?'} calls)", ev)
-    problems, seen = [], []
+    problems, seen, growth_seen = [], [], False
     for g in groups:
         gaps = [round(b["t"] - a["t"], 3) for a, b in zip(g, g[1:])]
         seen.append({"attempts": [a["action"] for a in g], "gaps_s": gaps})
@@ -42,9 +44,12 @@ async def retries_with_backoff(ctx: CheckContext) -> Finding:
         # exponential backoff doubles each gap; 10% margin so timing noise on a busy host is not "growth"
         if len(plain) >= 2 and any(b < a * 1.1 for a, b in zip(plain, plain[1:])):
             problems.append(f"gaps between retries did not grow: {plain}")
+        growth_seen |= len(plain) >= 2
     ev.append(("retries per call (gaps in seconds)", seen))
     if problems:
         return Finding.failed("; ".join(problems), ev)
+    if not growth_seen:
+        return Finding.warned("the agent retried, but never twice in a row, so growing backoff was not shown", ev)
     ok = [c for c in run.calls if c.get("outcome") == "ok"]
     return Finding.passed(f"retried with growing gaps ({'; '.join(str(s['gaps_s']) for s in seen)} s) and honoured "
                           f"Retry-After; {len(ok)} of {len(run.calls)} call(s) then succeeded", ev)
