@@ -78,3 +78,29 @@ def test_fault_proxy_actions(deployment):
     statuses, timeline = asyncio.run(go())
     assert statuses == [503, 429, 200]
     assert [a["action"] for a in timeline] == ["503", "429:2", "reset", "ok", "ok", "reset"]
+
+
+def _timeline(*groups):
+    """Arrivals for synthetic calls: each group is [(t, action), ...] for one envelope."""
+    out, n = [], 0
+    for gi, g in enumerate(groups):
+        for t, action in g:
+            n += 1
+            out.append({"n": n, "t": t, "path": "/asap", "action": action, "envelope_id": f"env{gi}", "status": None})
+    return sorted(out, key=lambda a: a["t"])
+
+
+@pytest.mark.parametrize("groups, status, words", [
+    # a client that ignores Retry-After and one with constant gaps: no real agent here behaves so
+    ([[(0, "503"), (0.5, "503"), (1.5, "ok")], [(2, "429:3"), (2.2, "ok")]], Status.FAIL, "Retry-After: 3"),
+    ([[(0, "503"), (0.5, "503"), (1.0, "ok")]], Status.FAIL, "did not grow"),
+    ([[(0, "503"), (0.5, "ok")]], Status.WARN, "never twice"),
+    ([[(0, "503"), (0.5, "503"), (1.5, "ok")], [(2, "429:1"), (3.1, "ok")]], Status.PASS, "honoured Retry-After"),
+])
+def test_retry_verdicts_for_clients_the_deployment_cannot_produce(groups, status, words):
+    from asap_runbook.checks.resilience import judge_retries
+    from asap_runbook.drills import LookupRun
+    run = LookupRun(plan=[], default="ok", arrivals=_timeline(*groups), agent_status="completed", agent_result={},
+                    calls=[{"call": i, "outcome": "ok"} for i in range(len(groups))])
+    f = judge_retries(run)
+    assert f.status is status and words in f.summary, f.summary

@@ -21,6 +21,11 @@ async def retries_with_backoff(ctx: CheckContext) -> Finding:
     run = await lookup_drill(ctx, plan=["503", "ok", "503", "503", "ok", "429:1", "ok"], default="ok", calls=3)
     if isinstance(run, Finding):
         return run
+    return judge_retries(run)
+
+
+def judge_retries(run: LookupRun) -> Finding:
+    """RES-1's verdict from the proxy's timeline (a pure function, so odd clients can be tested)."""
     ev = run.evidence
     groups = run.attempts_by_call()
     failed_first = [g for g in groups if g[0]["action"] != "ok"]
