@@ -125,3 +125,11 @@ def test_introspection_child_never_sees_the_token(tmp_path, monkeypatch):
     with pytest.raises(IntrospectionError) as e:
         introspect_app("tattle_app:app", app_path=tmp_path, drop_env=("MY_TOKEN",))
     assert "token=absent" in e.value.message and "canary" not in e.value.message
+
+
+def test_shared_state_from_manifests_alone(check, demo_params):
+    # without the app object only the rate-limit backend is certain: never a pass
+    r = check("SCALE-HSCALE-2", "hardened", _variant(demo_params, "hardened", app=None))
+    assert r.status is Status.WARN and "set targets[].app" in r.summary
+    r = check("SCALE-HSCALE-2", "misconfigured", _variant(demo_params, "misconfigured", app=None, instances=2))
+    assert r.status is Status.FAIL and "2 x the configured one" in r.summary

@@ -449,8 +449,28 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
                           "outside the process", ev)
 
 
+async def _shared_state_from_manifests(ctx: CheckContext, m: Manifests) -> Finding:
+    """Without the app object only the rate-limit storage is certain (ASAP_RATE_LIMIT_BACKEND is its
+    only knob); snapshot and nonce stores can be set in code, so they are reported as unknown."""
+    n, how = await instances(ctx)
+    env = {k: v for c in m.workloads[0].containers for k, v in c.env.items()}
+    backend = env.get("ASAP_RATE_LIMIT_BACKEND", "")
+    sticky = m.sticky()
+    ev = [("container environment (plain values)", {k: env.get(k, "unset") for k in
+                                                     ("ASAP_RATE_LIMIT_BACKEND", "ASAP_STORAGE_BACKEND")}),
+          ("instances", f"{n} ({how})"), ("session affinity", sticky or "none")]
+    unknown = "snapshot and nonce stores can be set in code: set targets[].app to see them"
+    if not backend.startswith(("redis://", "rediss://", "redis+")) and n > 1 and not sticky:
+        return Finding.failed(f"{n} instances with rate limits in per-process memory (ASAP_RATE_LIMIT_BACKEND "
+                              f"unset): the effective limit becomes {n} x the configured one; {unknown}", ev)
+    return Finding.warned(f"rate limits {'in ' + backend.split('@')[-1] if backend else 'per process'}; {unknown}", ev)
+
+
 @check("SCALE-HSCALE-2")
 async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
+    if ctx.target.app is None and ctx.target.k8s_manifests:
+        m = await manifests(ctx)
+        return m if isinstance(m, Finding) else await _shared_state_from_manifests(ctx, m)
     cfg = await app_config(ctx)
     if isinstance(cfg, Finding):
         return cfg
