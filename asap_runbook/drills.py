@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from .checks._registry import CheckContext, Finding
 from .errors import ProbeError
 from .faultproxy import FaultProxy
@@ -82,6 +84,13 @@ async def lookup_drill(ctx: CheckContext, plan: list[str], default: str, calls: 
         return pre
     bound = ctx.target.active_probes
     wait = min(bound.max_seconds, 25.0)
+    down = ctx.target.drills.downstream_url
+    try:  # a dead downstream would make every drill look like a fault the proxy did not inject
+        async with httpx.AsyncClient(timeout=ctx.params.probe.timeout_seconds, trust_env=False) as c:
+            await c.get(down + "/.well-known/asap/manifest.json")
+    except httpx.HTTPError as e:
+        return Finding.errored(f"drills.downstream_url {down} is unreachable ({type(e).__name__}); "
+                               "the drill needs a live downstream agent behind its fault proxy")
     t0 = time.monotonic()
     async with FaultProxy(ctx.target.drills.downstream_url, plan=plan, default=default,
                           max_requests=bound.max_requests) as proxy:

@@ -104,3 +104,13 @@ def test_retry_verdicts_for_clients_the_deployment_cannot_produce(groups, status
                     calls=[{"call": i, "outcome": "ok"} for i in range(len(groups))])
     f = judge_retries(run)
     assert f.status is status and words in f.summary, f.summary
+
+
+def test_dead_downstream_is_an_error_not_a_finding(check, demo_params):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    dead = demo_params.target("hardened").drills.model_copy(update={"downstream_url": f"http://127.0.0.1:{port}"})
+    r = check("RES-3", "hardened", _variant(demo_params, "hardened", drills=dead))
+    assert r.status is Status.ERROR and "unreachable" in r.summary
