@@ -115,19 +115,24 @@ async def connection_pooling(ctx: CheckContext) -> Finding:
 
 
 async def _gzip_probe(ctx: CheckContext) -> dict:
-    """Request side: a gzip-encoded >1 KB envelope is accepted. Response side: never compressed in 2.5.10."""
-    env = envelope(ctx.target.sender, payload={"conversation_id": "conv_runbook", "skill_id": "echo",
-                                                "input": {"padding": "x" * 2048}})
-    body = gzip.compress(json.dumps(rpc(env)).encode())
+    """Request side: a gzip-encoded >1 KB envelope is accepted. Response side: never compressed in 2.5.10.
+
+    Read-only: the envelope's payload_type has no handler, so the agent decompresses and parses it and
+    answers -32012 without running any skill (a corrupt or refused body would be 400/415 or -32700)."""
+    env = envelope(ctx.target.sender, payload={"padding": "x" * 2048}, payload_type="runbook.compression_probe")
+    plain = json.dumps(rpc(env))
+    body = gzip.compress(plain.encode())
     try:
         r = await ctx.probe.request("POST", "/asap", content=body, authenticated=True,
                                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip",
                                              "Accept-Encoding": "gzip, br"})
     except ProbeError as e:
         return {"sent": "POST /asap, 2 KB envelope gzip-compressed", "could_not_send": e.message}
+    r.evidence["request"]["body"] = f"<{len(body)} bytes: gzip of {plain[:240]}…>"  # not the raw binary
     err = r.rpc_error() or {}
     accepted = r.status == 200 and err.get("code") not in (-32700,)
-    return {"sent": f"POST /asap, 2 KB envelope gzip-compressed to {len(body)} bytes", "status": r.status,
+    return {"sent": f"POST /asap, 2 KB envelope (payload_type with no handler) gzip-compressed to {len(body)} bytes",
+            "status": r.status,
             "accepted": accepted, "rpc_error": err.get("message"),
             "response_content_encoding": r.headers.get("content-encoding") or "none (asap-protocol 2.5.10 never "
                                                                               "compresses responses; a proxy can)",
