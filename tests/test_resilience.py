@@ -151,3 +151,17 @@ def test_restart_drill_waits_for_the_runs_other_sections(tmp_path):
     took = asyncio.run(go())
     assert ctx.state["quiet_wait"]["still_running"] is None
     assert took >= 1.2  # it did wait for both
+
+
+def test_fault_proxy_slow_response(deployment):
+    import time
+
+    async def go():
+        async with FaultProxy(deployment.misconfigured[0].direct_url, plan=["slow:0.4"]) as proxy:
+            async with httpx.AsyncClient(base_url=proxy.url, trust_env=False, timeout=5) as c:
+                t0 = time.monotonic()
+                r = await c.get("/health")
+                return r.status_code, time.monotonic() - t0, proxy.timeline()
+
+    status, took, timeline = asyncio.run(go())
+    assert status == 200 and took >= 0.4 and timeline[0]["action"] == "slow:0.4"
