@@ -62,9 +62,10 @@ def judge_retries(run: LookupRun) -> Finding:
 
 @check("RES-2")
 async def circuit_breaker(ctx: CheckContext) -> Finding:
-    """Every request fails (503/reset) six times, then the downstream recovers. A breaker stops calls, then probes."""
-    run = await lookup_drill(ctx, plan=["503", "reset", "503", "reset", "503", "503"], default="ok",
-                             calls=8, pause=0.5)
+    """The downstream fails five times (503, a connection reset, a response slower than any sane client
+    timeout, 503, 503), then recovers. A breaker stops the calls after its threshold, then lets a
+    half-open probe through."""
+    run = await lookup_drill(ctx, plan=["503", "reset", "slow:5", "503", "503"], default="ok", calls=8, pause=0.5)
     if isinstance(run, Finding):
         return run
     ev = run.evidence
