@@ -128,6 +128,9 @@ async def _run_target(items: list[CatalogItem], target: Target, params: Params, 
             else:
                 ctx = CheckContext(item=item, target=target, params=params, probe=probe, run_dir=run_dir, state=state)
                 limit = _check_timeout(params, target, reg.exclusive)
+                before = getattr(reg.fn, "before_run", None)  # e.g. a disruptive drill waits for the run's other sections
+                if before is not None:
+                    await before(ctx)
                 try:
                     finding = await asyncio.wait_for(reg.fn(ctx), timeout=limit)
                 except asyncio.TimeoutError:

@@ -69,6 +69,7 @@ class Thresholds(_Model):
     manifest_cache_ttl_seconds: Threshold = _t(300, "production deployment checklist (Caching: e.g. 5 min)")
     workers_per_core_min: Threshold = _t(2, "production deployment checklist (Server: 2-4 per core)")
     workers_per_core_max: Threshold = _t(4, "production deployment checklist (Server: 2-4 per core)")
+    client_timeout_max_seconds: Threshold = _t(30, "runbook default: well under the 60 s ASAPClient default and a proxy's 60 s read timeout")
 
 
 class ActiveProbes(_Model):
@@ -87,6 +88,9 @@ class Drills(_Model):
     dependency_stop: str | None = None
     dependency_start: str | None = None
     agent_start: str | None = None
+    agent_restart: str | None = Field(None, description="command that kills the agent process and has it come back "
+                                      "(RES-4); `{python}` is replaced by the runbook's interpreter")
+    downstream_url: HttpUrl | None = Field(None, description="a downstream ASAP agent the fault proxy forwards to (RES-1..3)")
 
 
 class Target(_Model):
@@ -102,6 +106,7 @@ class Target(_Model):
     prometheus_job: str | None = None
     app: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\(\))?$", description="module:attribute of the agent's app")
     app_path: Path | None = None
+    app_env: dict[str, str] = Field(default_factory=dict, description="NON-secret environment the app needs to import (introspection)")
     source_dir: Path | None = None
     nginx_conf: Path | None = None
     k8s_manifests: list[Path] = Field(default_factory=list)

@@ -171,7 +171,7 @@ class Probe:
 
     async def request(self, method: str, path: str, *, headers: dict | None = None, content: Any = None,
                       json_body: Any = None, authenticated: bool = False, read_limit: int | None = None,
-                      deadline: float | None = None) -> ProbeResponse:
+                      deadline: float | None = None, timeout: float | None = None) -> ProbeResponse:
         """Send one request with a total deadline and a bounded read; raise ProbeError subclasses."""
         url = self.url(path)
         hdrs = dict(headers or {})
@@ -190,7 +190,8 @@ class Probe:
         self.requests_sent += 1
 
         async def go() -> ProbeResponse:
-            async with self.client().stream(method, url, headers=hdrs, content=content) as resp:
+            extra = {"timeout": httpx.Timeout(timeout)} if timeout else {}  # drills wait longer than probes
+            async with self.client().stream(method, url, headers=hdrs, content=content, **extra) as resp:
                 chunks, size, truncated = [], 0, False
                 # decoded bytes, bounded: a huge or decompression-bomb body stops at the limit
                 async for chunk in resp.aiter_bytes():

@@ -50,11 +50,11 @@ def write_test_params(dest: Path, *, targets=None, active=True, **extra) -> Path
     import yaml
     data = yaml.safe_load(DEMO_PARAMS.read_text())
     for t in data["targets"]:
-        for key in ("process_config", "source_dir"):
+        for key in ("process_config", "source_dir", "app_path"):
             if key in t:
                 t[key] = str((DEMO_PARAMS.parent / t[key]).resolve())
-        if t.get("k8s_manifests"):
-            t["k8s_manifests"] = [str((DEMO_PARAMS.parent / p).resolve()) for p in t["k8s_manifests"]]
+        if "k8s_manifests" in t:
+            t["k8s_manifests"] = [str((DEMO_PARAMS.parent / m).resolve()) for m in t["k8s_manifests"]]
         if not active:
             t["active_probes"] = {}
     if targets:

@@ -40,6 +40,7 @@ EXPECTED_ENV = {
     "ASAP_DEMO_MISCONFIGURED_LOG",
     "ASAP_DEMO_HARDENED_NGINX_CONF",
     "ASAP_DEMO_MISCONFIGURED_NGINX_CONF",
+    "ASAP_DEMO_REDIS",  # redis:// URL, for app introspection (params app_env)
 }
 
 

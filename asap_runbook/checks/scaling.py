@@ -1,11 +1,227 @@
-"""Scaling checks (checklist: Scaling)."""
+"""Scaling checks (checklist: Scaling).
+
+Three kinds of evidence, each read once per target and run (kept in ``ctx.state``):
+the agent's source (``source.client_usage``: how it builds its ASAPClients, parsed, never
+imported), its deployment files (``deploy_files``: Kubernetes manifests, ``source``: process
+configuration) and its app object (``introspect``: loaded in a separate process).
+"""
 
 from __future__ import annotations
 
-from ..source import read_process_config
+import asyncio
+import gzip
+import json
+import re
+
+from ..deploy_files import Manifests, load_manifests, memory_bytes
+from ..errors import ProbeError
+from ..introspect import introspect_app
+from ..probe import envelope, rpc
+from ..source import CLIENT_DEFAULTS, ClientUsage, client_usage, read_process_config
 from ._registry import CheckContext, Finding, check
 
+IDLE_WORKER_BYTES = 80 * 2**20  # reference §3.2: ~80 MB RSS per idle asap-protocol worker
+PRIVATE_CONSTANTS_NOTE = ("DEFAULT_POOL_MAXSIZE, DEFAULT_POOL_CONNECTIONS and MANIFEST_REQUEST_TIMEOUT are private "
+                          "client-side constants in asap.transport.client._helpers (asap-protocol 2.5.10): not server "
+                          "settings, not exported, no environment variable; the knobs are ASAPClient(pool_maxsize=, "
+                          "pool_connections=, timeout=)")
 
+
+# ------------------------------------------------------------------------------------------ evidence
+async def _once(ctx: CheckContext, key: str, make):
+    """Compute a piece of evidence once per target and run, even when checks ask concurrently."""
+    fut = ctx.state.get(key)
+    if fut is None:
+        fut = ctx.state[key] = asyncio.ensure_future(make())
+    return await asyncio.shield(fut)
+
+
+async def usage(ctx: CheckContext) -> ClientUsage | Finding:
+    root = ctx.target.source_dir
+    if root is None:
+        return Finding.skipped(f"targets[{ctx.target.name}].source_dir is not set (the agent's Python source)")
+    u = await _once(ctx, "client_usage", lambda: asyncio.to_thread(client_usage, root))
+    if not u.clients:
+        return Finding.skipped(f"the source under {root} builds no ASAPClient, so the agent calls no downstream agent",
+                               [("files that did not parse", u.unparsed)] if u.unparsed else None)
+    return u
+
+
+async def manifests(ctx: CheckContext) -> Manifests | Finding:
+    if not ctx.target.k8s_manifests:
+        return Finding.skipped(f"targets[{ctx.target.name}].k8s_manifests is not set (Deployment, HPA, Service files)")
+    m = await _once(ctx, "k8s", lambda: asyncio.to_thread(load_manifests, list(ctx.target.k8s_manifests)))
+    if not m.workloads:
+        return Finding.errored(f"no Deployment/StatefulSet in {', '.join(m.files)}")
+    return m
+
+
+async def app_config(ctx: CheckContext) -> dict | Finding:
+    t = ctx.target
+    if t.app is None:
+        return Finding.skipped(f"targets[{t.name}].app is not set (module:attribute of the agent's app)")
+    timeout = max(10.0, ctx.params.probe.timeout_seconds * 5)
+    drop = (t.token_env,) if t.token_env else ()
+    return await _once(ctx, "app_config",
+                       lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout, drop))
+
+
+def workers(ctx: CheckContext) -> tuple[int, str]:
+    if ctx.target.process_config is None:
+        return 1, "process_config not set: assumed 1 worker per instance"
+    cfg = read_process_config(ctx.target.process_config)
+    return (cfg.workers or 1), f"{cfg.workers or 1} {cfg.server} worker(s) ({ctx.target.process_config.name})"
+
+
+async def instances(ctx: CheckContext) -> tuple[int, str]:
+    """Processes serving the target: replicas x workers from the files, else targets[].instances."""
+    m = await manifests(ctx) if ctx.target.k8s_manifests else None
+    if isinstance(m, Manifests):
+        w = m.workloads[0]
+        hpa = m.hpa_for(w)
+        replicas = max(w.effective_replicas, hpa.min_replicas if hpa else 0)
+        n_workers, how = workers(ctx)
+        scale = f", HPA up to {hpa.max_replicas}" if hpa else ""
+        return max(replicas * n_workers, ctx.target.instances), f"{replicas} replica(s){scale} x {how}"
+    return ctx.target.instances, f"targets[{ctx.target.name}].instances = {ctx.target.instances}"
+
+
+def _settings_table(u: ClientUsage, names: list[str]) -> list[dict]:
+    rows = []
+    for s in u.clients:
+        row = {"client": s.where(), "built": s.why}
+        for n in names:
+            value, explicit = s.setting(n)
+            row[n] = f"{value} ({'set' if explicit else 'library default'})"
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ client
+@check("SCALE-CLIENT-1")
+async def connection_pooling(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    if isinstance(u, Finding):
+        return u
+    ev = [("ASAPClient pooling (default pool_connections=100, pool_maxsize=100 per client)",
+           _settings_table(u, ["pool_connections", "pool_maxsize", "pool_timeout"]))]
+    per_call = [s for s in u.clients if not s.long_lived or s.in_loop]
+    if per_call:
+        return Finding.failed(f"{len(per_call)} of {len(u.clients)} ASAPClient(s) built per call, so their pool is "
+                              f"never reused (a TCP/TLS handshake per call): "
+                              + "; ".join(f"{s.where()} ({s.why})" for s in per_call), ev)
+    return Finding.passed(f"all {len(u.clients)} ASAPClient(s) are long-lived ("
+                          + "; ".join(s.why for s in u.clients) + "), so connections are pooled and reused", ev)
+
+
+async def _gzip_probe(ctx: CheckContext) -> dict:
+    """Request side: a gzip-encoded >1 KB envelope is accepted. Response side: never compressed in 2.5.10.
+
+    Read-only: the envelope's payload_type has no handler, so the agent decompresses and parses it and
+    answers -32012 without running any skill (a corrupt or refused body would be 400/415 or -32700)."""
+    env = envelope(ctx.target.sender, payload={"padding": "x" * 2048}, payload_type="runbook.compression_probe")
+    plain = json.dumps(rpc(env))
+    body = gzip.compress(plain.encode())
+    try:
+        r = await ctx.probe.request("POST", "/asap", content=body, authenticated=True,
+                                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip",
+                                             "Accept-Encoding": "gzip, br"})
+    except ProbeError as e:
+        return {"sent": "POST /asap, 2 KB envelope gzip-compressed", "could_not_send": e.message}
+    r.evidence["request"]["body"] = f"<{len(body)} bytes: gzip of {plain[:240]}…>"  # not the raw binary
+    err = r.rpc_error() or {}
+    accepted = r.status == 200 and err.get("code") not in (-32700,)
+    return {"sent": f"POST /asap, 2 KB envelope (payload_type with no handler) gzip-compressed to {len(body)} bytes",
+            "status": r.status,
+            "accepted": accepted, "rpc_error": err.get("message"),
+            "response_content_encoding": r.headers.get("content-encoding") or "none (asap-protocol 2.5.10 never "
+                                                                              "compresses responses; a proxy can)",
+            "exchange": r.evidence}
+
+
+@check("SCALE-CLIENT-2")
+async def compression(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    if isinstance(u, Finding):
+        return u
+    ev = [("ASAPClient compression (default compression=True, compression_threshold=1024 bytes)",
+           _settings_table(u, ["compression", "compression_threshold"]))]
+    probe = await _gzip_probe(ctx)
+    ev.append(("server accepts compressed requests (probe)", probe))
+    off = [s for s in u.clients if s.setting("compression")[0] is False]
+    if off:
+        return Finding.failed(f"compression switched off (compression=False) on {', '.join(s.where() for s in off)}: "
+                              "envelopes over 1 KB go out uncompressed", ev)
+    if probe.get("accepted") is False:
+        return Finding.failed(f"the agent rejected a gzip-encoded request (HTTP {probe['status']}): "
+                              "clients that compress cannot talk to it", ev)
+    big = [s for s in u.clients if isinstance(s.setting("compression_threshold")[0], int)
+           and s.setting("compression_threshold")[0] > 1024]
+    if big:
+        return Finding.warned(f"compression_threshold above 1 KB on {', '.join(s.where() for s in big)}", ev)
+    tail = ("; the agent accepted a gzip request body" if probe.get("accepted") else
+            "; the gzip probe could not run (see evidence)")
+    return Finding.passed(f"all {len(u.clients)} ASAPClient(s) compress bodies over 1 KB{tail} "
+                          "(responses are never compressed by asap-protocol 2.5.10: compress at the proxy)", ev)
+
+
+@check("SCALE-CLIENT-3")
+async def retry_config(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    if isinstance(u, Finding):
+        return u
+    names = ["max_retries", "base_delay", "max_delay", "jitter", "circuit_breaker_enabled",
+             "circuit_breaker_threshold", "circuit_breaker_timeout"]
+    ev = [("retry and circuit-breaker settings per ASAPClient", _settings_table(u, names)),
+          ("library defaults", {n: CLIENT_DEFAULTS[n] for n in names} | {
+              "note": "without retry_config an ASAPClient still retries (3 attempts, 1 s base backoff, honours "
+                      "Retry-After) but its circuit breaker is off; the server ignores idempotency keys, so "
+                      "retries are at-least-once"})]
+    bad = []
+    for s in u.clients:
+        retries, cb = s.setting("max_retries")[0], s.setting("circuit_breaker_enabled")[0]
+        if isinstance(retries, int) and retries <= 1:
+            bad.append(f"{s.where()}: max_retries={retries} (no retry at all)")
+        if cb is not True:
+            bad.append(f"{s.where()}: circuit breaker off"
+                       + ("" if "retry_config" in s.kwargs else " (no retry_config: default retries only)"))
+    if bad:
+        return Finding.failed("; ".join(bad), ev)
+    return Finding.passed(f"all {len(u.clients)} ASAPClient(s) retry with backoff and enable the circuit breaker", ev)
+
+
+@check("SCALE-CLIENT-4")
+async def timeouts(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    if isinstance(u, Finding):
+        return u
+    limit = ctx.threshold("client_timeout_max_seconds")
+    rows = _settings_table(u, ["timeout"])
+    for row, s in zip(rows, u.clients):
+        t = s.setting("timeout")[0]
+        row["manifest fetch timeout"] = f"min(timeout, MANIFEST_REQUEST_TIMEOUT=10) = {min(t, 10) if isinstance(t, (int, float)) else '?'} s"
+    ev = [("timeouts per ASAPClient (default 60 s)", rows),
+          ("threshold", f"timeout <= {limit.value:g} s ({limit.source})"),
+          ("MANIFEST_REQUEST_TIMEOUT", PRIVATE_CONSTANTS_NOTE)]
+    if u.private_constant_writes:
+        ev.append(("assignments to private client constants", u.private_constant_writes))
+    missing = [s for s in u.clients if not s.setting("timeout")[1]]
+    if missing:
+        return Finding.failed(f"no timeout= on {', '.join(s.where() for s in missing)}: each attempt may wait the "
+                              "60 s default (x3 attempts)", ev)
+    slow = [s for s in u.clients if isinstance(s.setting("timeout")[0], (int, float))
+            and s.setting("timeout")[0] > limit.value]
+    if slow:
+        return Finding.warned(f"timeout above {limit.value:g} s on {', '.join(s.where() for s in slow)}", ev)
+    mt = [w for w in u.private_constant_writes if w["name"] == "MANIFEST_REQUEST_TIMEOUT"]
+    if mt:
+        return Finding.warned(f"MANIFEST_REQUEST_TIMEOUT assigned at {mt[0]['at']}: a private constant", ev)
+    values = sorted({s.setting("timeout")[0] for s in u.clients}, key=str)
+    return Finding.passed(f"every ASAPClient sets timeout= ({', '.join(f'{v:g} s' for v in values)}); manifest "
+                          "fetches use min(timeout, 10 s)", ev)
+
+
+# ------------------------------------------------------------------------------------------ server
 @check("SCALE-SERVER-1")
 async def multiple_workers(ctx: CheckContext) -> Finding:
     path = ctx.target.process_config
@@ -22,3 +238,292 @@ async def multiple_workers(ctx: CheckContext) -> Finding:
               "unless it is shared (Redis)")
     return Finding.passed(f"{cfg.workers} {cfg.server} workers ({cfg.worker_class or 'default worker class'}); {caveat}",
                           evidence)
+
+
+@check("SCALE-SERVER-2")
+async def workers_per_core(ctx: CheckContext) -> Finding:
+    if ctx.target.process_config is None:
+        return Finding.skipped(f"targets[{ctx.target.name}].process_config is not set")
+    m = await manifests(ctx)
+    if isinstance(m, Finding):
+        return m
+    n, how = workers(ctx)
+    lo, hi = ctx.threshold("workers_per_core_min"), ctx.threshold("workers_per_core_max")
+    w = m.workloads[0]
+    c = w.containers[0] if w.containers else None
+    row = {"workload": f"{w.kind} {w.name} ({w.file})", "workers": how,
+           "cpu request": c.resources.get("requests", {}).get("cpu") if c else None,
+           "cpu limit": c.resources.get("limits", {}).get("cpu") if c else None,
+           "memory limit": c.resources.get("limits", {}).get("memory") if c else None,
+           "threshold": f"{lo.value:g}-{hi.value:g} workers per core ({lo.source})"}
+    ev = [("workers against the container's CPU", row)]
+    cores = (c.cpu_limit or c.cpu_request) if c else None
+    if not cores:
+        return Finding.failed(f"{how}, but container {c.name if c else '?'} has no CPU limit or request: the worker "
+                              "count is not based on CPU", ev)
+    ratio = n / cores
+    row["workers per core"] = round(ratio, 2)
+    mem = memory_bytes(c.resources.get("limits", {}).get("memory"))
+    if not lo.value <= ratio <= hi.value:
+        return Finding.failed(f"{n} worker(s) on {cores:g} CPU = {ratio:.2g} per core, outside {lo.value:g}-{hi.value:g}", ev)
+    if mem is not None and mem < n * IDLE_WORKER_BYTES * 1.5:
+        return Finding.warned(f"{ratio:.2g} workers per core, but {n} workers need ~{n * 80} MB idle against a "
+                              f"{c.resources['limits']['memory']} memory limit", ev)
+    return Finding.passed(f"{n} worker(s) on a {cores:g}-CPU limit = {ratio:.2g} per core "
+                          f"(within {lo.value:g}-{hi.value:g})", ev)
+
+
+@check("SCALE-SERVER-3")
+async def pool_constants(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    if isinstance(u, Finding):
+        return u
+    ev = [("what these names are", PRIVATE_CONSTANTS_NOTE),
+          ("pool settings per ASAPClient", _settings_table(u, ["pool_connections", "pool_maxsize", "pool_timeout"]))]
+    if u.private_constant_writes:
+        ev.append(("assignments to private client constants", u.private_constant_writes))
+        pool = [w for w in u.private_constant_writes if w["name"].startswith("DEFAULT_POOL")]
+        if pool:
+            return Finding.failed(
+                f"{pool[0]['code']} at {pool[0]['at']} changes nothing: ASAPClient imported its own copy of the "
+                "private constant at import time; pass pool_maxsize=/pool_connections= to ASAPClient instead", ev)
+    per_call = [s for s in u.clients if not s.long_lived]
+    if per_call:
+        return Finding.warned("pool sizes do not matter for clients built per call: "
+                              + ", ".join(s.where() for s in per_call), ev)
+    explicit = [s for s in u.clients if s.setting("pool_maxsize")[1] or s.setting("pool_connections")[1]]
+    sizes = "; ".join(f"{s.where()}: {s.setting('pool_connections')[0]}/{s.setting('pool_maxsize')[0]}" for s in u.clients)
+    return Finding.passed(("pool sized on the client constructor" if explicit else "library default pools (100/100)")
+                          + f" ({sizes}); these are client-side settings, not server ones", ev)
+
+
+# ------------------------------------------------------------------------------------------ caching
+@check("SCALE-CACHE-1")
+async def manifest_caching(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    if isinstance(u, Finding):
+        return u
+    ev = [("ASAPClients", [s.summary() for s in u.clients]),
+          ("ManifestCache(...)", [{"at": c.where(), "kwargs": c.kwargs} for c in u.manifest_caches]),
+          ("get_manifest()/discover() calls", [c.where() for c in u.manifest_lookups]),
+          ("manifest URL literals", u.raw_manifest_fetches)]
+    per_call = [s for s in u.clients if not s.long_lived]
+    if per_call and (u.manifest_lookups or u.raw_manifest_fetches):
+        return Finding.failed("manifests are fetched through clients built per call, whose ManifestCache is thrown away "
+                              "each time: " + ", ".join(s.where() for s in per_call), ev)
+    if per_call:
+        return Finding.warned("clients built per call keep no manifest cache: " + ", ".join(s.where() for s in per_call), ev)
+    how = (f"a shared ManifestCache ({', '.join(c.where() for c in u.manifest_caches)})" if u.manifest_caches
+           else "each long-lived client's own ManifestCache")
+    return Finding.passed(f"downstream manifests are cached: {how}", ev)
+
+
+@check("SCALE-CACHE-2")
+async def manifest_cache_ttl(ctx: CheckContext) -> Finding:
+    ttl = ctx.threshold("manifest_cache_ttl_seconds")
+    r1 = await ctx.probe.get("/.well-known/asap/manifest.json")
+    cc, etag = r1.headers.get("cache-control"), r1.headers.get("etag")
+    m = re.search(r"max-age=(\d+)", cc or "")
+    max_age = int(m.group(1)) if m else None
+    ev = [("manifest fetch", r1.evidence)]
+    conditional = None
+    if etag:
+        r2 = await ctx.probe.get("/.well-known/asap/manifest.json", headers={"If-None-Match": etag})
+        conditional = r2.status
+        ev.append(("conditional fetch (If-None-Match)", r2.evidence))
+    u = ctx.target.source_dir and await usage(ctx)
+    if isinstance(u, ClientUsage):
+        ev.append(("TTL set in the agent's source", [{"at": c.where(), "default_ttl": c.kwargs.get("default_ttl", 300)}
+                                                     for c in u.manifest_caches] or
+                   "none: ASAPClient.get_manifest() uses 300 s; discover() follows the server's max-age"))
+    ev.append(("recommendation", f"max-age around {ttl.value:g} s ({ttl.source})"))
+    if r1.status != 200:
+        return Finding.errored(f"the manifest answered HTTP {r1.status}", ev)
+    missing = [h for h, v in (("Cache-Control max-age", max_age), ("ETag", etag)) if v is None]
+    if missing:
+        return Finding.failed(f"the manifest is served without {' and '.join(missing)} (Cache-Control: {cc or 'absent'}): "
+                              "callers cannot cache it or revalidate it, so every discovery refetches it", ev)
+    if conditional != 304:
+        return Finding.failed(f"a conditional fetch with the ETag answered HTTP {conditional}, not 304", ev)
+    if max_age == 0 or max_age > 86400:
+        return Finding.warned(f"manifest max-age={max_age} s: discover() callers cache it for that long "
+                              "(capped at 86400 s)", ev)
+    long_ttl = [c for c in (u.manifest_caches if isinstance(u, ClientUsage) else [])
+                if isinstance(c.kwargs.get("default_ttl"), (int, float)) and c.kwargs["default_ttl"] > 86400]
+    if long_ttl:
+        return Finding.warned(f"ManifestCache default_ttl over a day at {long_ttl[0].where()}", ev)
+    return Finding.passed(f"manifest cacheable for {max_age} s (Cache-Control: {cc}), ETag present, 304 on "
+                          "If-None-Match", ev)
+
+
+# ------------------------------------------------------------------------------------------ state
+def _stores(cfg: dict) -> dict[str, str]:
+    """Per-process state the app holds, with what is lost or split."""
+    out = {}
+    if cfg["snapshot_store_kind"] == "memory":
+        out["snapshots"] = (f"{cfg['snapshot_store']['class']}: task snapshots (every StateSnapshot version) live in "
+                            "process memory")
+    if cfg["rate_limit_storage_kind"] == "memory":
+        out["rate limits"] = f"{cfg['rate_limit_storage']}: request counters per process ({', '.join(cfg['rate_limits'])})"
+    if cfg["nonce_store_kind"] == "memory":
+        out["nonces"] = f"{cfg['nonce_store']['class']}: seen nonces per process"
+    return out
+
+
+def _app_evidence(cfg: dict, n: int, how: str) -> list:
+    keys = ("manifest_id", "snapshot_store", "snapshot_store_kind", "rate_limit_storage", "rate_limits",
+            "nonce_store", "nonce_store_kind", "auth_enabled", "max_request_size")
+    return [("app introspection (separate process)", {k: cfg.get(k) for k in keys}),
+            ("instances", f"{n} ({how})")]
+
+
+@check("SCALE-STATE-1")
+async def persistent_snapshot_store(ctx: CheckContext) -> Finding:
+    cfg = await app_config(ctx)
+    if isinstance(cfg, Finding):
+        return cfg
+    n, how = await instances(ctx)
+    ev = _app_evidence(cfg, n, how)
+    snap, kind = cfg["snapshot_store"], cfg["snapshot_store_kind"]
+    name = f"{snap['class']} ({snap['module']})" if snap else "none"
+    if kind == "memory":
+        return Finding.failed(f"snapshot store is {name}: not persistent; long-running task state dies with the process", ev)
+    if kind == "none":
+        return Finding.failed("the app has no snapshot store", ev)
+    if kind == "sqlite" and n > 1:
+        return Finding.warned(f"{name}: a local SQLite file per instance; {n} instances do not share it", ev)
+    if kind == "unknown":
+        return Finding.warned(f"custom snapshot store {name} holds no client of a known database: confirm it persists", ev)
+    backing = f", backed by {', '.join(snap['backed_by'])}" if snap["backed_by"] else ""
+    return Finding.passed(f"snapshot store is {name}{backing}", ev)
+
+
+@check("SCALE-STATE-2")
+async def no_in_memory_snapshots(ctx: CheckContext) -> Finding:
+    cfg = await app_config(ctx)
+    if isinstance(cfg, Finding):
+        return cfg
+    n, how = await instances(ctx)
+    ev = _app_evidence(cfg, n, how)
+    if cfg["snapshot_store_kind"] != "memory":
+        return Finding.passed(f"snapshot store is {cfg['snapshot_store']['class'] if cfg['snapshot_store'] else 'none'}, "
+                              "not InMemorySnapshotStore", ev)
+    stores = _stores(cfg)
+    lost = "; ".join(stores.values())
+    if n > 1:
+        return Finding.failed(f"InMemorySnapshotStore with {n} instances: each instance sees only its own snapshots, "
+                              f"and a restart loses them ({lost})", ev)
+    return Finding.warned(f"InMemorySnapshotStore on one instance: a restart loses every task snapshot ({lost})", ev)
+
+
+# ------------------------------------------------------------------------------------------ horizontal
+@check("SCALE-HSCALE-1")
+async def stateless_pods(ctx: CheckContext) -> Finding:
+    m = await manifests(ctx)
+    if isinstance(m, Finding):
+        return m
+    cfg = await app_config(ctx)
+    ev = []
+    problems, warnings = [], []
+    for w in m.workloads:
+        local = [v.get("name") for v in w.volumes if "emptyDir" in v or "hostPath" in v]
+        env = {k: v for c in w.containers for k, v in c.env.items()}
+        ev.append(("workload", {"kind": w.kind, "name": w.name, "file": w.file, "replicas": w.effective_replicas,
+                                "local volumes": local, "ASAP_STORAGE_BACKEND": env.get("ASAP_STORAGE_BACKEND", "unset")}))
+        if w.kind == "StatefulSet":
+            warnings.append(f"{w.name} is a StatefulSet")
+        if env.get("ASAP_STORAGE_BACKEND", "").lower() == "sqlite" and w.effective_replicas > 1:
+            problems.append(f"{w.name}: SQLite snapshots on {w.effective_replicas} replicas")
+        if local:
+            warnings.append(f"{w.name} mounts local volumes {local}")
+    if isinstance(cfg, dict):
+        n, how = await instances(ctx)
+        ev += _app_evidence(cfg, n, how)
+        stores = _stores(cfg)
+        if stores:
+            problems.append("state held in the process: " + "; ".join(stores.values()))
+    else:
+        ev.append(("app introspection", cfg.summary))
+    if problems:
+        return Finding.failed("pods are not stateless: " + " | ".join(problems), ev)
+    if warnings:
+        return Finding.warned("; ".join(warnings), ev)
+    if not isinstance(cfg, dict):
+        return Finding.passed(f"workloads keep no local state ({cfg.summary.rstrip('.')}; only the manifests were read)", ev)
+    return Finding.passed("stateless pods: no local state volumes, and the app keeps snapshots, rate limits and nonces "
+                          "outside the process", ev)
+
+
+async def _shared_state_from_manifests(ctx: CheckContext, m: Manifests) -> Finding:
+    """Without the app object only the rate-limit storage is certain (ASAP_RATE_LIMIT_BACKEND is its
+    only knob); snapshot and nonce stores can be set in code, so they are reported as unknown."""
+    n, how = await instances(ctx)
+    env = {k: v for c in m.workloads[0].containers for k, v in c.env.items()}
+    backend = env.get("ASAP_RATE_LIMIT_BACKEND", "")
+    sticky = m.sticky()
+    ev = [("container environment (plain values)", {k: env.get(k, "unset") for k in
+                                                     ("ASAP_RATE_LIMIT_BACKEND", "ASAP_STORAGE_BACKEND")}),
+          ("instances", f"{n} ({how})"), ("session affinity", sticky or "none")]
+    unknown = "snapshot and nonce stores can be set in code: set targets[].app to see them"
+    if not backend.startswith(("redis://", "rediss://", "redis+")) and n > 1 and not sticky:
+        return Finding.failed(f"{n} instances with rate limits in per-process memory (ASAP_RATE_LIMIT_BACKEND "
+                              f"unset): the effective limit becomes {n} x the configured one; {unknown}", ev)
+    return Finding.warned(f"rate limits {'in ' + backend.split('@')[-1] if backend else 'per process'}; {unknown}", ev)
+
+
+@check("SCALE-HSCALE-2")
+async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
+    if ctx.target.app is None and ctx.target.k8s_manifests:
+        m = await manifests(ctx)
+        return m if isinstance(m, Finding) else await _shared_state_from_manifests(ctx, m)
+    cfg = await app_config(ctx)
+    if isinstance(cfg, Finding):
+        return cfg
+    n, how = await instances(ctx)
+    ev = _app_evidence(cfg, n, how)
+    m = await manifests(ctx) if ctx.target.k8s_manifests else None
+    sticky = m.sticky() if isinstance(m, Manifests) else []
+    ev.append(("session affinity", sticky or "none"))
+    stores = _stores(cfg)
+    split = {"rate limits": "the effective limit becomes N x the configured one",
+             "nonces": "a replayed envelope is accepted once per instance",
+             "snapshots": "a task's snapshots are visible only on the instance that saved them"}
+    metrics_note = "metrics are always per process (scrape every pod/worker)"
+    if n > 1 and stores:
+        what = "; ".join(f"{k}: {split[k]}" for k in stores)
+        if sticky:
+            return Finding.warned(f"{n} instances with per-process state ({what}); session affinity "
+                                  f"({', '.join(sticky)}) keeps sessions on one pod but does not share limits", ev)
+        return Finding.failed(f"{n} instances with per-process state and no session affinity: {what}; {metrics_note}", ev)
+    if stores:
+        return Finding.warned(f"one instance today, but per-process state ({', '.join(stores)}) splits as soon as it "
+                              f"runs more workers or replicas", ev)
+    return Finding.passed(f"{n} instance(s) share state: rate limits in {cfg['rate_limit_storage']}, nonces in "
+                          f"{(cfg['nonce_store'] or {}).get('class', 'none')}, snapshots in "
+                          f"{(cfg['snapshot_store'] or {}).get('class', 'none')}; no sticky sessions needed; "
+                          f"{metrics_note}", ev)
+
+
+@check("SCALE-HSCALE-3")
+async def autoscaling(ctx: CheckContext) -> Finding:
+    m = await manifests(ctx)
+    if isinstance(m, Finding):
+        return m
+    w = m.workloads[0]
+    hpa = m.hpa_for(w)
+    requests = {c.name: c.resources.get("requests") for c in w.containers}
+    ev = [("workload", {"kind": w.kind, "name": w.name, "replicas": w.effective_replicas, "requests": requests}),
+          ("autoscalers", [vars(a) for a in m.autoscalers] or "none")]
+    if hpa is None:
+        return Finding.failed(f"no HorizontalPodAutoscaler targets {w.kind} {w.name}: replicas fixed at "
+                              f"{w.effective_replicas}", ev)
+    resource_metrics = [x for x in hpa.metrics if x.split()[0] in ("cpu", "memory")]
+    if resource_metrics and not all(r for r in requests.values()):
+        return Finding.failed(f"HPA {hpa.name} scales on {', '.join(resource_metrics)} but containers set no resource "
+                              "requests, so utilisation cannot be computed", ev)
+    if not hpa.metrics:
+        return Finding.failed(f"HPA {hpa.name} has no metrics", ev)
+    if hpa.min_replicas < 2:
+        return Finding.warned(f"HPA {hpa.name} may scale down to {hpa.min_replicas} replica", ev)
+    return Finding.passed(f"HPA {hpa.name}: {hpa.min_replicas}-{hpa.max_replicas} replicas on "
+                          f"{', '.join(hpa.metrics)}", ev)

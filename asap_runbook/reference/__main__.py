@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="work directory (default: a new temp dir)")
     parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     parser.add_argument("--misconfigured-agents", type=int, default=1, metavar="N")
+    parser.add_argument("--restart-agent", metavar="NAME",
+                        help="ask the deployment running in --workdir to kill and restart agent NAME, then exit")
     args = parser.parse_args(argv)
+    if args.restart_agent:
+        return _request_restart(args.workdir, args.restart_agent)
     # Ctrl-C must stop everything even when started with SIGINT ignored (background job, supervisor)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="asap-reference-"))
@@ -51,6 +55,27 @@ def main(argv: list[str] | None = None) -> int:
         if dep.shutdown_seconds is not None:
             print(f"# stopped in {dep.shutdown_seconds:.1f} s", file=sys.stderr)
     return 0
+
+
+def _request_restart(workdir: Path | None, name: str, timeout: float = 30.0) -> int:
+    """Drill control: the running deployment's watcher kills and restarts the agent."""
+    if workdir is None or not (workdir / "control").is_dir():
+        print("error: --restart-agent needs --workdir of a running reference deployment", file=sys.stderr)
+        return 2
+    control = workdir / "control"
+    for old in (control / f"restart-{name}.done", control / f"restart-{name}.failed"):
+        old.unlink(missing_ok=True)
+    (control / f"restart-{name}").write_text("restart\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for suffix, code in ((".done", 0), (".failed", 1)):
+            f = control / f"restart-{name}{suffix}"
+            if f.exists():
+                print(f.read_text().strip())
+                return code
+        time.sleep(0.1)
+    print(f"error: the deployment did not restart {name} within {timeout:g} s", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -214,6 +214,8 @@ class ReferenceDeployment:
         self._stopping = False
         self._prev_sigterm = None
         self._atexit_registered = False
+        self._launch: dict[str, tuple[list[str], dict[str, str], str]] = {}  # agent name -> argv, env, health URL
+        self._control_thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- context manager
     def __enter__(self) -> "ReferenceDeployment":
@@ -237,6 +239,8 @@ class ReferenceDeployment:
             "ASAP_DEMO_HARDENED_LOG": str(self.hardened.log_file),
             "ASAP_DEMO_HARDENED_NGINX_CONF": str(self.hardened.nginx_conf),
         }
+        if self.redis is not None:
+            env["ASAP_DEMO_REDIS"] = self.redis.url  # for app introspection (params app_env)
         if self.misconfigured:
             m = self.misconfigured[0]
             env.update(
@@ -453,6 +457,7 @@ class ReferenceDeployment:
 
         self._control = ControlServer(self)
         self._write_env_file()
+        self._start_control_watcher()
 
     # ---------------------------------------------------------------- components
     def _spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
@@ -539,6 +544,7 @@ class ReferenceDeployment:
         ]
         env = self._base_env() | app_env | secret_env
         proc = self._spawn(name, argv, env=env, cwd=self.workdir)
+        self._launch[name] = (argv, env, f"{direct_url}/health")
 
         # nginx in front
         prefix = self.workdir / "nginx" / name
@@ -690,6 +696,70 @@ class ReferenceDeployment:
 
     def _write_env_file(self) -> None:
         self.env_file.write_text("# source me: reference deployment variables\n" + "\n".join(self.export_lines()) + "\n")
+
+    # ---------------------------------------------------------------- restart control (drills)
+    @property
+    def control_dir(self) -> Path:
+        return self.workdir / "control"
+
+    def agent_pid(self, name: str) -> int | None:
+        p = self._procs.get(name)
+        return p.pid if p and p.popen.poll() is None else None
+
+    def restart_agent(self, name: str) -> dict:
+        """Kill an agent with SIGKILL (a crash, an OOM kill, an evicted pod) and start it again on the
+        same port with the same environment, like a container restart policy. Returns pids and timing."""
+        with self._lock:  # held for kill + spawn only: two agents can restart at once
+            if name not in self._launch:
+                raise ReferenceDeploymentError(f"no agent named {name!r} in this deployment")
+            argv, env, health = self._launch[name]
+            old = self._procs.get(name)
+            t0 = time.monotonic()
+            if old is not None and old.popen.poll() is None:
+                try:
+                    os.killpg(old.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                old.popen.wait(timeout=5)
+            new = self._spawn(name, argv, env=env, append_log=True, cwd=self.workdir)
+        self._wait_ready({name: self._http_ok(health)})
+        with self._lock:
+            # keep the info objects truthful about which process serves the agent now
+            import dataclasses
+
+            if self.hardened is not None and self.hardened.name == name:
+                self.hardened = dataclasses.replace(self.hardened, pid=new.pid)
+            self.misconfigured = [dataclasses.replace(m, pid=new.pid) if m.name == name else m
+                                  for m in self.misconfigured]
+            return {"agent": name, "old_pid": old.pid if old else None, "new_pid": new.pid,
+                    "seconds": round(time.monotonic() - t0, 2)}
+
+    def _start_control_watcher(self) -> None:
+        """Serve restart requests from other processes (`python -m asap_runbook.reference --restart-agent`):
+        a file control/restart-<name> asks, control/restart-<name>.done (JSON) answers."""
+        self.control_dir.mkdir(parents=True, exist_ok=True)
+
+        def serve(name: str) -> None:
+            import json
+
+            try:
+                out = self.restart_agent(name)
+                (self.control_dir / f"restart-{name}.done").write_text(json.dumps(out))
+            except Exception as exc:  # noqa: BLE001 - reported to the requester
+                (self.control_dir / f"restart-{name}.failed").write_text(str(exc).splitlines()[0][:300])
+
+        def watch() -> None:
+            while self._started and not self._stopping:
+                for req in sorted(self.control_dir.glob("restart-*")):
+                    if req.suffix in (".done", ".failed"):
+                        continue
+                    req.unlink(missing_ok=True)
+                    # one thread per request: agents restart in parallel, like pods do
+                    threading.Thread(target=serve, args=(req.name.removeprefix("restart-"),), daemon=True).start()
+                time.sleep(0.05)
+
+        self._control_thread = threading.Thread(target=watch, name="reference-control", daemon=True)
+        self._control_thread.start()
 
     # ---------------------------------------------------------------- stop
     def _install_signal_handlers(self) -> None:

@@ -41,6 +41,12 @@ served at ``GET /.well-known/asap-runbook/reference.json``):
 6. Rate limits are stored in Redis (``ASAP_RATE_LIMIT_BACKEND=redis://...``, set by the
    deployment), shared by all workers.
 
+Scaling/Resilience additions (``skills.py``): skills ``lookup`` (calls a loopback downstream
+agent through one long-lived ``ASAPClient`` with retries, backoff, a circuit breaker and a
+last-good-answer fallback) and ``checkpoint`` (a long task that snapshots every step and resumes);
+snapshots live in :class:`RedisSnapshotStore` (``create_app(snapshot_store=...)``), so they are
+shared by workers and survive an agent restart.
+
 Environment read here: ``ASAP_REF_TOKEN`` (the bearer token; secret), ``ASAP_REF_REDIS_URL``,
 ``ASAP_REF_PUBLIC_URL`` (the https base URL of the nginx in front), plus the package's own
 ``ASAP_LOG_FORMAT`` / ``ASAP_RATE_LIMIT_BACKEND``.
@@ -63,7 +69,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from asap.models.entities import AuthScheme, Capability, Endpoint, Manifest, Skill
+from asap.models.entities import AuthScheme, Capability, Endpoint, Manifest, Skill, StateSnapshot
 from asap.models.envelope import Envelope
 from asap.models.enums import TaskStatus
 from asap.models.ids import generate_id
@@ -71,6 +77,9 @@ from asap.models.payloads import TaskRequest, TaskResponse
 from asap.observability import get_logger, sanitize_for_logging
 from asap.transport.handlers import HandlerRegistry
 from asap.transport.server import create_app
+from asap.transport import ASAPClient, RetryConfig
+
+from . import skills
 
 AGENT_ID = "urn:asap:agent:hardened-ref"
 PROBE_ID = "urn:asap:agent:sre-probe"
@@ -169,6 +178,12 @@ async def task_handler(envelope: Envelope, manifest: Manifest) -> Envelope:
         seconds = max(0.0, min(seconds, SLEEP_CAP_SECONDS))
         await asyncio.sleep(seconds)
         status, result = TaskStatus.COMPLETED, {"slept_seconds": seconds}
+    elif skill == "lookup":
+        ok, result = await skills.lookup(data, manifest.id, DOWNSTREAM_POLICY)
+        status = TaskStatus.COMPLETED if ok else TaskStatus.FAILED
+    elif skill == "checkpoint":
+        ok, result = await skills.checkpoint(data)
+        status = TaskStatus.COMPLETED if ok else TaskStatus.FAILED
     else:
         status, result = TaskStatus.FAILED, {"error": f"unknown skill: {skill[:64]}"}
         skill = "unknown"
@@ -205,6 +220,52 @@ class RedisNonceStore:
         return not bool(created)
 
 
+# --- shared snapshot store (SCALE-STATE-1/2, RES-4) ---------------------------------------------
+class RedisSnapshotStore:
+    """``SnapshotStore`` protocol over Redis (asap-protocol ships only memory and SQLite stores):
+    one hash per task, field = version, value = the snapshot JSON. Shared by every worker and
+    replica and kept across agent restarts."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "asap:ref:snapshot:") -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def save(self, snapshot: StateSnapshot) -> None:
+        self.client.hset(self.prefix + snapshot.task_id, str(snapshot.version), snapshot.model_dump_json())
+
+    def get(self, task_id: str, version: int | None = None) -> StateSnapshot | None:
+        if version is None:
+            versions = self.list_versions(task_id)
+            if not versions:
+                return None
+            version = versions[-1]
+        raw = self.client.hget(self.prefix + task_id, str(version))
+        return StateSnapshot.model_validate_json(raw) if raw else None
+
+    def list_versions(self, task_id: str) -> list[int]:
+        return sorted(int(v) for v in self.client.hkeys(self.prefix + task_id))
+
+    def delete(self, task_id: str, version: int | None = None) -> bool:
+        if version is None:
+            return bool(self.client.delete(self.prefix + task_id))
+        return bool(self.client.hdel(self.prefix + task_id, str(version)))
+
+
+# --- downstream calls (SCALE-CLIENT-*, RES-1..3) -------------------------------------------------
+def _downstream_client(url: str) -> ASAPClient:
+    # short delays and a low threshold so a drill sees backoff, an open circuit and a half-open
+    # probe within seconds; production values would be larger (examples/hardened/src)
+    return ASAPClient(
+        url, timeout=3.0, require_https=False,
+        retry_config=RetryConfig(max_retries=3, base_delay=0.5, max_delay=4.0, jitter=True,
+                                 circuit_breaker_enabled=True, circuit_breaker_threshold=2,
+                                 circuit_breaker_timeout=2.0),
+    )
+
+
+DOWNSTREAM_POLICY = skills.ClientPolicy(make_client=_downstream_client, fallback=True, long_lived=True)
+
+
 # --- readiness -------------------------------------------------------------------------------
 def ready() -> JSONResponse:  # sync: FastAPI runs it in the threadpool
     try:
@@ -225,6 +286,8 @@ def build_inner_app() -> FastAPI:
             skills=[
                 Skill(id="echo", description="echo the input"),
                 Skill(id="sleep", description="sleep input.seconds (max 30) then answer"),
+                Skill(id="lookup", description="call a loopback downstream agent input.calls times (drills)"),
+                Skill(id="checkpoint", description="long task that snapshots every step and resumes (drills)"),
             ]
         ),
         endpoints=Endpoint(asap=f"{_PUBLIC_URL}/asap"),
@@ -239,7 +302,9 @@ def build_inner_app() -> FastAPI:
         rate_limit=RATE_LIMIT,
         max_request_size=MAX_REQUEST_SIZE,
         require_nonce=True,
+        snapshot_store=RedisSnapshotStore(_redis),
     )
+    skills.STORE = inner.state.snapshot_store
     inner.state.request_handler.nonce_store = RedisNonceStore(_redis)
     inner.add_api_route("/ready", ready, methods=["GET"], include_in_schema=False)
     new_route = inner.router.routes.pop()

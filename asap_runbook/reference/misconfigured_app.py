@@ -8,8 +8,10 @@ client IP) and no metrics wrapper (its ``/asap/metrics`` content type makes Prom
 DOWN). It sits behind a weak nginx (TLS 1.0/1.1, expired self-signed certificate, no HSTS,
 no redirect, 100m bodies, appended ``X-Forwarded-For``).
 
-Its handler answers skills ``echo`` and ``sleep`` (``input.seconds``, capped at 30 s, for the
-drain drill) and appends each task to a Redis list (``ASAP_REF_REDIS_URL``, best effort: a
+Its handler answers skills ``echo``, ``sleep`` (``input.seconds``, capped at 30 s, for the
+drain drill), ``lookup`` (a downstream call made the careless way: a new client per call, retries
+off, no circuit breaker, no fallback) and ``checkpoint`` (a long task whose snapshots live in the
+default ``InMemorySnapshotStore``, lost on restart), and appends each task to a Redis list (``ASAP_REF_REDIS_URL``, best effort: a
 failure is logged and ignored). ``/ready`` stays asap-protocol's constant ``{"status":"ok"}``:
 the dependency is used but readiness is not wired to it.
 
@@ -23,13 +25,16 @@ import asyncio
 import os
 
 from asap.models.entities import Capability, Endpoint, Manifest, Skill
-from asap.models.envelope import Envelope
 from asap.models.enums import TaskStatus
+from asap.models.envelope import Envelope
 from asap.models.ids import generate_id
 from asap.models.payloads import TaskRequest, TaskResponse
 from asap.observability import get_logger
+from asap.transport import ASAPClient
 from asap.transport.handlers import HandlerRegistry
 from asap.transport.server import create_app
+
+from . import skills
 
 AGENT_ID = os.environ.get("ASAP_REF_AGENT_ID", "urn:asap:agent:misconfigured-ref")
 _PUBLIC_URL = os.environ.get("ASAP_REF_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
@@ -42,6 +47,12 @@ if _REDIS_URL:
     import redis
 
     _redis = redis.Redis.from_url(_REDIS_URL, socket_connect_timeout=0.3, socket_timeout=0.3)
+
+# Downstream calls the careless way: a new client per call, retries switched off ("they
+# duplicated orders"), no circuit breaker, no fallback.
+DOWNSTREAM_POLICY = skills.ClientPolicy(
+    make_client=lambda url: ASAPClient(url, require_https=False, max_retries=1),
+    fallback=False, long_lived=False)
 
 
 def _record(skill: str) -> None:
@@ -57,6 +68,7 @@ def _record(skill: str) -> None:
 async def task_handler(envelope: Envelope, manifest: Manifest) -> Envelope:
     req = TaskRequest.model_validate(envelope.payload_dict)
     data = req.input if isinstance(req.input, dict) else {}
+    ok = True
     if req.skill_id == "sleep":
         try:
             seconds = max(0.0, min(float(data.get("seconds", 1.0)), SLEEP_CAP_SECONDS))
@@ -64,19 +76,18 @@ async def task_handler(envelope: Envelope, manifest: Manifest) -> Envelope:
             seconds = 1.0
         await asyncio.sleep(seconds)
         result = {"slept_seconds": seconds}
+    elif req.skill_id == "lookup":
+        ok, result = await skills.lookup(data, manifest.id, DOWNSTREAM_POLICY)
+    elif req.skill_id == "checkpoint":
+        ok, result = await skills.checkpoint(data)
     else:
         result = {"echoed": req.input}
     await asyncio.to_thread(_record, req.skill_id[:64])
-    response = TaskResponse(task_id=f"task_{generate_id()}", status=TaskStatus.COMPLETED, result=result)
-    return Envelope(
-        asap_version=envelope.asap_version,
-        sender=manifest.id,
-        recipient=envelope.sender,
-        payload_type="task.response",
-        payload=response.model_dump(),
-        correlation_id=envelope.id,
-        trace_id=envelope.trace_id,
-    )
+    response = TaskResponse(task_id=f"task_{generate_id()}",
+                            status=TaskStatus.COMPLETED if ok else TaskStatus.FAILED, result=result)
+    return Envelope(asap_version=envelope.asap_version, sender=manifest.id, recipient=envelope.sender,
+                    payload_type="task.response", payload=response.model_dump(),
+                    correlation_id=envelope.id, trace_id=envelope.trace_id)
 
 
 manifest = Manifest(
@@ -85,10 +96,12 @@ manifest = Manifest(
     version="1.0.0",
     description="asap-runbook misconfigured reference agent (defaults, no auth, plain HTTP)",
     capabilities=Capability(skills=[Skill(id="echo", description="echo the input"),
-                                    Skill(id="sleep", description="sleep input.seconds (max 30) then answer")]),
+                                    Skill(id="sleep", description="sleep input.seconds (max 30) then answer"),
+                                    Skill(id="lookup", description="call a loopback downstream agent (drills)"),
+                                    Skill(id="checkpoint", description="long task with snapshots (drills)")]),
     endpoints=Endpoint(asap=f"{_PUBLIC_URL}/asap"),
 )
 registry = HandlerRegistry()
 registry.register("task.request", task_handler)
-
-app = create_app(manifest, registry)
+app = create_app(manifest, registry)  # snapshot store: the default InMemorySnapshotStore
+skills.STORE = app.state.snapshot_store

@@ -1,0 +1,199 @@
+"""Reading Kubernetes manifests without a cluster: workloads, autoscalers, services, ingresses.
+
+Only what the Scaling items need: replicas, container resources, probes, environment (plain
+`value:` entries; `valueFrom` references are named, never resolved), volumes, HPAs with their
+metrics, and session affinity. Files are YAML, one or many documents each; `List` kinds are
+flattened.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import RunbookError
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}
+
+
+class ManifestError(RunbookError):
+    """A manifest file cannot be read or parsed."""
+
+
+def cpu_cores(value: Any) -> float | None:
+    """Kubernetes CPU quantity -> cores: "500m" -> 0.5, "2" -> 2.0."""
+    if value is None:
+        return None
+    s = str(value).strip()
+    try:
+        return float(s[:-1]) / 1000 if s.endswith("m") else float(s)
+    except ValueError:
+        return None
+
+
+_MEM_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def memory_bytes(value: Any) -> int | None:
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?)?", str(value).strip())
+    if not m:
+        return None
+    return int(float(m.group(1)) * _MEM_UNITS.get(m.group(2) or "", 1))
+
+
+@dataclass
+class Container:
+    name: str
+    image: str | None
+    command: list[str]
+    resources: dict[str, dict[str, Any]]
+    probes: dict[str, Any]               # livenessProbe / readinessProbe / startupProbe -> spec
+    env: dict[str, str]                  # plain values
+    env_refs: dict[str, str]             # name -> "secretKeyRef secret/key" etc.
+    mounts: list[dict[str, Any]]
+
+    @property
+    def cpu_limit(self) -> float | None:
+        return cpu_cores(self.resources.get("limits", {}).get("cpu"))
+
+    @property
+    def cpu_request(self) -> float | None:
+        return cpu_cores(self.resources.get("requests", {}).get("cpu"))
+
+
+@dataclass
+class Workload:
+    kind: str
+    name: str
+    file: str
+    replicas: int | None                 # None: not set (Kubernetes default 1)
+    containers: list[Container]
+    volumes: list[dict[str, Any]]
+
+    @property
+    def effective_replicas(self) -> int:
+        return 1 if self.replicas is None else self.replicas
+
+
+@dataclass
+class Autoscaler:
+    name: str
+    file: str
+    target_kind: str | None
+    target_name: str | None
+    min_replicas: int
+    max_replicas: int | None
+    metrics: list[str]                   # "cpu utilization 70%", "memory ...", "pods asap_requests_per_second"
+
+
+@dataclass
+class Manifests:
+    files: list[str]
+    workloads: list[Workload] = field(default_factory=list)
+    autoscalers: list[Autoscaler] = field(default_factory=list)
+    services: list[dict[str, Any]] = field(default_factory=list)   # name, sessionAffinity
+    ingresses: list[dict[str, Any]] = field(default_factory=list)  # name, affinity annotations
+    other_kinds: list[str] = field(default_factory=list)
+
+    def hpa_for(self, w: Workload) -> Autoscaler | None:
+        return next((a for a in self.autoscalers if a.target_name == w.name and a.target_kind in (None, w.kind)), None)
+
+    def sticky(self) -> list[str]:
+        out = [f"Service {s['name']}: sessionAffinity {s['sessionAffinity']}" for s in self.services
+               if s.get("sessionAffinity") not in (None, "None")]
+        out += [f"Ingress {i['name']}: {k}={v}" for i in self.ingresses for k, v in i["affinity"].items()]
+        return out
+
+
+def _container(c: dict) -> Container:
+    env, refs = {}, {}
+    for e in c.get("env") or []:
+        if not isinstance(e, dict) or "name" not in e:
+            continue
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        elif isinstance(e.get("valueFrom"), dict):
+            kind, ref = next(iter(e["valueFrom"].items()), ("valueFrom", {}))
+            refs[e["name"]] = f"{kind} {ref.get('name', '')}/{ref.get('key', '')}" if isinstance(ref, dict) else kind
+    return Container(
+        name=str(c.get("name", "")), image=c.get("image"),
+        command=[str(x) for x in (c.get("command") or []) + (c.get("args") or [])],
+        resources={k: dict(v or {}) for k, v in (c.get("resources") or {}).items()},
+        probes={k: c[k] for k in ("livenessProbe", "readinessProbe", "startupProbe") if c.get(k)},
+        env=env, env_refs=refs, mounts=list(c.get("volumeMounts") or []),
+    )
+
+
+def _metric(m: dict) -> str:
+    t = m.get("type", "?")
+    if t == "Resource":
+        r = m.get("resource", {})
+        tgt = r.get("target", {})
+        val = tgt.get("averageUtilization") or tgt.get("averageValue") or tgt.get("value")
+        return f"{r.get('name', '?')} {tgt.get('type', '').lower()} {val}{'%' if 'averageUtilization' in tgt else ''}".strip()
+    if t in ("Pods", "Object", "External"):
+        body = m.get(t[0].lower() + t[1:], {})
+        name = (body.get("metric") or {}).get("name") or body.get("metricName") or "?"
+        return f"{t.lower()} {name}"
+    return t
+
+
+def load_manifests(paths: list[Path]) -> Manifests:
+    """Parse the files; raise ManifestError with one sentence on unreadable or invalid YAML."""
+    out = Manifests(files=[str(p) for p in paths])
+    for path in paths:
+        files = sorted(path.glob("*.y*ml")) if path.is_dir() else [path]
+        for f in files:
+            try:
+                docs = list(yaml.safe_load_all(f.read_text()))
+            except OSError as e:
+                raise ManifestError(f"cannot read {f}: {e.strerror}") from None
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                raise ManifestError(f"{f} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+            stack = [d for d in docs if isinstance(d, dict)]
+            while stack:
+                doc = stack.pop(0)
+                kind, meta = doc.get("kind"), doc.get("metadata") or {}
+                name = str(meta.get("name", "?"))
+                spec = doc.get("spec") or {}
+                if kind == "List":
+                    stack.extend(i for i in doc.get("items") or [] if isinstance(i, dict))
+                elif kind in WORKLOAD_KINDS:
+                    pod = (spec.get("template") or {}).get("spec") or {}
+                    out.workloads.append(Workload(
+                        kind=kind, name=name, file=f.name,
+                        replicas=spec.get("replicas") if isinstance(spec.get("replicas"), int) else None,
+                        containers=[_container(c) for c in pod.get("containers") or [] if isinstance(c, dict)],
+                        volumes=list(pod.get("volumes") or [])))
+                elif kind == "HorizontalPodAutoscaler":
+                    ref = spec.get("scaleTargetRef") or {}
+                    metrics = [_metric(m) for m in spec.get("metrics") or [] if isinstance(m, dict)]
+                    if not metrics and spec.get("targetCPUUtilizationPercentage"):  # autoscaling/v1
+                        metrics = [f"cpu utilization {spec['targetCPUUtilizationPercentage']}%"]
+                    out.autoscalers.append(Autoscaler(
+                        name=name, file=f.name, target_kind=ref.get("kind"), target_name=ref.get("name"),
+                        min_replicas=int(spec.get("minReplicas") or 1), max_replicas=spec.get("maxReplicas"),
+                        metrics=metrics))
+                elif kind == "Service":
+                    out.services.append({"name": name, "sessionAffinity": spec.get("sessionAffinity")})
+                elif kind == "Ingress":
+                    ann = meta.get("annotations") or {}
+                    out.ingresses.append({"name": name, "affinity": {k: v for k, v in ann.items() if "affinity" in k}})
+                elif kind:
+                    out.other_kinds.append(f"{kind} {name}")
+    return out
+
+
+# environment variables that say where per-process state lives (reference §8)
+STATE_ENV = {
+    "ASAP_RATE_LIMIT_BACKEND": "rate limits",
+    "ASAP_STORAGE_BACKEND": "snapshots",
+    "ASAP_STORAGE_PATH": "snapshots (SQLite file)",
+}

@@ -1,0 +1,157 @@
+"""Introspecting an agent's app object, in a separate process (reference §3.5, §7).
+
+Importing an ASAP app imports ``asap.transport``, which builds a default app, takes over root
+logging and instruments every httpx client of the process. So the runbook never imports the
+agent itself: ``introspect_app()`` runs ``python -m asap_runbook.introspect module:attr`` with the
+target's ``app_path`` on ``sys.path`` and its non-secret ``app_env``, with a timeout, and reads
+one JSON document from the child's stdout (the app's own logs go to stderr).
+
+Nothing here opens a network connection on purpose: building the app creates clients (Redis
+for rate limits, nonces) but they connect lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import RunbookError
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# Stores whose state lives in the process: lost on restart, split across workers/replicas.
+PER_PROCESS_HINTS = ("InMemory", "Memory")
+EXTERNAL_CLIENT_MODULES = ("redis", "psycopg", "asyncpg", "sqlalchemy", "pymongo", "motor", "aiosqlite", "sqlite3")
+
+
+class IntrospectionError(RunbookError):
+    """The app could not be imported or inspected."""
+
+
+def _cls(obj: Any) -> dict[str, Any] | None:
+    if obj is None:
+        return None
+    t = type(obj)
+    backing = sorted({type(v).__module__.split(".")[0] for v in getattr(obj, "__dict__", {}).values()
+                      if type(v).__module__.split(".")[0] in EXTERNAL_CLIENT_MODULES})
+    return {"class": t.__name__, "module": t.__module__, "backed_by": backing}
+
+
+def _kind(info: dict | None) -> str:
+    """'none' | 'memory' (per process) | 'sqlite' (a local file) | 'external' (a shared service) | 'unknown'."""
+    if info is None:
+        return "none"
+    name = info["class"]
+    if any(h in name for h in PER_PROCESS_HINTS):
+        return "memory"
+    if "SQLite" in name or "Sqlite" in name:
+        return "sqlite"
+    if set(info["backed_by"]) - {"sqlite3", "aiosqlite"}:
+        return "external"
+    return "unknown"
+
+
+def describe(app: Any) -> dict[str, Any]:
+    """What an ASAP app is configured with. Runs inside the child process."""
+    state = app.state
+    manifest = getattr(state, "manifest", None)
+    handler = getattr(state, "request_handler", None)
+    limiter = getattr(state, "limiter", None)
+    storage = getattr(limiter, "_storage", None)
+    storage_name = type(storage).__name__ if storage is not None else None
+    nonce = _cls(getattr(handler, "nonce_store", None))
+    snap = _cls(getattr(state, "snapshot_store", None))
+    auth = getattr(manifest, "auth", None)
+    out = {
+        "app_class": type(app).__name__,
+        "manifest_id": getattr(manifest, "id", None),
+        "manifest_auth": auth.model_dump() if auth is not None else None,
+        "auth_enabled": getattr(handler, "auth_middleware", None) is not None,
+        "oauth2": hasattr(state, "oauth2_middleware"),
+        "nonce_store": nonce,
+        "nonce_store_kind": _kind(nonce) if nonce else "none",
+        "max_request_size": getattr(state, "max_request_size", None),
+        "max_batch_size": getattr(state, "max_batch_size", None),
+        "rate_limits": [str(limit) for limit in getattr(limiter, "_rate_limits", None) or getattr(limiter, "limits", [])],
+        "rate_limit_storage": storage_name,
+        "rate_limit_storage_kind": ("memory" if storage_name and "Memory" in storage_name
+                                    else "external" if storage_name else "none"),
+        "snapshot_store": snap,
+        "snapshot_store_kind": _kind(snap),
+        "websocket_message_rate_limit": getattr(state, "websocket_message_rate_limit", None),
+        "mtls": getattr(state, "mtls_config", None) is not None,
+        "user_middleware": [m.cls.__name__ for m in getattr(app, "user_middleware", [])],
+        "docs_url": getattr(app, "docs_url", None),
+        "debug_env": os.environ.get("ASAP_DEBUG"),
+    }
+    return out
+
+
+def load_app(ref: str) -> Any:
+    module_name, _, attr = ref.partition(":")
+    factory = attr.endswith("()")
+    obj = getattr(importlib.import_module(module_name), attr.removesuffix("()"))
+    return obj() if factory else obj
+
+
+def _child(ref: str) -> int:
+    # keep stdout for our one JSON document: the app logs to stdout at import (reference §2.2)
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    def sentence(e: Exception) -> str:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
+
+    try:
+        app = load_app(ref)
+    except BaseException as e:  # noqa: BLE001 - SystemExit at import too: one sentence
+        doc = {"ok": False, "app": ref, "error": f"cannot import {ref}: {sentence(e)}"}
+    else:
+        if not hasattr(app, "state"):
+            doc = {"ok": False, "app": ref, "error": f"{ref} is a {type(app).__name__}, not an ASAP app (no app.state)"}
+        else:
+            try:
+                doc = {"ok": True, "app": ref, "config": describe(app)}
+            except Exception as e:  # noqa: BLE001
+                doc = {"ok": False, "app": ref, "error": f"cannot read the configuration of {ref}: {sentence(e)}"}
+    out.write(json.dumps(doc, default=str))
+    out.flush()
+    return 0
+
+
+def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, str] | None = None,
+                   timeout: float = DEFAULT_TIMEOUT_SECONDS, drop_env: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load `module:attr` in a child process and return its configuration; raise IntrospectionError.
+
+    The child gets the runbook's environment without ASAP_*/OTEL_* (the operator's `app_env` says
+    what the app should see) and without `drop_env` (the target's token variable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASAP_", "OTEL_")) and k not in drop_env}
+    env.update(app_env or {})
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(p) for p in (app_path, Path(__file__).resolve().parents[1]) if p] +
+        ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "asap_runbook.introspect", ref], env=env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              cwd=str(app_path) if app_path else None)
+    except subprocess.TimeoutExpired:
+        raise IntrospectionError(f"importing {ref} did not finish within {timeout:g} s") from None
+    try:
+        doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise IntrospectionError(f"introspecting {ref} exited with code {proc.returncode}: {tail}") from None
+    if not doc.get("ok"):
+        raise IntrospectionError(str(doc.get("error")))
+    return doc["config"]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m asap_runbook.introspect module:attr", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(_child(sys.argv[1]))
