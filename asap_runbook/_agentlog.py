@@ -16,7 +16,8 @@ from pathlib import Path
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # structlog ConsoleRenderer: "<ts> [level    ] event.name    [logger] key=value key='quoted value'"
 _CONSOLE = re.compile(r"^\S+\s+\[\s*(?P<level>\w+)\s*\]\s+(?P<event>[\w.\-]+)\s*(?:\[[^\]]*\])?\s*(?P<rest>.*)$")
-_KV = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
+_KV = re.compile(r"(?<!\S)(\w++)=('(?:[^'\\]|\\.)*+'|\"(?:[^\"\\]|\\.)*+\"|\S++)")
+MAX_LINE = 8192  # a handler that logs a 1 MiB payload must not make parsing quadratic
 MAX_BYTES = 8 * 1024 * 1024
 
 
@@ -37,7 +38,7 @@ def read_text(path: Path, max_bytes: int = MAX_BYTES) -> str:
 
 
 def parse_line(line: str, line_no: int = 0) -> LogEvent | None:
-    line = _ANSI.sub("", line).strip()
+    line = _ANSI.sub("", line[:MAX_LINE]).strip()
     if line.startswith("{"):
         try:
             doc = json.loads(line)
