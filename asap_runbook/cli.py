@@ -27,7 +27,7 @@ def _err(message: str) -> None:
 def cmd_run(args) -> int:
     from .runner import run
     sections = [s.strip() for s in args.sections.split(",")] if args.sections else None
-    code, _ = run(args.params, args.out, sections)
+    code, _ = run(args.params, args.out, sections, sign_off_by=args.sign_off_by, signing_key=args.signing_key)
     return code
 
 
@@ -63,8 +63,49 @@ def cmd_demo(args) -> int:
 def cmd_lab(args) -> int:
     from .runner import ensure_kernel
     ensure_kernel()
-    argv = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={REPO / 'notebooks'}", *args.lab_args]
+    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={REPO / 'notebooks'}", *args.lab_args]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in argv:
+        argv.append("--allow-root")  # CI machines and containers run as root
     return subprocess.call(argv)
+
+
+def cmd_confirm(args) -> int:
+    from .confirmations import add_confirmation
+    from .params import load_params
+    params = load_params(args.params)
+    names = [t.name for t in params.targets]
+    if args.target and args.target not in names:
+        from .errors import UsageError
+        raise UsageError(f"no target named {args.target!r} in {args.params}; choose from {', '.join(names)}.")
+    rec = add_confirmation(params.confirmations_file, args.item, args.by, target=args.target, note=args.note,
+                           evidence_url=args.evidence, ttl_days=args.ttl_days)
+    print(f"confirmed {rec.item} on {rec.target or 'every target'} by {rec.by}, valid until "
+          f"{rec.expires_at():%Y-%m-%d} ({rec.ttl()} days); recorded in {params.confirmations_file}")
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    from .signing import keygen
+    key, pub, fp = keygen(args.path)
+    print(f"private key {key} (keep it secret; point --signing-key or $ASAP_RUNBOOK_SIGNING_KEY at it)")
+    print(f"public key  {pub} (give it to auditors: asap-runbook verify DIR --public-key {pub})")
+    print(f"fingerprint {fp}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .signing import load_public_key, verify
+    pinned = load_public_key(args.public_key) if args.public_key else None
+    v = verify(args.run_dir, pinned)
+    for line in v.lines():
+        print(line)
+    print(f"{'INTACT' if v.intact else 'TAMPERED'}: {v.run_dir}")
+    return 0 if v.intact else 1
+
+
+def cmd_sign_off(args) -> int:
+    from .signing import load_signing_key, sign_off_run
+    return sign_off_run(args.run_dir, args.by, load_signing_key(args.signing_key))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +116,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--params", required=True, help="YAML parameters file")
     r.add_argument("--out", default="outputs", help="where run directories are written (default: outputs)")
     r.add_argument("--sections", help="comma-separated subset: security,monitoring,scaling,resilience")
+    r.add_argument("--sign-off-by", metavar="NAME", help="sign the run off as NAME if it is ready (else: refused, with what blocks)")
+    r.add_argument("--signing-key", metavar="PATH", help=f"Ed25519 key that signs manifest.json (default: ${'{'}ASAP_RUNBOOK_SIGNING_KEY{'}'})")
     r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("confirm", help="record that a person confirmed a manual item")
+    c.add_argument("item", help="checklist item id, e.g. MON-ALERT-4")
+    c.add_argument("--target", help="target name (default: every target)")
+    c.add_argument("--by", required=True, metavar="NAME", help="who confirms")
+    c.add_argument("--note", required=True, help="what was checked")
+    c.add_argument("--evidence", metavar="URL", help="link to the evidence (ticket, screenshot, runbook page)")
+    c.add_argument("--ttl-days", type=int, help="how long the confirmation holds (default: the item's confirmation_ttl_days)")
+    c.add_argument("--params", required=True, help="YAML parameters file (names the confirmations file)")
+    c.set_defaults(fn=cmd_confirm)
+
+    k = sub.add_parser("keygen", help="make an Ed25519 signing key (PATH, and PATH.pub)")
+    k.add_argument("path")
+    k.set_defaults(fn=cmd_keygen)
+
+    v = sub.add_parser("verify", help="check a run directory: digests, signature, chain (0 intact, 1 tampered)")
+    v.add_argument("run_dir")
+    v.add_argument("--public-key", metavar="PATH", help="the key you trust (public or private PEM)")
+    v.set_defaults(fn=cmd_verify)
+
+    so = sub.add_parser("sign-off", help="sign off a finished run if it is ready")
+    so.add_argument("run_dir")
+    so.add_argument("--by", required=True, metavar="NAME")
+    so.add_argument("--signing-key", metavar="PATH", help="default: $ASAP_RUNBOOK_SIGNING_KEY")
+    so.set_defaults(fn=cmd_sign_off)
 
     d = sub.add_parser("demo", help="start the reference deployment, run the runbook on it, stop it")
     d.add_argument("--params", help="parameters file (default: params/demo.yaml)")
@@ -84,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--serve", action="store_true", help="start the deployment and keep it up (for JupyterLab)")
     d.set_defaults(fn=cmd_demo)
 
-    lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel")
-    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel "
+                                     "(other options go to jupyter lab, e.g. --no-browser --port 8888)")
     lab.set_defaults(fn=cmd_lab)
     return p
 
@@ -93,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "lab":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.lab_args = extra
     except SystemExit as e:  # argparse prints its own sentence
         return ExitCode.BAD_USAGE if e.code else 0
     try:

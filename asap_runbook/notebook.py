@@ -33,6 +33,8 @@ def run(section: str, params_path: str, run_dir: str | None = None, targets: lis
     """Run one section's checks and show the results. Bad parameters: one sentence, no traceback."""
     try:
         params = load_params(params_path)
+        from .confirmations import validate_files
+        validate_files(params)  # a malformed confirmations or waivers file: one sentence here too
     except RunbookError as e:
         _display(_html(f"<p style='color:#8c0b07'><b>Cannot run:</b> {e.message}</p>"))
         print(f"asap-runbook: {e.message}", file=sys.stderr)
@@ -74,3 +76,9 @@ def show_pending(section_run: SectionRun | None) -> None:
                        for r in pending])
     _display(_html(f"<p><b>{len(pending)}</b> item(s) await a person:</p>"))
     _display(df)
+
+
+def confirm_panel(section_run: SectionRun | None, params_path: str):
+    """Items that await a person, each with a confirm control that writes the confirmations file."""
+    from .widgets import confirm_panel as panel
+    return panel(section_run, params_path)

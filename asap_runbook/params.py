@@ -178,6 +178,8 @@ def _resolve_paths(data: dict, base: Path) -> None:
     """Make relative paths relative to the params file, so a run works from any directory."""
     def fix(v):
         return str((base / v).resolve()) if isinstance(v, str) and v and not os.path.isabs(v) else v
+    # one confirmations file per environment, beside the params file unless named
+    data.setdefault("confirmations_file", f"confirmations/{data.get('environment') or 'default'}.yaml")
     for key in ("confirmations_file", "waivers_file"):
         if key in data:
             data[key] = fix(data[key])

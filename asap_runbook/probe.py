@@ -177,18 +177,14 @@ class Probe:
         async def go() -> ProbeResponse:
             async with self.client().stream(method, url, headers=hdrs, content=content) as resp:
                 chunks, size, truncated = [], 0, False
-                async for chunk in resp.aiter_raw():
+                # decoded bytes, bounded: a huge or decompression-bomb body stops at the limit
+                async for chunk in resp.aiter_bytes():
                     chunks.append(chunk)
                     size += len(chunk)
                     if size > limit:
                         truncated = True
                         break
                 body = b"".join(chunks)[:limit]
-                if resp.headers.get("content-encoding") in ("gzip", "br", "deflate") and not truncated:
-                    try:
-                        body = httpx.Response(resp.status_code, headers=resp.headers, content=body).read()
-                    except Exception:  # keep the raw bytes when they do not decode
-                        pass
                 return ProbeResponse(resp.status_code, resp.headers, body, truncated, time.monotonic() - started,
                                      url, resp.http_version)
 

@@ -35,6 +35,7 @@ def env() -> jinja2.Environment:
     )
     e.filters["pretty"] = _pretty
     e.filters["md_code"] = _md_code
+    e.tests["search"] = lambda value, pattern: pattern in value
     return e
 
 

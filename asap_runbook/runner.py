@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -156,11 +155,11 @@ def write_junit(run: RunResults, path: Path) -> None:
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str]) -> None:
+def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], sign_off: dict | None = None) -> None:
     per_section = {s: counts([r for r in run.results if r.section == s]) for s in run.sections}
     per_target = {t: counts([r for r in run.results if r.target == t]) for t in run.targets}
     html = jinja_env().get_template("index.html.j2").render(
-        run=run, style=style(), per_section=per_section, per_target=per_target, pages=section_pages,
+        run=run, sign_off=sign_off, style=style(), per_section=per_section, per_target=per_target, pages=section_pages,
         statuses=[s.value for s in Status],
         findings=lambda section: Markup(findings_html([r for r in run.results if r.section == section])),
     )
@@ -175,24 +174,20 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(run: RunResults, run_dir: Path) -> Path:
-    files = sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != "manifest.json")
-    manifest = {
-        "schema_version": 1, "run_id": run.run_id, "created_at": now().isoformat(),
-        "runbook_version": run.runbook_version, "params_digest": run.params_digest,
-        "readiness": run.readiness, "exit_code": run.exit_code,
-        "files": {str(p.relative_to(run_dir)): sha256(p) for p in files},
-    }
-    path = run_dir / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1))
-    return path
+def write_manifest(run: RunResults, run_dir: Path, key=None) -> Path:
+    """SHA-256 of every artifact, chained to the previous run's manifest, signed when a key is given."""
+    from . import signing
+    return signing.write_manifest_file(signing.build_manifest(run, run_dir, key, signing.previous_link(run_dir)), run_dir)
 
 
 def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", sections: list[str] | None = None,
-        say=print) -> tuple[int, Path | None]:
+        say=print, sign_off_by: str | None = None, signing_key: str | None = None) -> tuple[int, Path | None]:
     """Run the runbook; return (exit code, run directory). Bad parameters raise ParamsError before anything runs."""
     params_path = Path(params_path).resolve()
     params = load_params(params_path)
+    from . import confirmations, signing
+    confirmations.validate_files(params)  # a malformed confirmations/waivers file: one sentence, nothing runs
+    key = signing.load_signing_key(signing_key)
     catalog = load_catalog()
     chosen = sections or list(catalog.sections)
     unknown = [s for s in chosen if s not in catalog.sections]
@@ -221,6 +216,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         why = next((p for p in problems if f"the {section} notebook" in p), None)
         got = sr.results if sr else []
         results += _fill_missing(got, section, params, why or f"the {section} section wrote no result for this item")
+    from .confirmations import apply_records  # also covers results filled in for a section that could not run
+    results = apply_records(results, params)
     renderer = Renderer()
     pages = {}
     for section in chosen:
@@ -237,10 +234,17 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     )
     (run_dir / "results.json").write_text(run_results.model_dump_json(indent=1))
     write_junit(run_results, run_dir / "junit.xml")
-    write_index(run_results, run_dir, pages)
+    for r in results:  # expired waivers are ignored, loudly
+        if "expired_waiver" in r.details:
+            say(f"  warning: waiver for {r.item_id} on {r.target} ({r.details['expired_waiver']['ticket']}) "
+                f"expired on {r.details['expired_waiver']['expires'][:10]}; it is ignored")
+    sign_off = signing.sign_off_record(run_results, sign_off_by, key)
+    signing.write_sign_off(sign_off, run_dir)
+    write_index(run_results, run_dir, pages, sign_off)
     log.removeHandler(handler)
     handler.close()
-    write_manifest(run_results, run_dir)
+    write_manifest(run_results, run_dir, key)
+    signing.report_sign_off(sign_off, key, say)
     c = run_results.counts
     say(f"{run_results.readiness.upper()} (exit {code}): " + ", ".join(f"{v} {k}" for k, v in c.items() if v))
     for p in problems:

@@ -42,3 +42,60 @@ def check(demo_params):
     def run(item_id: str, target: str, params=None):
         return run_check(item_id, params or demo_params, target)
     return run
+
+
+def write_test_params(dest: Path, *, targets=None, active=True, **extra) -> Path:
+    """A copy of params/demo.yaml for a test: absolute example paths, records files in `dest`,
+    optionally fewer targets and no active probes."""
+    import yaml
+    data = yaml.safe_load(DEMO_PARAMS.read_text())
+    for t in data["targets"]:
+        for key in ("process_config", "source_dir"):
+            if key in t:
+                t[key] = str((DEMO_PARAMS.parent / t[key]).resolve())
+        if not active:
+            t["active_probes"] = {}
+    if targets:
+        data["targets"] = [t for t in data["targets"] if t["name"] in targets]
+    data["confirmations_file"] = str(dest / "confirmations.yaml")
+    data.update({k: str(v) if isinstance(v, Path) else v for k, v in extra.items()})
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def evidence_run(deployment, tmp_path_factory):
+    """One real `asap-runbook run` of every section, shared by the evidence tests: a person's
+    confirmation (SCALE-CACHE-3 on hardened), a live waiver (SEC-TLS-4 on misconfigured), an
+    expired one (SEC-TLS-1 on misconfigured), a signing key, and a sign-off request that the
+    not-ready demo must refuse."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+    work = tmp_path_factory.mktemp("evidence")
+    (work / "waivers.yaml").write_text(
+        "schema_version: 1\nwaivers:\n"
+        "- {item: SEC-TLS-4, target: misconfigured, approver: Bob Approver, reason: legacy clients until the"
+        " proxy migration, ticket: OPS-1234, expires: 2099-12-31}\n"
+        "- {item: SEC-TLS-1, target: misconfigured, approver: Carol Approver, reason: old exception,"
+        " ticket: OPS-999, expires: 2020-01-01}\n")
+    params = write_test_params(work, waivers_file=work / "waivers.yaml")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "asap_runbook", *args], capture_output=True, text=True,
+                              timeout=600, cwd=REPO)
+    key = work / "keys" / "runbook.pem"
+    assert cli("keygen", str(key)).returncode == 0
+    confirm = cli("confirm", "SCALE-CACHE-3", "--target", "hardened", "--by", "Alice Operator", "--note",
+                  "cache TTLs reviewed with the payments team", "--evidence", "https://wiki.example/ops/42",
+                  "--params", str(params))
+    assert confirm.returncode == 0, confirm.stderr
+    out = work / "runs"
+    proc = cli("run", "--params", str(params), "--out", str(out), "--signing-key", str(key),
+               "--sign-off-by", "Alice Operator")
+    run_dirs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(run_dirs) == 1, proc.stdout + proc.stderr
+    return SimpleNamespace(proc=proc, run_dir=run_dirs[0], key=key, public_key=Path(str(key) + ".pub"),
+                           params=params, work=work, cli=cli)

@@ -1,0 +1,70 @@
+"""The probe's own contract, on a mock transport (edge cases a real agent does not produce:
+a server that echoes the bearer token back, a body larger than the read bound)."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from asap_runbook.errors import NotAnAsapAgent, TargetUnreachable
+from asap_runbook.params import ProbeSettings, Target
+from asap_runbook.probe import REDACTED, Probe
+
+CANARY = "canary-token-7d1f0c2e9b8a4f6e"
+
+
+def target(monkeypatch):
+    monkeypatch.setenv("PROBE_TEST_TOKEN", CANARY)
+    return Target(name="t", base_url="https://agent.test", token_env="PROBE_TEST_TOKEN")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_token_never_reaches_evidence(monkeypatch):
+    def echo(request: httpx.Request):
+        return httpx.Response(200, headers={"server": f"echo {request.headers['authorization']}"},
+                              text=f"you sent {request.headers['authorization']}")
+
+    async def go():
+        async with Probe(target(monkeypatch), ProbeSettings(), transport=httpx.MockTransport(echo)) as p:
+            return await p.send({"x": 1})
+    resp = run(go())
+    assert CANARY in resp.text  # the server really echoed it...
+    dumped = repr(resp.evidence)
+    assert CANARY not in dumped  # ...and the evidence does not carry it
+    assert f"Bearer {REDACTED}" in dumped
+
+
+def test_read_is_bounded(monkeypatch):
+    big = b"x" * 200_000
+
+    async def go():
+        settings = ProbeSettings(max_response_bytes=4096)
+        async with Probe(target(monkeypatch), settings,
+                         transport=httpx.MockTransport(lambda r: httpx.Response(200, content=big))) as p:
+            return await p.get("/health")
+    resp = run(go())
+    assert resp.truncated and len(resp.body) == 4096
+
+
+def test_not_an_asap_agent(monkeypatch):
+    async def go():
+        async with Probe(target(monkeypatch), ProbeSettings(),
+                         transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>hello</html>"))) as p:
+            await p.manifest()
+    with pytest.raises(NotAnAsapAgent, match="without an ASAP manifest"):
+        run(go())
+
+
+def test_connection_refused_is_one_sentence(monkeypatch):
+    def refuse(request):
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    async def go():
+        async with Probe(target(monkeypatch), ProbeSettings(), transport=httpx.MockTransport(refuse)) as p:
+            await p.get("/health")
+    with pytest.raises(TargetUnreachable) as e:
+        run(go())
+    assert e.value.message == "cannot connect to https://agent.test/health: [Errno 111] Connection refused"
