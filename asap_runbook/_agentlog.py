@@ -3,7 +3,7 @@
 asap-protocol logs its startup configuration (`asap.server.rate_limit_enabled`,
 `asap.server.max_request_size`, `asap.rate_limit.memory_storage`, ...) once for the built-in
 default app and once for the real one, so events are tied to a `manifest_id` where they carry
-one. Bounded: only the last `max_bytes` of the file are read.
+one. Bounded: only the last `max_bytes` of the file are read (head and tail).
 """
 
 from __future__ import annotations
@@ -30,11 +30,17 @@ class LogEvent:
 
 
 def read_text(path: Path, max_bytes: int = MAX_BYTES) -> str:
+    """At most `max_bytes`: the head (startup configuration lives there) and the tail (recent events)."""
     with open(path, "rb") as fh:
         fh.seek(0, 2)
         size = fh.tell()
-        fh.seek(max(0, size - max_bytes))
-        return fh.read().decode("utf-8", "replace")
+        fh.seek(0)
+        if size <= max_bytes:
+            return fh.read().decode("utf-8", "replace")
+        head = fh.read(max_bytes // 4)
+        fh.seek(size - (max_bytes - len(head)))
+        tail = fh.read()
+    return (head + b"\n" + tail).decode("utf-8", "replace")
 
 
 def parse_line(line: str, line_no: int = 0) -> LogEvent | None:

@@ -211,3 +211,14 @@ def test_console_log_lines_parse():
     assert ev.event == "asap.server.rate_limit_enabled"
     assert ev.fields["rate_limit"] == "10/second" and ev.fields["message"] == "a b"
     assert _agentlog.parse_line("x" * 2_000_000) is None  # a huge logged payload is skipped, not parsed
+
+
+def test_startup_facts_survive_a_long_log(tmp_path):
+    """Startup configuration is at the head of the log; a log grown past the read bound keeps it."""
+    from asap_runbook import _agentlog
+    log = tmp_path / "agent.log"
+    start = json.dumps({"manifest_id": "urn:asap:agent:x", "rate_limit": "5/second", "event": "asap.server.rate_limit_enabled"})
+    log.write_text(start + "\n" + ("filler " * 1000 + "\n") * 2000 + '{"event": "late"}\n')
+    evs = _agentlog.events(log)
+    assert _agentlog.last_for_agent(evs, "asap.server.rate_limit_enabled", "urn:asap:agent:x") is not None
+    assert evs[-1].event == "late"
