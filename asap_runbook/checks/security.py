@@ -515,7 +515,9 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
     budget_a = max(6, (ap.max_requests * 2) // 3)
     await asyncio.sleep(1.0)  # let the per-second window of earlier checks drain
     statuses, first = await _burst(ctx, budget_a, deadline, rotate_xff=False)
-    evidence = [("burst A: POST /asap, waves of 5 concurrent, no X-Forwarded-For", _tally(statuses))]
+    evidence = [("burst A: POST /asap, waves of 5 concurrent until the first 429 (each a valid task.request "
+                 "envelope with a fresh nonce, the bearer token if configured), no X-Forwarded-For; statuses",
+                 _tally(statuses))]
     details = {"configured_limit_from_log": configured, "max_requests": ap.max_requests, "max_seconds": ap.max_seconds}
     elapsed = time.monotonic() - started - 1.0
     if first is None:
@@ -529,6 +531,7 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
     retry = _retry_after(first)
     wait = min(retry if retry is not None else 1.0, max(0.0, deadline - time.monotonic()))
     await asyncio.sleep(wait + 0.2)
+    evidence.append(("waited out Retry-After before burst B", f"{wait + 0.2:.1f} s"))
     budget_b = min(ap.max_requests - len(statuses), allowed + 5)
     problems = []
     if retry is None:
