@@ -222,3 +222,10 @@ def test_startup_facts_survive_a_long_log(tmp_path):
     evs = _agentlog.events(log)
     assert _agentlog.last_for_agent(evs, "asap.server.rate_limit_enabled", "urn:asap:agent:x") is not None
     assert evs[-1].event == "late"
+
+
+def test_burst_too_small_to_exceed_the_limit_is_skipped_not_failed(demo_params):
+    t = demo_params.target("hardened")
+    small = t.model_copy(update={"active_probes": t.active_probes.model_copy(update={"max_requests": 4})})
+    r = run_check("SEC-RATE-1", demo_params.model_copy(update={"targets": [small]}), "hardened")
+    assert r.status is Status.SKIP and "max_requests" in r.summary

@@ -512,7 +512,12 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
     ap = ctx.target.active_probes
     started = time.monotonic()
     deadline = started + ap.max_seconds
-    budget_a = max(6, (ap.max_requests * 2) // 3)
+    budget_a = min(ap.max_requests, max(6, (ap.max_requests * 2) // 3))
+    per_second = [n / w for n, w in _parse_limits(configured or "") if w <= 1]
+    ceiling = ctx.threshold("rate_limit_max_per_second").value
+    if per_second and budget_a < min(per_second) + 1 <= ceiling + 1:  # a sane limit the budget cannot reach
+        return Finding.skipped(f"the configured limit ({configured}) cannot be exceeded within "
+                               f"{budget_a} requests: raise targets[{ctx.target.name}].active_probes.max_requests")
     await asyncio.sleep(1.0)  # let the per-second window of earlier checks drain
     statuses, first = await _burst(ctx, budget_a, deadline, rotate_xff=False)
     evidence = [("burst A: POST /asap, waves of 5 concurrent until the first 429 (each a valid task.request "
@@ -640,7 +645,7 @@ async def rate_limit_shared(ctx: CheckContext) -> Finding:
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", re.M)
 
 
-async def _counter_monitored(ctx: CheckContext, exact: str, pattern: str, what: str, stock_note: str) -> Finding:
+async def _counter_monitored(ctx: CheckContext, pattern: str, what: str, stock_note: str) -> Finding:
     """The counter is exported at /asap/metrics and Prometheus holds a series of it for the target's job."""
     from ..prom import prom_for
     evidence, exported = [], []
@@ -673,7 +678,7 @@ async def _counter_monitored(ctx: CheckContext, exact: str, pattern: str, what: 
 @check("SEC-RATE-4")
 async def rate_limit_monitored(ctx: CheckContext) -> Finding:
     return await _counter_monitored(
-        ctx, "asap_rate_limit_exceeded_total", r".*(rate_limit.*(exceeded|hit|reject)|_429).*", "HTTP 429 responses",
+        ctx, r".*(rate_limit.*(exceeded|hit|reject)|_429).*", "HTTP 429 responses",
         "asap-protocol 2.5.10 has no asap_rate_limit_exceeded_total (only the log event asap.rate_limit.exceeded); "
         "count 429s at the proxy or export the counter from a wrapper")
 
@@ -776,7 +781,7 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
 @check("SEC-SIZE-3")
 async def size_rejections_monitored(ctx: CheckContext) -> Finding:
     return await _counter_monitored(
-        ctx, "asap_request_size_exceeded_total", r".*(size_exceeded|too_large|_413).*", "HTTP 413 responses",
+        ctx, r".*(size_exceeded|too_large|_413).*", "HTTP 413 responses",
         "asap-protocol 2.5.10 has no metric for 413 (only the log event asap.request.size_exceeded); count them "
         "at the proxy or export a counter from a wrapper")
 
