@@ -229,3 +229,12 @@ def test_burst_too_small_to_exceed_the_limit_is_skipped_not_failed(demo_params):
     small = t.model_copy(update={"active_probes": t.active_probes.model_copy(update={"max_requests": 4})})
     r = run_check("SEC-RATE-1", demo_params.model_copy(update={"targets": [small]}), "hardened")
     assert r.status is Status.SKIP and "max_requests" in r.summary
+
+
+def test_missing_log_file_is_one_sentence(demo_params, tmp_path):
+    t = demo_params.target("hardened").model_copy(update={"log_file": tmp_path / "nope.log"})
+    params = demo_params.model_copy(update={"targets": [t]})
+    for item in ("SEC-RATE-2", "SEC-HANDLER-4"):
+        r = run_check(item, params, "hardened")
+        assert r.status is Status.ERROR and "does not exist" in r.summary, r.summary
+    assert run_check("SEC-RATE-3", params, "hardened").status is Status.SKIP

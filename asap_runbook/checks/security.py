@@ -583,6 +583,8 @@ async def rate_limit_tuned(ctx: CheckContext) -> Finding:
     if ctx.target.log_file is None:
         return Finding.skipped(f"targets[{ctx.target.name}].log_file is not set (the agent logs "
                                "asap.server.rate_limit_enabled at startup)")
+    if not ctx.target.log_file.is_file():
+        return Finding.errored(f"targets[{ctx.target.name}].log_file {ctx.target.log_file} does not exist")
     fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
     if fact is None:
         return Finding.errored(f"{ctx.target.log_file} has no asap.server.rate_limit_enabled line for "
@@ -615,7 +617,7 @@ async def rate_limit_shared(ctx: CheckContext) -> Finding:
     n, why = _instances(ctx)
     evidence = [("processes", why)]
     storage, proxy = None, []
-    if ctx.target.log_file:
+    if ctx.target.log_file and ctx.target.log_file.is_file():
         fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
         storage = _agentlog.storage_backend_before(_log_events(ctx) or [], fact)
         evidence.append(("agent log: storage event before its rate_limit_enabled line",
@@ -884,6 +886,8 @@ async def logs_sanitized(ctx: CheckContext) -> Finding:
 async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
     t = ctx.target
     if t.log_file:
+        if not t.log_file.is_file():
+            raise ProbeError(f"targets[{t.name}].log_file {t.log_file} does not exist")
         return await asyncio.to_thread(_agentlog.read_text, t.log_file, 4 * 1024 * 1024), str(t.log_file)
     if t.log_command:
         proc = await asyncio.create_subprocess_shell(t.log_command, stdout=asyncio.subprocess.PIPE,
