@@ -669,7 +669,9 @@ async def _counter_monitored(ctx: CheckContext, pattern: str, what: str, stock_n
     evidence.append((f"Prometheus: {query}", [{"metric": s.get("metric"), "value": s.get("value")} for s in series]))
     if series:
         names = sorted({s["metric"].get("__name__") for s in series})
-        return Finding.passed(f"Prometheus holds {', '.join(names)} for job {job} ({len(series)} series)", evidence)
+        return Finding.passed(f"Prometheus holds {', '.join(names)} for job {job} ({len(series)} series); stock "
+                              "asap-protocol 2.5.10 exports no such counter, so it comes from this deployment "
+                              "(a wrapper or the proxy)", evidence)
     if exported:
         return Finding.failed(f"{', '.join(exported)} is exported but Prometheus has no series for job {job} "
                               "(is the scrape target up? see MON-METRICS-2)", evidence)
