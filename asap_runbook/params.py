@@ -64,6 +64,7 @@ class Thresholds(_Model):
     token_min_lifetime_minutes: Threshold = _t(15, "production deployment checklist (Authentication: 15-60 min)")
     token_max_lifetime_minutes: Threshold = _t(60, "production deployment checklist (Authentication: 15-60 min)")
     max_request_size_bytes: Threshold = _t(10485760, "asap-protocol default (10 MiB); lower it for your payloads")
+    rate_limit_max_per_second: Threshold = _t(100, "asap-runbook: 10x the checklist's example limit (10/second); set your per-caller peak plus headroom")
     error_rate_ratio: Threshold = _t(0.10, "production deployment checklist (Alerting: >10% for 5 min)")
     p99_latency_seconds: Threshold = _t(1.0, "production deployment checklist (Alerting: P99 > 1s)")
     manifest_cache_ttl_seconds: Threshold = _t(300, "production deployment checklist (Caching: e.g. 5 min)")

@@ -5,14 +5,16 @@ with defaults, no auth (manifest ``auth: null``), an ``http://`` endpoint, no no
 10 MiB body limit, rate limit loosened to ``ASAP_RATE_LIMIT=100000/second`` by the deployment,
 console logs, ``ASAP_DEBUG=1`` (``/docs`` exposed), ``--forwarded-allow-ips '*'`` (spoofable
 client IP) and no metrics wrapper (its ``/asap/metrics`` content type makes Prometheus mark it
-DOWN). It sits behind a weak nginx (TLS 1.0/1.1, expired self-signed certificate, no HSTS,
-no redirect, 100m bodies, appended ``X-Forwarded-For``).
+DOWN); an unvalidated ``order_status`` skill, a handler that logs raw input, and the timestamp
+window patched out (see :mod:`.misconfigured_handlers`). It sits behind a weak nginx (TLS 1.0/1.1,
+expired self-signed certificate, no HSTS, no redirect, 100m bodies, appended ``X-Forwarded-For``).
 
-Its handler answers skills ``echo``, ``sleep`` (``input.seconds``, capped at 30 s, for the
-drain drill), ``lookup`` (a downstream call made the careless way: a new client per call, retries
-off, no circuit breaker, no fallback) and ``checkpoint`` (a long task whose snapshots live in the
-default ``InMemorySnapshotStore``, lost on restart), and appends each task to a Redis list (``ASAP_REF_REDIS_URL``, best effort: a
-failure is logged and ignored). ``/ready`` stays asap-protocol's constant ``{"status":"ok"}``:
+Its handler answers skills ``echo``, ``order_status`` (reads ``input.order_id`` unchecked),
+``sleep`` (``input.seconds``, capped at 30 s, for the drain drill), ``lookup`` (a downstream call
+made the careless way: a new client per call, retries off, no circuit breaker, no fallback) and
+``checkpoint`` (a long task whose snapshots live in the default ``InMemorySnapshotStore``, lost on
+restart), and appends each task to a Redis list (``ASAP_REF_REDIS_URL``, best effort: a failure is
+logged and ignored). ``/ready`` stays asap-protocol's constant ``{"status":"ok"}``:
 the dependency is used but readiness is not wired to it.
 
 Environment: ``ASAP_REF_PUBLIC_URL`` (the http base URL advertised in the manifest),
@@ -35,6 +37,7 @@ from asap.transport.handlers import HandlerRegistry
 from asap.transport.server import create_app
 
 from . import skills
+from .misconfigured_handlers import disable_timestamp_validation, log_raw_input, order_status
 
 AGENT_ID = os.environ.get("ASAP_REF_AGENT_ID", "urn:asap:agent:misconfigured-ref")
 _PUBLIC_URL = os.environ.get("ASAP_REF_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
@@ -68,8 +71,11 @@ def _record(skill: str) -> None:
 async def task_handler(envelope: Envelope, manifest: Manifest) -> Envelope:
     req = TaskRequest.model_validate(envelope.payload_dict)
     data = req.input if isinstance(req.input, dict) else {}
+    log_raw_input(req)
     ok = True
-    if req.skill_id == "sleep":
+    if req.skill_id == "order_status":
+        result = order_status(req)
+    elif req.skill_id == "sleep":
         try:
             seconds = max(0.0, min(float(data.get("seconds", 1.0)), SLEEP_CAP_SECONDS))
         except (TypeError, ValueError):
@@ -96,6 +102,7 @@ manifest = Manifest(
     version="1.0.0",
     description="asap-runbook misconfigured reference agent (defaults, no auth, plain HTTP)",
     capabilities=Capability(skills=[Skill(id="echo", description="echo the input"),
+                                    Skill(id="order_status", description="look up input.order_id"),
                                     Skill(id="sleep", description="sleep input.seconds (max 30) then answer"),
                                     Skill(id="lookup", description="call a loopback downstream agent (drills)"),
                                     Skill(id="checkpoint", description="long task with snapshots (drills)")]),
@@ -105,3 +112,4 @@ registry = HandlerRegistry()
 registry.register("task.request", task_handler)
 app = create_app(manifest, registry)  # snapshot store: the default InMemorySnapshotStore
 skills.STORE = app.state.snapshot_store
+disable_timestamp_validation()
