@@ -27,7 +27,7 @@ import httpx
 from .checks._registry import CheckContext, Finding
 from .errors import ProbeError
 from .faultproxy import FaultProxy
-from .probe import envelope, rpc
+from .probe import envelope
 
 
 @dataclass
@@ -68,7 +68,7 @@ async def _prerequisites(ctx: CheckContext, skill: str, need: str) -> Finding | 
 async def _call_skill(ctx: CheckContext, skill: str, data: dict, wait: float) -> tuple[Any, Any, dict]:
     """POST one task.request; return (task status, task result, exchange evidence)."""
     env = envelope(ctx.target.sender, payload={"conversation_id": "conv_runbook_drill", "skill_id": skill, "input": data})
-    r = await ctx.probe.request("POST", "/asap", json_body=rpc(env), authenticated=True, deadline=wait, timeout=wait)
+    r = await ctx.probe.send(env, deadline=wait, timeout=wait)  # waits out a short 429 from other probes
     res = r.rpc_result() or {}
     payload = ((res.get("envelope") or {}).get("payload")) or {}
     if not payload:
@@ -80,15 +80,6 @@ async def _call_skill(ctx: CheckContext, skill: str, data: dict, wait: float) ->
 
 async def lookup_drill(ctx: CheckContext, plan: list[str], default: str, calls: int,
                        pause: float = 0.0) -> LookupRun | Finding:
-    global _active_lookups
-    _active_lookups += 1  # first thing, so a restart drill that starts meanwhile sees it
-    try:
-        return await _lookup(ctx, plan, default, calls, pause)
-    finally:
-        _active_lookups -= 1
-
-
-async def _lookup(ctx: CheckContext, plan: list[str], default: str, calls: int, pause: float) -> LookupRun | Finding:
     if (pre := await _prerequisites(ctx, "lookup", "downstream_url")) is not None:
         return pre
     bound = ctx.target.active_probes
@@ -101,11 +92,6 @@ async def _lookup(ctx: CheckContext, plan: list[str], default: str, calls: int, 
         return Finding.errored(f"drills.downstream_url {down} is unreachable ({type(e).__name__}); "
                                "the drill needs a live downstream agent behind its fault proxy")
     return await _lookup_through_proxy(ctx, plan, default, calls, pause, wait, time.monotonic())
-
-
-# lookup drills running in this process: a restart drill waits for them, since the agent it
-# restarts may be their downstream (the demo uses the misconfigured agent as everyone's downstream)
-_active_lookups = 0
 
 
 async def _lookup_through_proxy(ctx, plan, default, calls, pause, wait, t0) -> LookupRun | Finding:
@@ -197,47 +183,3 @@ async def restart_drill(ctx: CheckContext, steps: int = 8, step_seconds: float =
         return Finding.errored(f"after the restart: {e.message}", [("drill timeline", log)])
     note("second run answered", status=status, result=result)
     return {"task_id": task_id, "status": status, "result": result or {}, "timeline": log, "exchange": exchange}
-
-
-QUIET_WAIT_SECONDS = 180.0
-
-
-async def wait_for_other_sections(ctx: CheckContext) -> None:
-    """Before a drill that takes the agent down: in an `asap-runbook run` (sections in parallel
-    kernels) wait, bounded, until the run's other sections have finished, so the outage does not
-    turn their probes into errors. Interactive runs (no run_dir) do not wait. Never raises; what
-    happened is left in ctx.state["quiet_wait"] for the evidence."""
-    t0 = time.monotonic()
-    while _active_lookups and time.monotonic() - t0 < QUIET_WAIT_SECONDS:
-        await asyncio.sleep(0.2)
-    run_dir = ctx.run_dir
-    if run_dir is None or not (run_dir / "notebooks").is_dir():
-        ctx.state["quiet_wait"] = {"waited_seconds": round(time.monotonic() - t0, 1),
-                                   "why": "the drill restarts the agent; it waits for lookup drills in flight"}
-        return
-    import json
-
-    pending: list[str] = []
-    while time.monotonic() - t0 < QUIET_WAIT_SECONDS:
-        others = sorted(p.stem for p in (run_dir / "notebooks").glob("*.ipynb") if p.stem != ctx.item.section)
-        pending = []
-        for s in others:
-            try:
-                done = json.loads((run_dir / "sections" / f"{s}.json").read_text()).get("finished_at")
-            except (OSError, ValueError):
-                done = None
-            if not done:  # a notebook that stopped early never writes finished_at; papermill's end_time says so
-                try:
-                    meta = json.loads((run_dir / "notebooks" / f"{s}.ipynb").read_text())["metadata"]["papermill"]
-                    done = meta.get("end_time") or meta.get("exception")
-                except (OSError, ValueError, KeyError, TypeError):
-                    pass
-            if not done:
-                pending.append(s)
-        if not pending:
-            break
-        await asyncio.sleep(0.5)
-    ctx.state["quiet_wait"] = {"waited_seconds": round(time.monotonic() - t0, 1),
-                               "still_running": pending or None,
-                               "why": "the drill restarts the agent; it waits for lookup drills in flight "
-                                      "and for the run's other sections first"}

@@ -1,17 +1,25 @@
 """The engine: every (item, target) of a section becomes exactly one Result.
 
 Small on purpose: the catalog says what to check, the registry says how, the engine only
-schedules, times, bounds and records. Checks of one target run concurrently (bounded);
-`exclusive` checks (bursts) run alone afterwards so their load cannot skew the others.
+schedules, times, bounds and records. Checks of one target run concurrently (bounded).
+`exclusive` checks (bursts, drills that stop a dependency or restart the agent) run afterwards,
+and in an `asap-runbook run` they also wait for the other sections' kernels: every section holds
+a shared lock on the run while its ordinary checks run, and takes it exclusively for its
+exclusive checks (see :class:`RunLock`), so a drill's outage never turns another section's
+probes into false findings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -102,16 +110,59 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class RunLock:
+    """Reader/writer lock shared by the sections of one run (their kernels are separate
+    processes): flock on a file named after the run directory, kept in the temp dir so it never
+    becomes an artifact. Ordinary checks hold it shared, exclusive checks hold it alone. Without
+    a run directory (a notebook run cell by cell, a single check) there is nothing to share."""
+
+    POLL_SECONDS = 0.2
+    MAX_WAIT_SECONDS = 900.0
+
+    def __init__(self, run_dir: Path | None):
+        self.path = None
+        if run_dir is not None:
+            key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+            self.path = Path(tempfile.gettempdir()) / f"asap-runbook-run-{key}.lock"
+
+    @contextlib.asynccontextmanager
+    async def hold(self, exclusive: bool):
+        """Yields the seconds waited; raises RunbookError after MAX_WAIT_SECONDS."""
+        if self.path is None:
+            yield 0.0
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            t0 = time.monotonic()
+            while True:  # polled, not blocking: cancellation-safe and bounded
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - t0 > self.MAX_WAIT_SECONDS:
+                        raise RunbookError(f"other sections of this run kept running for {self.MAX_WAIT_SECONDS:g} s; "
+                                           "the check did not run so as not to disturb them") from None
+                    await asyncio.sleep(self.POLL_SECONDS)
+            yield time.monotonic() - t0
+        finally:
+            os.close(fd)  # releases the lock
+
+
 async def _run_target(items: list[CatalogItem], target: Target, params: Params, rec: _Recorder,
-                      run_dir: Path | None, progress: Progress | None, transport) -> None:
+                      run_dir: Path | None, progress: Progress | None, transport, *,
+                      state: dict | None = None, serial: bool = False) -> None:
+    """Run `items` against one target: concurrently (bounded by probe.concurrency), or one after
+    another when `serial` (exclusive checks). `state` carries over between the two phases."""
     checks = registered()
-    sem = asyncio.Semaphore(params.probe.concurrency)
+    sem = asyncio.Semaphore(1 if serial else params.probe.concurrency)
+    state = {} if state is None else state
     async with Probe(target, params.probe, transport=transport) as probe:
-        state: dict = {}
+        probe.requests_sent = state.get("requests_sent", 0)  # the request budget spans both phases
         # One look before the probes: a target that is down or is not an ASAP agent costs one
         # timeout, not one per check, and every probe check says why it could not look.
         needs_probe = any(i.id in checks and i.verification in (Verification.PROBE, Verification.DRILL) for i in items)
-        if needs_probe:
+        if needs_probe and "preflight_done" not in state:
+            state["preflight_done"] = True
             try:
                 await probe.manifest()
             except ProbeError as e:
@@ -128,9 +179,6 @@ async def _run_target(items: list[CatalogItem], target: Target, params: Params, 
             else:
                 ctx = CheckContext(item=item, target=target, params=params, probe=probe, run_dir=run_dir, state=state)
                 limit = _check_timeout(params, target, reg.exclusive)
-                before = getattr(reg.fn, "before_run", None)  # e.g. a disruptive drill waits for the run's other sections
-                if before is not None:
-                    await before(ctx)
                 try:
                     finding = await asyncio.wait_for(reg.fn(ctx), timeout=limit)
                 except asyncio.TimeoutError:
@@ -149,11 +197,49 @@ async def _run_target(items: list[CatalogItem], target: Target, params: Params, 
             async with sem:
                 await one(item)
 
-        regular = [i for i in items if not (i.id in checks and checks[i.id].exclusive)]
-        exclusive = [i for i in items if i.id in checks and checks[i.id].exclusive]
-        await asyncio.gather(*(bounded(i) for i in regular))
-        for item in exclusive:
-            await one(item)
+        try:
+            await asyncio.gather(*(bounded(i) for i in items))
+        finally:
+            state["requests_sent"] = probe.requests_sent
+
+
+def _split(items: list[CatalogItem]) -> tuple[list[CatalogItem], list[CatalogItem]]:
+    checks = registered()
+    exclusive = [i for i in items if i.id in checks and checks[i.id].exclusive]
+    return [i for i in items if i not in exclusive], exclusive
+
+
+async def _run_phases(items: list[CatalogItem], targets: list[Target], params: Params, rec: _Recorder,
+                      run_dir: Path | None, progress: Progress | None, transport) -> None:
+    """Ordinary checks of every target under the shared run lock, then the exclusive ones under
+    the exclusive lock (concurrent across targets, one at a time within a target)."""
+    regular, exclusive = _split(items)
+    lock = RunLock(run_dir)
+    states: dict[str, dict] = {t.name: {} for t in targets}
+    # targets run concurrently, at most probe.max_targets_in_parallel at once (a fleet must not
+    # exhaust the runbook host's sockets); within a target, probe.concurrency checks at once
+    fleet = asyncio.Semaphore(params.probe.max_targets_in_parallel)
+
+    async def phase(chosen: list[CatalogItem], serial: bool) -> None:
+        async def bounded_target(t: Target) -> None:
+            async with fleet:
+                await _run_target(chosen, t, params, rec, run_dir, progress, transport,
+                                  state=states[t.name], serial=serial)
+        await asyncio.gather(*(bounded_target(t) for t in targets))
+
+    if regular:
+        async with lock.hold(exclusive=False):
+            await phase(regular, serial=False)
+    if exclusive:
+        try:
+            async with lock.hold(exclusive=True) as waited:
+                if waited >= 1:
+                    log.info("exclusive checks waited %.1f s for the run's other sections", waited)
+                await phase(exclusive, serial=True)
+        except RunbookError as e:
+            for t in targets:
+                for item in exclusive:
+                    rec.add(_result(item, t, Finding.errored(e.message), now(), 0.0))
 
 
 async def run_section_async(section: str, params: Params, *, run_dir: Path | None = None,
@@ -167,15 +253,7 @@ async def run_section_async(section: str, params: Params, *, run_dir: Path | Non
     out = Path(run_dir) / "sections" / f"{section}.json" if run_dir else None
     rec = _Recorder(section, out, total=len(items) * len(chosen))
     rec.flush()
-    # targets run concurrently, at most probe.max_targets_in_parallel at once (a fleet must not
-    # exhaust the runbook host's sockets); within a target, probe.concurrency checks at once
-    fleet = asyncio.Semaphore(params.probe.max_targets_in_parallel)
-
-    async def bounded_target(t: Target) -> None:
-        async with fleet:
-            await _run_target(items, t, params, rec, run_dir, progress, transport)
-
-    await asyncio.gather(*(bounded_target(t) for t in chosen))
+    await _run_phases(items, chosen, params, rec, run_dir, progress, transport)
     order = {i.id: n for n, i in enumerate(items)}
     tnames = [t.name for t in chosen]
     rec.run.results.sort(key=lambda r: (order[r.item_id], tnames.index(r.target)))
@@ -202,7 +280,7 @@ async def run_check_async(item_id: str, params: Params, target: str, *, run_dir:
     item = load_catalog().get(item_id)
     t = params.target(target)
     rec = _Recorder(item.section, None)
-    await _run_target([item], t, params, rec, run_dir, None, transport)
+    await _run_phases([item], [t], params, rec, run_dir, None, transport)
     from .confirmations import apply_records
     return apply_records(rec.run.results, params)[0]
 

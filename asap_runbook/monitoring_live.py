@@ -38,21 +38,39 @@ def _sel(job: str) -> str:
 
 
 async def series_exist(prom: Prom, job: str, metrics: list[str]) -> dict[str, bool]:
-    """Does Prometheus hold at least one series of each metric for this job?"""
+    """Does this job export each metric? Yes when Prometheus holds a series of it, or, for a
+    labelled counter that has not counted anything yet (no series until the first error), when
+    the job's targets declare the family in their scrape (the targets' metadata)."""
     out = {}
+    scraped_now = None  # metadata outlives a failing scrape: it counts only while the job is up
     for m in metrics:
         res = await prom.query(f"count({m}{_sel(job)})")
         out[m] = bool(res) and (_scalar(res) or 0) > 0
+        if not out[m]:
+            if scraped_now is None:
+                scraped_now = (_scalar(await prom.query(f"max(up{_sel(job)})")) or 0) >= 1
+            out[m] = scraped_now and bool(await prom.target_metadata(job, m))
     return out
 
 
+# error types a client causes: the JSON-RPC equivalent of 4xx (asap-agent-reference §2)
+CLIENT_ERROR_TYPES = ("auth_failed", "sender_mismatch", "invalid_timestamp", "invalid_nonce", "parse_error",
+                      "invalid_request", "missing_envelope", "invalid_envelope", "handler_not_found", "invalid_params")
+
+
 async def error_rate(prom: Prom, job: str, window: str) -> dict:
-    errors = _scalar(await prom.query(f"sum(increase(asap_requests_error_total{_sel(job)}[{window}]))"))
-    total = _scalar(await prom.query(f"sum(increase(asap_requests_total{_sel(job)}[{window}]))"))
-    ratio = (errors or 0) / total if total else None
-    return {"window": window, "errors": errors, "requests": total, "ratio": ratio,
-            "query": f"sum(increase(asap_requests_error_total{_sel(job)}[{window}])) / "
-                     f"sum(increase(asap_requests_total{_sel(job)}[{window}]))"}
+    """Server-side error ratio over the window (what the shipped alert pages on), and beside it the
+    ratio of all errors, client-caused included (the runbook's own negative probes are among them)."""
+    sel = _sel(job)
+    server_sel = sel[:-1] + f', error_type!~"{"|".join(CLIENT_ERROR_TYPES)}"}}'
+    server = _scalar(await prom.query(f"sum(increase(asap_requests_error_total{server_sel}[{window}]))"))
+    errors = _scalar(await prom.query(f"sum(increase(asap_requests_error_total{sel}[{window}]))"))
+    total = _scalar(await prom.query(f"sum(increase(asap_requests_total{sel}[{window}]))"))
+    return {"window": window, "server_errors": server, "errors": errors, "requests": total,
+            "ratio": (server or 0) / total if total else None,
+            "all_errors_ratio": (errors or 0) / total if total else None,
+            "query": f"sum(increase(asap_requests_error_total{server_sel}[{window}])) / "
+                     f"sum(increase(asap_requests_total{sel}[{window}]))"}
 
 
 async def latency(prom: Prom, job: str, window: str, q: float = 0.99) -> dict:

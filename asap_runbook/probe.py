@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import os
+import random
 import ssl
 import time
 import uuid
@@ -127,6 +128,9 @@ def rpc(env: dict | None, *, rpc_id: str | None = None, method: str = "asap.send
 
 class Probe:
     """One target's HTTP client. Use as an async context manager."""
+
+    # the sections share the target's rate limit (one client address): a check waits out a short 429
+    MAX_429_RETRIES = 4
 
     def __init__(self, target: Target, settings: ProbeSettings, transport: httpx.AsyncBaseTransport | None = None):
         self.target = target
@@ -245,13 +249,15 @@ class Probe:
         return await self.request("GET", path, **kw)
 
     async def send(self, env: dict | None, *, authenticated: bool = True, headers: dict | None = None,
-                   rpc_body: Any = None, retry_on_429: bool = True) -> ProbeResponse:
-        """POST one JSON-RPC request to /asap. Waits out a short 429 (at most twice) unless told not to,
+                   rpc_body: Any = None, retry_on_429: bool = True, deadline: float | None = None,
+                   timeout: float | None = None) -> ProbeResponse:
+        """POST one JSON-RPC request to /asap. Waits out a short 429 (at most MAX_429_RETRIES times) unless told not to,
         so that a concurrent burst in another section does not turn into a false finding."""
         body = rpc_body if rpc_body is not None else rpc(env)
-        for attempt in range(3):
-            resp = await self.request("POST", "/asap", json_body=body, authenticated=authenticated, headers=headers)
-            if resp.status != 429 or not retry_on_429 or attempt == 2:
+        for attempt in range(self.MAX_429_RETRIES + 1):
+            resp = await self.request("POST", "/asap", json_body=body, authenticated=authenticated, headers=headers,
+                                      deadline=deadline, timeout=timeout)
+            if resp.status != 429 or not retry_on_429 or attempt == self.MAX_429_RETRIES:
                 return resp
             try:
                 wait = float(resp.headers.get("retry-after", "1"))
@@ -259,7 +265,8 @@ class Probe:
                 wait = 1.0
             if wait > 5:
                 return resp
-            await asyncio.sleep(wait + 0.05)
+            # jitter: the checks that hit the limit together must not all come back in the same second
+            await asyncio.sleep(wait + random.uniform(0.05, 0.5 * (attempt + 1)))
         return resp
 
     async def manifest(self) -> dict:

@@ -43,6 +43,18 @@ class Prom:
         return await asyncio.to_thread(self._call, f"the range query {promql!r}", self.client.custom_query_range,
                                        promql, start_time=start, end_time=end, step=step)
 
+    async def target_metadata(self, job: str, metric: str) -> list[dict]:
+        """Metric metadata (HELP/TYPE) the job's targets exposed in their last scrape
+        (/api/v1/targets/metadata): a family can be declared while it has no series yet."""
+        def get():
+            resp = self.client._session.get(f"{self.client.url}/api/v1/targets/metadata",
+                                            params={"match_target": '{job="%s"}' % job.replace('"', '\\"'),
+                                                    "metric": metric},
+                                            timeout=self.settings.timeout_seconds, verify=self.client._session.verify)
+            resp.raise_for_status()
+            return resp.json().get("data") or []
+        return await asyncio.to_thread(self._call, "the targets metadata query", get)
+
     async def rules(self) -> list[dict]:
         """Loaded rule groups (/api/v1/rules); prometheus-api-client has no wrapper for it."""
         def get():

@@ -116,43 +116,6 @@ def test_dead_downstream_is_an_error_not_a_finding(check, demo_params):
     assert r.status is Status.ERROR and "unreachable" in r.summary
 
 
-def test_restart_drill_waits_for_the_runs_other_sections(tmp_path):
-    """In a run, sections execute in parallel kernels: the restart waits (bounded) until the others
-    have written finished_at, or papermill marked their notebook as ended."""
-    import json
-    import time
-
-    from asap_runbook.catalog import load_catalog
-    from asap_runbook.checks._registry import CheckContext
-    from asap_runbook.drills import wait_for_other_sections
-    from asap_runbook.params import Params
-
-    params = Params.model_validate({"targets": [{"name": "t", "base_url": "https://127.0.0.1:9"}]})
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "sections").mkdir()
-    for s in ("security", "monitoring", "resilience"):
-        (tmp_path / "notebooks" / f"{s}.ipynb").write_text(json.dumps({"metadata": {"papermill": {"end_time": None}}}))
-    (tmp_path / "sections" / "security.json").write_text(json.dumps({"finished_at": None}))
-    ctx = CheckContext(item=load_catalog().get("RES-4"), target=params.targets[0], params=params, probe=None,
-                       run_dir=tmp_path)
-
-    async def finish_later():
-        await asyncio.sleep(0.6)
-        (tmp_path / "sections" / "security.json").write_text(json.dumps({"finished_at": "2026-01-01T00:00:00Z"}))
-        await asyncio.sleep(0.6)  # monitoring stopped early: no results file, but papermill's end_time is set
-        (tmp_path / "notebooks" / "monitoring.ipynb").write_text(
-            json.dumps({"metadata": {"papermill": {"end_time": "2026-01-01T00:00:01Z"}}}))
-
-    async def go():
-        t0 = time.monotonic()
-        await asyncio.gather(wait_for_other_sections(ctx), finish_later())
-        return time.monotonic() - t0
-
-    took = asyncio.run(go())
-    assert ctx.state["quiet_wait"]["still_running"] is None
-    assert took >= 1.2  # it did wait for both
-
-
 def test_fault_proxy_slow_response(deployment):
     import time
 

@@ -116,7 +116,7 @@ def test_manifest_reader(tmp_path):
     m = load_manifests([v1])
     assert m.autoscalers[0].metrics == ["cpu utilization 60%"] and m.autoscalers[0].min_replicas == 1
     m = load_manifests([REPO / "examples" / "hardened" / "k8s"])
-    assert m.workloads[0].replicas == 2 and m.hpa_for(m.workloads[0]) is not None
+    assert m.workloads[0].replicas == 3 and m.hpa_for(m.workloads[0]) is not None
 
 
 def test_introspection_child_never_sees_the_token(tmp_path, monkeypatch):

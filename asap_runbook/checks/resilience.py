@@ -7,7 +7,7 @@ claims. Opt-in per target (``active_probes.drills``), bounded in requests and se
 
 from __future__ import annotations
 
-from ..drills import LookupRun, lookup_drill, restart_drill, wait_for_other_sections
+from ..drills import LookupRun, lookup_drill, restart_drill
 from ._registry import CheckContext, Finding, check
 
 GAP_TOLERANCE = 0.9  # a retry "honours Retry-After: N" if it came at least 0.9 N seconds later
@@ -116,8 +116,6 @@ async def resumable_tasks(ctx: CheckContext) -> Finding:
         return out
     res = out["result"]
     ev = [("drill timeline (t = seconds)", out["timeline"]), ("answer after the restart", out["exchange"])]
-    if "quiet_wait" in ctx.state:
-        ev.insert(0, ("before the drill", ctx.state["quiet_wait"]))
     start = res.get("resumed_from_step")
     store = res.get("snapshot_store", "?")
     if out["status"] != "completed" or start is None:
@@ -128,5 +126,3 @@ async def resumable_tasks(ctx: CheckContext) -> Finding:
     return Finding.failed(f"killed mid-task and restarted: the task started over from step 0 — the snapshots saved "
                           f"before the kill were lost with the process ({store})", ev)
 
-
-resumable_tasks.before_run = wait_for_other_sections  # the engine awaits it outside the check's time limit
