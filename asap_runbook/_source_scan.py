@@ -164,14 +164,9 @@ class ScanResult:
 def hardcoded_credentials(roots: list[Path]) -> ScanResult:
     files, hits, broken = 0, [], []
     for root in roots:
-        for path in python_files(root):
+        for rel, tree in parsed_python_files(root, broken):
             files += 1
-            try:
-                tree = ast.parse(path.read_text(errors="replace"))
-            except SyntaxError:
-                broken.append(_rel(path, root))
-                continue
-            hits += _py_credentials(tree, _rel(path, root))
+            hits += _py_credentials(tree, rel)
         for path in _config_files(root):
             files += 1
             hits += _config_credentials(path, _rel(path, root))
@@ -217,18 +212,21 @@ class SinkReport:
     guards: list[Hit]  # functions that validate paths/URIs (FilePart, is_relative_to, ...)
 
 
+def parsed_python_files(root: Path, broken: list[str]):
+    """(relative path, AST) of each Python file under root; files that do not parse go to `broken`."""
+    for path in python_files(root):
+        try:
+            yield _rel(path, root), ast.parse(path.read_text(errors="replace"))
+        except SyntaxError:
+            broken.append(_rel(path, root))
+
+
 def file_sinks(root: Path) -> SinkReport:
     """Calls that open or resolve a path/URI built from request data, and whether a guard is near."""
     files, unguarded, guarded, broken, guards = 0, [], [], [], []
     seen: set[tuple[str, int]] = set()
-    for path in python_files(root):
+    for rel, tree in parsed_python_files(root, broken):
         files += 1
-        try:
-            tree = ast.parse(path.read_text(errors="replace"))
-        except SyntaxError:
-            broken.append(_rel(path, root))
-            continue
-        rel = _rel(path, root)
         for fn in _functions(tree):
             body = ast.unparse(fn)
             guard = next((g for g in _GUARDS if g in body), None)
@@ -268,14 +266,8 @@ class LogReport:
 
 def unsanitized_logging(root: Path) -> LogReport:
     files, calls, bad, good, broken = 0, 0, [], [], []
-    for path in python_files(root):
+    for rel, tree in parsed_python_files(root, broken):
         files += 1
-        try:
-            tree = ast.parse(path.read_text(errors="replace"))
-        except SyntaxError:
-            broken.append(_rel(path, root))
-            continue
-        rel = _rel(path, root)
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in _LOG_METHODS and _LOGGER_NAMES.search(ast.unparse(node.func.value))):

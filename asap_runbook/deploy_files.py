@@ -1,9 +1,9 @@
-"""Reading Kubernetes manifests without a cluster: workloads, autoscalers, services, ingresses.
+"""The Scaling view of the Kubernetes manifests (read with :func:`asap_runbook.k8s.documents`):
+workloads, autoscalers, services, ingresses.
 
 Only what the Scaling items need: replicas, container resources, probes, environment (plain
 `value:` entries; `valueFrom` references are named, never resolved), volumes, HPAs with their
-metrics, and session affinity. Files are YAML, one or many documents each; `List` kinds are
-flattened.
+metrics, and session affinity.
 """
 
 from __future__ import annotations
@@ -13,15 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .k8s import ManifestError, documents, pod_spec
 
-from .errors import RunbookError
+__all__ = ["ManifestError", "Manifests", "load_manifests", "cpu_cores", "memory_bytes"]
 
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}
-
-
-class ManifestError(RunbookError):
-    """A manifest file cannot be read or parsed."""
+SCALABLE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}  # what replicas/HPAs apply to
 
 
 def cpu_cores(value: Any) -> float | None:
@@ -147,47 +143,32 @@ def _metric(m: dict) -> str:
 def load_manifests(paths: list[Path]) -> Manifests:
     """Parse the files; raise ManifestError with one sentence on unreadable or invalid YAML."""
     out = Manifests(files=[str(p) for p in paths])
-    for path in paths:
-        files = sorted(path.glob("*.y*ml")) if path.is_dir() else [path]
-        for f in files:
-            try:
-                docs = list(yaml.safe_load_all(f.read_text()))
-            except OSError as e:
-                raise ManifestError(f"cannot read {f}: {e.strerror}") from None
-            except yaml.YAMLError as e:
-                mark = getattr(e, "problem_mark", None)
-                raise ManifestError(f"{f} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-            stack = [d for d in docs if isinstance(d, dict)]
-            while stack:
-                doc = stack.pop(0)
-                kind, meta = doc.get("kind"), doc.get("metadata") or {}
-                name = str(meta.get("name", "?"))
-                spec = doc.get("spec") or {}
-                if kind == "List":
-                    stack.extend(i for i in doc.get("items") or [] if isinstance(i, dict))
-                elif kind in WORKLOAD_KINDS:
-                    pod = (spec.get("template") or {}).get("spec") or {}
-                    out.workloads.append(Workload(
-                        kind=kind, name=name, file=f.name,
-                        replicas=spec.get("replicas") if isinstance(spec.get("replicas"), int) else None,
-                        containers=[_container(c) for c in pod.get("containers") or [] if isinstance(c, dict)],
-                        volumes=list(pod.get("volumes") or [])))
-                elif kind == "HorizontalPodAutoscaler":
-                    ref = spec.get("scaleTargetRef") or {}
-                    metrics = [_metric(m) for m in spec.get("metrics") or [] if isinstance(m, dict)]
-                    if not metrics and spec.get("targetCPUUtilizationPercentage"):  # autoscaling/v1
-                        metrics = [f"cpu utilization {spec['targetCPUUtilizationPercentage']}%"]
-                    out.autoscalers.append(Autoscaler(
-                        name=name, file=f.name, target_kind=ref.get("kind"), target_name=ref.get("name"),
-                        min_replicas=int(spec.get("minReplicas") or 1), max_replicas=spec.get("maxReplicas"),
-                        metrics=metrics))
-                elif kind == "Service":
-                    out.services.append({"name": name, "sessionAffinity": spec.get("sessionAffinity")})
-                elif kind == "Ingress":
-                    ann = meta.get("annotations") or {}
-                    out.ingresses.append({"name": name, "affinity": {k: v for k, v in ann.items() if "affinity" in k}})
-                elif kind:
-                    out.other_kinds.append(f"{kind} {name}")
+    for doc in documents(paths):
+        kind, meta, body = doc.kind, doc.body.get("metadata") or {}, doc.body
+        name, spec, fname = doc.name, body.get("spec") or {}, doc.source.name
+        if kind in SCALABLE_KINDS:
+            pod = pod_spec(body) or {}
+            out.workloads.append(Workload(
+                kind=kind, name=name, file=fname,
+                replicas=spec.get("replicas") if isinstance(spec.get("replicas"), int) else None,
+                containers=[_container(c) for c in pod.get("containers") or [] if isinstance(c, dict)],
+                volumes=list(pod.get("volumes") or [])))
+        elif kind == "HorizontalPodAutoscaler":
+            ref = spec.get("scaleTargetRef") or {}
+            metrics = [_metric(m) for m in spec.get("metrics") or [] if isinstance(m, dict)]
+            if not metrics and spec.get("targetCPUUtilizationPercentage"):  # autoscaling/v1
+                metrics = [f"cpu utilization {spec['targetCPUUtilizationPercentage']}%"]
+            out.autoscalers.append(Autoscaler(
+                name=name, file=fname, target_kind=ref.get("kind"), target_name=ref.get("name"),
+                min_replicas=int(spec.get("minReplicas") or 1), max_replicas=spec.get("maxReplicas"),
+                metrics=metrics))
+        elif kind == "Service":
+            out.services.append({"name": name, "sessionAffinity": spec.get("sessionAffinity")})
+        elif kind == "Ingress":
+            ann = meta.get("annotations") or {}
+            out.ingresses.append({"name": name, "affinity": {k: v for k, v in ann.items() if "affinity" in k}})
+        elif kind:
+            out.other_kinds.append(f"{kind} {name}")
     return out
 
 

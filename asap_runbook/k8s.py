@@ -87,8 +87,11 @@ class Workload:
 
 
 def documents(paths: list[Path]) -> list[Document]:
+    """Every YAML document of the files (a directory means its *.yaml / *.yml); `List` kinds are
+    flattened. Raises ManifestError with one sentence on an unreadable file or invalid YAML."""
     out = []
-    for path in paths:
+    files = [f for p in paths for f in (sorted(Path(p).glob("*.y*ml")) if Path(p).is_dir() else [Path(p)])]
+    for path in files:
         try:
             text = Path(path).read_text()
             docs = list(yaml.safe_load_all(text))
@@ -106,7 +109,7 @@ def documents(paths: list[Path]) -> list[Document]:
     return out
 
 
-def _pod_spec(body: dict) -> dict | None:
+def pod_spec(body: dict) -> dict | None:
     kind = body.get("kind")
     spec = body.get("spec") or {}
     if kind == "Pod":
@@ -121,7 +124,7 @@ def workloads(docs: list[Document]) -> list[Workload]:
     out = []
     for d in docs:
         if d.kind in WORKLOAD_KINDS:
-            ps = _pod_spec(d.body)
+            ps = pod_spec(d.body)
             if isinstance(ps, dict):
                 out.append(Workload(d, ps))
     return out

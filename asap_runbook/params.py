@@ -22,7 +22,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from .errors import ParamsError

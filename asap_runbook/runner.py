@@ -21,7 +21,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from .catalog import load_catalog
-from .errors import RunbookError, UsageError
+from .errors import UsageError
 from .fleet import page_context
 from .params import Params, load_params, params_digest
 from .report import env as jinja_env

@@ -16,7 +16,6 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from .. import _agentlog, _nginx, _source_scan, _tls
