@@ -46,6 +46,13 @@ def cmd_demo(args) -> int:
             deployment = ReferenceDeployment(workdir, prometheus=not args.no_prometheus)
         with deployment as dep:
             os.environ.update(dep.env())
+            if not args.no_prometheus:
+                # the Monitoring checks read what Prometheus scraped: let it scrape every agent once
+                from .reference.deployment import ReferenceDeploymentError
+                try:
+                    dep.wait_prometheus_targets(timeout=20.0)
+                except ReferenceDeploymentError as e:
+                    print(f"note: Prometheus has not scraped every reference agent yet ({e}); running anyway")
             if args.fleet and not args.params:
                 from .fleet import fleet_params
                 Path(args.out).mkdir(parents=True, exist_ok=True)
