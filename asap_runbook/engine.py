@@ -230,7 +230,9 @@ async def _run_phases(items: list[CatalogItem], targets: list[Target], params: P
     if regular:
         async with lock.hold(exclusive=False):
             await phase(regular, serial=False)
-    if exclusive:
+    if exclusive and not any(t.active_probes.any_enabled for t in targets):
+        await phase(exclusive, serial=True)  # every active probe is off: they only skip, nothing to wait for
+    elif exclusive:
         try:
             async with lock.hold(exclusive=True) as waited:
                 if waited >= 1:

@@ -81,6 +81,10 @@ class ActiveProbes(_Model):
     max_requests: int = Field(40, ge=1, le=500, description="upper bound on requests one active probe may send")
     max_seconds: float = Field(20, gt=0, le=300, description="upper bound on the time one active probe may take")
 
+    @property
+    def any_enabled(self) -> bool:
+        return self.rate_limit_burst or self.oversize_body or self.drills
+
 
 class Drills(_Model):
     """Commands a drill may run. Only for staging or the reference deployment."""

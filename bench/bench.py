@@ -3,7 +3,9 @@
 One invocation measures, side by side:
 
 1. runbook: `runner.run` on params/demo.yaml against the demo reference deployment (all four
-   sections, rendering, results, junit, index, manifest, drift, outputs index);
+   sections, rendering, results, junit, index, manifest, drift, outputs index); and beside it
+   the same run with the opt-in active probes and drills switched off ("passive"), since the
+   drills wait on purpose (a drain's grace period, a restart, a circuit breaker's cool-down);
 2. floor: the same number of trivial notebooks (a parameters cell and `x = 1`), executed with
    the same machinery (`runner.execute`: papermill, the same kernel and kernel manager, the same
    thread pool) and rendered with the same `runner.Renderer`;
@@ -131,6 +133,22 @@ def trivial_notebooks(where: Path, n: int) -> list[Path]:
     return paths
 
 
+def passive_params(work: Path) -> Path:
+    """params/demo.yaml with every target's active probes and drills off, written beside it (its
+    relative paths stay valid) and removed when the benchmark ends."""
+    import yaml
+    data = yaml.safe_load((REPO / "params" / "demo.yaml").read_text())
+    for t in data["targets"]:
+        t["active_probes"] = {}
+    path = REPO / "params" / f".bench-passive-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    _cleanup.append(path)
+    return path
+
+
+_cleanup: list[Path] = []
+
+
 def floor_run(notebooks: list[Path], params_path: Path, out: Path) -> None:
     """Execute and render like runner.run does, with nothing of the runbook inside the notebooks."""
     run_dir = out / runner.new_run_id()
@@ -185,6 +203,7 @@ def main() -> int:
             os.environ.update(dep.env())
             dep.wait_prometheus_targets()
             notebooks = trivial_notebooks(work / "trivial", len(sections))
+            passive = passive_params(work)
             # one warm-up of each, not counted: first kernel start pays for cold disk caches
             floor_run(notebooks, REPO / "params" / "demo.yaml", work / "warm")
             for _ in range(args.repeat):
@@ -193,6 +212,9 @@ def main() -> int:
                 with measured(dep, figures, "runbook"):
                     code, _ = runner.run(REPO / "params" / "demo.yaml", work / "runbook", say=quiet)
                 figures["runbook"].setdefault("exit_codes", []).append(code)
+                with measured(dep, figures, "passive"):
+                    code, _ = runner.run(passive, work / "passive", say=quiet)
+                figures["passive"].setdefault("exit_codes", []).append(code)
         # (3) fleets
         for n in fleets:
             with deployment(lambda: fleet.fleet_deployment(work / f"fleet-{n}", n, prometheus=True)) as dep:
@@ -206,11 +228,15 @@ def main() -> int:
                     figures[f"fleet-{n}"].setdefault("exit_codes", []).append(code)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        for path in _cleanup:
+            path.unlink(missing_ok=True)
 
     def med(key, what):
         return statistics.median(figures[key][what])
 
-    rows = [("runbook (demo, 4 sections, 2 targets)", "runbook"), (f"floor ({len(sections)} trivial notebooks)", "floor")]
+    rows = [("runbook (demo, 4 sections, 2 targets)", "runbook"),
+            ("runbook, passive (no active probes, no drills)", "passive"),
+            (f"floor ({len(sections)} trivial notebooks)", "floor")]
     rows += [(f"fleet of {n} agent(s)", f"fleet-{n}") for n in fleets]
     print(f"\nasap-runbook benchmark: median of {args.repeat} run(s); {os.cpu_count()} CPU(s); "
           f"Python {sys.version.split()[0]}\n")
@@ -223,8 +249,11 @@ def main() -> int:
     ratio = med("runbook", "wall") / med("floor", "wall")
     print(f"\nrunbook / floor = {ratio:.2f} (target <= 1.3); in CPU seconds: "
           f"{med('runbook', 'cpu') / med('floor', 'cpu'):.2f}")
+    passive_ratio = med("passive", "wall") / med("floor", "wall")
+    print(f"passive runbook / floor = {passive_ratio:.2f}; in CPU seconds: "
+          f"{med('passive', 'cpu') / med('floor', 'cpu'):.2f}")
     out = {"repeat": args.repeat, "cpus": os.cpu_count(), "figures": figures, "startup_seconds": startup,
-           "ratio_runbook_floor": ratio}
+           "ratio_runbook_floor": ratio, "ratio_passive_floor": passive_ratio}
     if 1 in fleets and 20 in fleets:
         fr = med("fleet-20", "wall") / med("fleet-1", "wall")
         out["ratio_fleet20_fleet1"] = fr
