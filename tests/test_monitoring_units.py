@@ -248,3 +248,53 @@ def test_log_command_sample_and_failure():
     bad = Target(name="t", base_url="https://x.example", log_command="echo nope >&2; exit 4")
     with pytest.raises(logs.LogSourceError, match="log_command exited with 4: nope"):
         asyncio.run(logs.read_sample(bad))
+
+
+class _CannedPrometheus:
+    """Prometheus answers for one job `orders`: 200 requests, 30 of them server-side errors, and
+    the error-rate rule in the given alert state. The check's judgement of states, not the network."""
+
+    def __init__(self, state: str | None):
+        self.state = state
+
+    async def rules(self):
+        alerts = [{"state": self.state, "labels": {"job": "orders"}, "activeAt": "2026-11-26T00:00:00Z",
+                   "value": "0.15"}] if self.state else []
+        return [{"name": "g", "rules": [{
+            "type": "alerting", "name": "HighErrorRate", "duration": 300, "alerts": alerts,
+            "query": 'sum(rate(asap_requests_error_total{job="orders"}[5m])) / '
+                     'sum(rate(asap_requests_total{job="orders"}[5m])) > 0.1'}]}]
+
+    async def query(self, promql: str):
+        if promql.startswith("count("):
+            return [{"metric": {}, "value": [0, "1"]}]
+        if "asap_requests_error_total" in promql:
+            return [{"metric": {}, "value": [0, "30"]}]
+        return [{"metric": {}, "value": [0, "200"]}]
+
+    async def target_metadata(self, job, metric):
+        return []
+
+    async def targets(self):
+        return [{"labels": {"job": "orders"}, "health": "up"}]
+
+
+@pytest.mark.parametrize("state, expected", [(None, "pass"), ("pending", "pass"), ("firing", "warn")])
+def test_alert_states_table(monkeypatch, state, expected):
+    """Covered and quiet: pass. Pending (above the line right now): reported, still pass.
+    Firing (held for the rule's `for`): warn, the agent has a live problem."""
+    from asap_runbook.catalog import load_catalog
+    from asap_runbook.checks import monitoring
+    from asap_runbook.checks._registry import CheckContext
+    from asap_runbook.params import Params
+
+    params = Params.model_validate({"prometheus": {"url": "http://127.0.0.1:9"},
+                                    "targets": [{"name": "t", "base_url": "https://127.0.0.1:9", "prometheus_job": "orders"}]})
+    monkeypatch.setattr(monitoring, "prom_for", lambda _params: _CannedPrometheus(state))
+    ctx = CheckContext(item=load_catalog().get("MON-ALERT-1"), target=params.targets[0], params=params, probe=None,
+                       run_dir=None)
+    finding = asyncio.run(monitoring.alert_error_rate(ctx))
+    assert finding.status.value == expected, finding.summary
+    assert "15.0% of 200 requests, above the 10% threshold" in finding.summary
+    if state:
+        assert f"HighErrorRate {state} now" in finding.summary
