@@ -33,8 +33,8 @@ def _scalar(result: list[dict]) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _sel(job: str) -> str:
-    return '{job="%s"}' % job.replace("\\", "\\\\").replace('"', '\\"')
+def _sel(job: str, *extra: str) -> str:
+    return "{" + ", ".join(['job="%s"' % job.replace("\\", "\\\\").replace('"', '\\"'), *extra]) + "}"
 
 
 async def series_exist(prom: Prom, job: str, metrics: list[str]) -> dict[str, bool]:
@@ -62,7 +62,7 @@ async def error_rate(prom: Prom, job: str, window: str) -> dict:
     """Server-side error ratio over the window (what the shipped alert pages on), and beside it the
     ratio of all errors, client-caused included (the runbook's own negative probes are among them)."""
     sel = _sel(job)
-    server_sel = sel[:-1] + f', error_type!~"{"|".join(CLIENT_ERROR_TYPES)}"}}'
+    server_sel = _sel(job, f'error_type!~"{"|".join(CLIENT_ERROR_TYPES)}"')
     server = _scalar(await prom.query(f"sum(increase(asap_requests_error_total{server_sel}[{window}]))"))
     errors = _scalar(await prom.query(f"sum(increase(asap_requests_error_total{sel}[{window}]))"))
     total = _scalar(await prom.query(f"sum(increase(asap_requests_total{sel}[{window}]))"))

@@ -43,26 +43,25 @@ class Prom:
         return await asyncio.to_thread(self._call, f"the range query {promql!r}", self.client.custom_query_range,
                                        promql, start_time=start, end_time=end, step=step)
 
-    async def target_metadata(self, job: str, metric: str) -> list[dict]:
-        """Metric metadata (HELP/TYPE) the job's targets exposed in their last scrape
-        (/api/v1/targets/metadata): a family can be declared while it has no series yet."""
+    async def _api_get(self, what: str, path: str, params: dict | None = None) -> Any:
+        """GET an API endpoint prometheus-api-client has no wrapper for; returns its `data`."""
         def get():
-            resp = self.client._session.get(f"{self.client.url}/api/v1/targets/metadata",
-                                            params={"match_target": '{job="%s"}' % job.replace('"', '\\"'),
-                                                    "metric": metric},
+            resp = self.client._session.get(f"{self.client.url}{path}", params=params,
                                             timeout=self.settings.timeout_seconds, verify=self.client._session.verify)
             resp.raise_for_status()
-            return resp.json().get("data") or []
-        return await asyncio.to_thread(self._call, "the targets metadata query", get)
+            return resp.json()["data"]
+        return await asyncio.to_thread(self._call, what, get)
+
+    async def target_metadata(self, job: str, metric: str) -> list[dict]:
+        """Metric metadata (HELP/TYPE) the job's targets exposed in their last scrape: a family can
+        be declared while it has no series yet."""
+        match = '{job="%s"}' % job.replace('"', '\\"')
+        return await self._api_get("the targets metadata query", "/api/v1/targets/metadata",
+                                   {"match_target": match, "metric": metric}) or []
 
     async def rules(self) -> list[dict]:
-        """Loaded rule groups (/api/v1/rules); prometheus-api-client has no wrapper for it."""
-        def get():
-            resp = self.client._session.get(f"{self.client.url}/api/v1/rules", timeout=self.settings.timeout_seconds,
-                                            verify=self.client._session.verify)
-            resp.raise_for_status()
-            return resp.json()["data"]["groups"]
-        return await asyncio.to_thread(self._call, "the rules query", get)
+        """Loaded rule groups."""
+        return (await self._api_get("the rules query", "/api/v1/rules"))["groups"]
 
 
 def prom_for(params) -> Prom | None:

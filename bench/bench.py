@@ -133,7 +133,7 @@ def trivial_notebooks(where: Path, n: int) -> list[Path]:
     return paths
 
 
-def passive_params(work: Path) -> Path:
+def passive_params() -> Path:
     """params/demo.yaml with every target's active probes and drills off, written beside it (its
     relative paths stay valid) and removed when the benchmark ends."""
     import yaml
@@ -142,11 +142,7 @@ def passive_params(work: Path) -> Path:
         t["active_probes"] = {}
     path = REPO / "params" / f".bench-passive-{os.getpid()}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    _cleanup.append(path)
     return path
-
-
-_cleanup: list[Path] = []
 
 
 def floor_run(notebooks: list[Path], params_path: Path, out: Path) -> None:
@@ -196,6 +192,7 @@ def main() -> int:
     figures: dict[str, dict] = {}
     startup: dict[str, float] = {}
     sections = list(load_catalog().sections)
+    passive: Path | None = None
     try:
         # (1) and (2), interleaved so that drift of the machine affects both alike
         with deployment(lambda: ReferenceDeployment(work / "demo", prometheus=True)) as dep:
@@ -203,7 +200,7 @@ def main() -> int:
             os.environ.update(dep.env())
             dep.wait_prometheus_targets()
             notebooks = trivial_notebooks(work / "trivial", len(sections))
-            passive = passive_params(work)
+            passive = passive_params()
             # one warm-up of each, not counted: first kernel start pays for cold disk caches
             floor_run(notebooks, REPO / "params" / "demo.yaml", work / "warm")
             for _ in range(args.repeat):
@@ -228,8 +225,8 @@ def main() -> int:
                     figures[f"fleet-{n}"].setdefault("exit_codes", []).append(code)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        for path in _cleanup:
-            path.unlink(missing_ok=True)
+        if passive is not None:
+            passive.unlink(missing_ok=True)
 
     def med(key, what):
         return statistics.median(figures[key][what])

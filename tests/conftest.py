@@ -44,6 +44,11 @@ def check(demo_params):
     return run
 
 
+def one_target(params, name: str, **changes):
+    """`params` with only target `name`, its fields changed by `changes`."""
+    return params.model_copy(update={"targets": [params.target(name).model_copy(update=changes)]})
+
+
 def write_test_params(dest: Path, *, targets=None, active=True, **extra) -> Path:
     """A copy of params/demo.yaml for a test: absolute example paths, records files in `dest`,
     optionally fewer targets and no active probes."""

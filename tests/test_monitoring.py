@@ -10,7 +10,7 @@ import pytest
 from asap_runbook.params import load_params
 from asap_runbook.results import Status
 
-from conftest import DEMO_PARAMS, write_test_params
+from conftest import DEMO_PARAMS, one_target, write_test_params
 
 # item -> what the misconfigured reference deployment must get
 MISCONFIGURED = {
@@ -93,9 +93,7 @@ def test_alert_coverage_is_by_selector_and_shows_firing(check):
 
 def test_alert_rule_on_another_job_does_not_cover(demo_params, check):
     # the same deployment, the hardened target named with a job the rules' job=~"asap-.*" excludes
-    t = demo_params.target("hardened").model_copy(update={"prometheus_job": "orders"})
-    params = demo_params.model_copy(update={"targets": [t]})
-    r = check("MON-ALERT-1", "hardened", params)
+    r = check("MON-ALERT-1", "hardened", one_target(demo_params, "hardened", prometheus_job="orders"))
     assert r.status is Status.FAIL and "selects job 'orders'" in r.summary
 
 

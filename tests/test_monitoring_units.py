@@ -298,3 +298,13 @@ def test_alert_states_table(monkeypatch, state, expected):
     assert "15.0% of 200 requests, above the 10% threshold" in finding.summary
     if state:
         assert f"HighErrorRate {state} now" in finding.summary
+
+
+def test_live_error_rate_excludes_what_the_shipped_rule_excludes():
+    """The error rate the finding reports and the one ASAPHighErrorRate pages on count the same errors."""
+    import yaml
+
+    from asap_runbook.monitoring_live import CLIENT_ERROR_TYPES
+    rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
+                if r.get("alert") == "ASAPHighErrorRate")
+    assert f'error_type!~"{"|".join(CLIENT_ERROR_TYPES)}"' in rule["expr"]

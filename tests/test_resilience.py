@@ -10,13 +10,9 @@ import pytest
 
 from asap_runbook.faultproxy import FaultProxy
 from asap_runbook.results import Status
+from conftest import one_target
 
 DRILLS = ["RES-1", "RES-2", "RES-3", "RES-4"]
-
-
-def _variant(params, target: str, **changes):
-    t = params.target(target).model_copy(update=changes)
-    return params.model_copy(update={"targets": [t]})
 
 
 @pytest.mark.parametrize("item_id", DRILLS)
@@ -43,19 +39,19 @@ def test_circuit_breaker_evidence_is_from_the_proxy_side(check):
 
 def test_drills_are_opt_in(check, demo_params):
     off = demo_params.target("hardened").active_probes.model_copy(update={"drills": False})
-    r = check("RES-1", "hardened", _variant(demo_params, "hardened", active_probes=off))
+    r = check("RES-1", "hardened", one_target(demo_params, "hardened", active_probes=off))
     assert r.status is Status.SKIP and "active_probes.drills" in r.summary
 
 
 def test_restart_drill_needs_its_command(check, demo_params):
     no_cmd = demo_params.target("hardened").drills.model_copy(update={"agent_restart": None})
-    r = check("RES-4", "hardened", _variant(demo_params, "hardened", drills=no_cmd))
+    r = check("RES-4", "hardened", one_target(demo_params, "hardened", drills=no_cmd))
     assert r.status is Status.SKIP and "agent_restart" in r.summary
 
 
 def test_failing_restart_command_is_an_error(check, demo_params):
     bad = demo_params.target("misconfigured").drills.model_copy(update={"agent_restart": "false"})
-    r = check("RES-4", "misconfigured", _variant(demo_params, "misconfigured", drills=bad))
+    r = check("RES-4", "misconfigured", one_target(demo_params, "misconfigured", drills=bad))
     assert r.status is Status.ERROR and "restart command failed" in r.summary
 
 
@@ -112,7 +108,7 @@ def test_dead_downstream_is_an_error_not_a_finding(check, demo_params):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     dead = demo_params.target("hardened").drills.model_copy(update={"downstream_url": f"http://127.0.0.1:{port}"})
-    r = check("RES-3", "hardened", _variant(demo_params, "hardened", drills=dead))
+    r = check("RES-3", "hardened", one_target(demo_params, "hardened", drills=dead))
     assert r.status is Status.ERROR and "unreachable" in r.summary
 
 

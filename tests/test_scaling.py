@@ -10,6 +10,7 @@ import pytest
 from asap_runbook.deploy_files import ManifestError, cpu_cores, load_manifests, memory_bytes
 from asap_runbook.introspect import IntrospectionError, introspect_app
 from asap_runbook.results import Status
+from conftest import one_target
 from asap_runbook.source import client_usage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -18,11 +19,6 @@ AUTOMATED = ["SCALE-CLIENT-1", "SCALE-CLIENT-2", "SCALE-CLIENT-3", "SCALE-CLIENT
              "SCALE-STATE-2", "SCALE-HSCALE-1", "SCALE-HSCALE-2", "SCALE-HSCALE-3"]
 # on one instance an in-memory store is a warning (data lost on restart), not a failure
 WARN_ON_MISCONFIGURED = {"SCALE-STATE-2", "SCALE-HSCALE-2"}
-
-
-def _variant(params, target: str, **changes):
-    t = params.target(target).model_copy(update=changes)
-    return params.model_copy(update={"targets": [t]})
 
 
 @pytest.mark.parametrize("item_id", AUTOMATED)
@@ -41,9 +37,9 @@ def test_fails_on_misconfigured(check, item_id):
 
 
 def test_in_memory_snapshots_fail_with_several_instances(check, demo_params):
-    r = check("SCALE-STATE-2", "misconfigured", _variant(demo_params, "misconfigured", instances=3))
+    r = check("SCALE-STATE-2", "misconfigured", one_target(demo_params, "misconfigured", instances=3))
     assert r.status is Status.FAIL and "3 instances" in r.summary
-    r = check("SCALE-HSCALE-2", "misconfigured", _variant(demo_params, "misconfigured", instances=3))
+    r = check("SCALE-HSCALE-2", "misconfigured", one_target(demo_params, "misconfigured", instances=3))
     assert r.status is Status.FAIL and "rate limits" in r.summary  # says which state splits
 
 
@@ -65,14 +61,14 @@ def test_compression_probe_says_responses_are_not_compressed(check):
 
 
 def test_missing_inputs_skip_never_pass(check, demo_params):
-    bare = _variant(demo_params, "hardened", source_dir=None, k8s_manifests=[], app=None, process_config=None)
+    bare = one_target(demo_params, "hardened", source_dir=None, k8s_manifests=[], app=None, process_config=None)
     for item in ("SCALE-CLIENT-1", "SCALE-SERVER-2", "SCALE-STATE-1", "SCALE-HSCALE-3"):
         r = check(item, "hardened", bare)
         assert r.status is Status.SKIP, (item, r.summary)
 
 
 def test_app_that_does_not_import_is_one_sentence_error(check, demo_params):
-    broken = _variant(demo_params, "hardened", app="no_such_agent_module:app")
+    broken = one_target(demo_params, "hardened", app="no_such_agent_module:app")
     r = check("SCALE-STATE-1", "hardened", broken)
     assert r.status is Status.ERROR
     assert "ModuleNotFoundError" in r.summary and "\n" not in r.summary
@@ -129,7 +125,7 @@ def test_introspection_child_never_sees_the_token(tmp_path, monkeypatch):
 
 def test_shared_state_from_manifests_alone(check, demo_params):
     # without the app object only the rate-limit backend is certain: never a pass
-    r = check("SCALE-HSCALE-2", "hardened", _variant(demo_params, "hardened", app=None))
+    r = check("SCALE-HSCALE-2", "hardened", one_target(demo_params, "hardened", app=None))
     assert r.status is Status.WARN and "set targets[].app" in r.summary
-    r = check("SCALE-HSCALE-2", "misconfigured", _variant(demo_params, "misconfigured", app=None, instances=2))
+    r = check("SCALE-HSCALE-2", "misconfigured", one_target(demo_params, "misconfigured", app=None, instances=2))
     assert r.status is Status.FAIL and "2 x the configured one" in r.summary

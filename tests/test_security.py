@@ -14,7 +14,7 @@ from asap_runbook import _tls
 from asap_runbook.catalog import Verification, load_catalog
 from asap_runbook.engine import run_check
 from asap_runbook.results import Status
-from conftest import REPO
+from conftest import REPO, one_target
 
 AUTOMATED = [i.id for i in load_catalog().section("security") if i.verification is not Verification.MANUAL]
 # SEC-AUTH-4 reads a JWT's lifetime; the reference token is opaque, so it is proven below with JWTs
@@ -138,8 +138,7 @@ def test_jwt_lifetime(demo_params, monkeypatch, minutes, status):
     now = int(time.time())
     claims = {"iss": "https://idp.example", "iat": now} | ({"exp": now + minutes * 60} if minutes else {})
     monkeypatch.setenv("RB_TEST_JWT", _jwt(claims))
-    t = demo_params.target("hardened").model_copy(update={"token_env": "RB_TEST_JWT"})
-    r = run_check("SEC-AUTH-4", demo_params.model_copy(update={"targets": [t]}), "hardened")
+    r = run_check("SEC-AUTH-4", one_target(demo_params, "hardened", token_env="RB_TEST_JWT"), "hardened")
     assert r.status is status, r.summary
     assert _jwt(claims) not in r.model_dump_json()
 
@@ -160,9 +159,8 @@ MANIFEST = {"id": "urn:asap:agent:mock", "endpoints": {"asap": "https://agent.ex
 
 
 def _params_for_mock(demo_params):
-    t = demo_params.target("hardened").model_copy(update={"base_url": "https://agent.example",
-                                                          "http_url": "http://agent.example", "ca_file": None})
-    return demo_params.model_copy(update={"targets": [t]})
+    return one_target(demo_params, "hardened", base_url="https://agent.example", http_url="http://agent.example",
+                      ca_file=None)
 
 
 @pytest.mark.parametrize(("location", "needle"), [("https://evil.example/health", "leaves the host"),
@@ -235,8 +233,7 @@ def test_burst_too_small_to_exceed_the_limit_is_skipped_not_failed(demo_params):
 
 
 def test_missing_log_file_is_one_sentence(demo_params, tmp_path):
-    t = demo_params.target("hardened").model_copy(update={"log_file": tmp_path / "nope.log"})
-    params = demo_params.model_copy(update={"targets": [t]})
+    params = one_target(demo_params, "hardened", log_file=tmp_path / "nope.log")
     for item in ("SEC-RATE-2", "SEC-HANDLER-4"):
         r = run_check(item, params, "hardened")
         assert r.status is Status.ERROR and "does not exist" in r.summary, r.summary

@@ -527,7 +527,6 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
     timeline: list[dict] = []
     t0 = time.monotonic()
     max_polls, polls = ctx.target.active_probes.max_requests, 0
-    rate_limited = False
 
     def mark(what: str, **kw) -> None:
         timeline.append({"t_s": round(time.monotonic() - t0, 2), "what": what} | kw)
@@ -592,8 +591,6 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
             await proc.wait()
             mark(f"agent still running {wait:g} s after SIGTERM: SIGKILL (as the kubelet would)")
         result = await req
-        if not isinstance(result, Exception) and result.status_code == 429:
-            rate_limited = True
         if isinstance(result, Exception):
             outcome, completed = f"failed: {type(result).__name__}: {str(result)[:160]}", False
         else:
@@ -618,7 +615,7 @@ async def graceful_shutdown(ctx: CheckContext) -> Finding:
                    "SIGTERM, 1 GET /health after it"),
           ("agent output (tail)", _tail(logf.name, ctx))]
     Path(logf.name).unlink(missing_ok=True)
-    if rate_limited:  # refused before the drain began: the drill observed nothing
+    if not isinstance(result, Exception) and result.status_code == 429:  # refused: nothing was in flight
         return Finding.errored(f"the agent's rate limiter refused the drill's slow request ({outcome}); "
                                "nothing was in flight when SIGTERM came", ev)
     if not completed:
