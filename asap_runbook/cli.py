@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import RunbookError
+from .errors import RunbookError, UsageError
 from .results import ExitCode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,12 @@ def _err(message: str) -> None:
 
 def cmd_run(args) -> int:
     from .runner import run
-    sections = [s.strip() for s in args.sections.split(",")] if args.sections else None
+    sections = None
+    if args.sections is not None:
+        sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+        if not sections:
+            raise UsageError("--sections is empty: name at least one of security, monitoring, scaling, resilience "
+                             "(or leave --sections out to run the whole checklist).")
     code, _ = run(args.params, args.out, sections, sign_off_by=args.sign_off_by, signing_key=args.signing_key)
     return code
 
@@ -35,7 +40,10 @@ def cmd_demo(args) -> int:
     """Start the reference deployment, run the runbook against it, stop everything."""
     from .reference import ReferenceDeployment
     from .runner import run
+    from .runner import usable_out_dir
     params = Path(args.params) if args.params else REPO / "params" / "demo.yaml"
+    out = usable_out_dir(args.out)
+    signing_key = demo_signing_key(out)
     workdir = Path(tempfile.mkdtemp(prefix="asap-runbook-demo-"))
     print(f"starting the reference deployment in {workdir} ...")
     try:
@@ -70,13 +78,28 @@ def cmd_demo(args) -> int:
                         time.sleep(3600)
                 except KeyboardInterrupt:
                     return 0
-            code, run_dir = run(params, args.out, None)
+            code, run_dir = run(params, args.out, None, signing_key=signing_key)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("reference deployment stopped.")
     why = "" if args.fleet == 1 else " (the demo is expected to be 'not ready': misconfigured targets are there on purpose)"
     print(f"open {run_dir / 'index.html'}{why}")
     return 0 if code in (ExitCode.READY, ExitCode.NOT_READY, ExitCode.INCOMPLETE) else code
+
+
+def demo_signing_key(out: Path) -> str:
+    """The demo signs its evidence so a newcomer sees the whole chain (`verify` exits 0): with
+    $ASAP_RUNBOOK_SIGNING_KEY when set, else a demo key made once in the outputs folder. Real runs
+    use a key of their own (`asap-runbook keygen`)."""
+    from .signing import KEY_ENV, keygen
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV]
+    key = out / ".demo-signing-key.pem"
+    if not key.exists():
+        keygen(key)
+        print(f"made a demo signing key {key} (public half {key}.pub); for real runs make your own with "
+              "`asap-runbook keygen PATH`")
+    return str(key)
 
 
 def cmd_diff(args) -> int:
@@ -110,8 +133,14 @@ def cmd_confirm(args) -> int:
     params = load_params(args.params)
     names = [t.name for t in params.targets]
     if args.target and args.target not in names:
-        from .errors import UsageError
         raise UsageError(f"no target named {args.target!r} in {args.params}; choose from {', '.join(names)}.")
+    from .confirmations import latest_run_of, verified_in_run
+    run_dir = Path(args.run) if args.run else latest_run_of(Path(args.params), Path(args.out))
+    if run_dir is not None:
+        seen = verified_in_run(run_dir, args.item, args.target)
+        if seen:
+            raise UsageError(f"{args.item} was verified automatically in run {run_dir.name} on {', '.join(seen)}: "
+                             "a confirmation cannot replace an observation (fix the finding, or waive it in the waivers file).")
     rec = add_confirmation(params.confirmations_file, args.item, args.by, target=args.target, note=args.note,
                            evidence_url=args.evidence, ttl_days=args.ttl_days)
     print(f"confirmed {rec.item} on {rec.target or 'every target'} by {rec.by}, valid until "
@@ -134,8 +163,14 @@ def cmd_verify(args) -> int:
     v = verify(args.run_dir, pinned)
     for line in v.lines():
         print(line)
-    print(f"{'INTACT' if v.intact else 'TAMPERED'}: {v.run_dir}")
-    return 0 if v.intact else 1
+    if not v.intact:
+        print(f"TAMPERED: {v.run_dir}")
+        return ExitCode.TAMPERED
+    if v.unsigned:
+        print(f"UNSIGNED: {v.run_dir}: every file matches its manifest, but the manifest carries no signature")
+        return ExitCode.UNSIGNED
+    print(f"INTACT: {v.run_dir} (signed)")
+    return ExitCode.READY
 
 
 def cmd_sign_off(args) -> int:
@@ -163,13 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--evidence", metavar="URL", help="link to the evidence (ticket, screenshot, runbook page)")
     c.add_argument("--ttl-days", type=int, help="how long the confirmation holds (default: the item's confirmation_ttl_days)")
     c.add_argument("--params", required=True, help="YAML parameters file (names the confirmations file)")
+    c.add_argument("--run", metavar="RUN_DIR", help="the run whose findings this closes (default: the newest run of "
+                   "--params under --out); an item it verified automatically cannot be confirmed")
+    c.add_argument("--out", default="outputs", help="where runs are looked up (default: outputs)")
     c.set_defaults(fn=cmd_confirm)
 
     k = sub.add_parser("keygen", help="make an Ed25519 signing key (PATH, and PATH.pub)")
     k.add_argument("path")
     k.set_defaults(fn=cmd_keygen)
 
-    v = sub.add_parser("verify", help="check a run directory: digests, signature, chain (0 intact, 1 tampered)")
+    v = sub.add_parser("verify", help="check a run directory: digests, signature, chain "
+                                      "(0 intact and signed, 1 tampered, 4 intact but unsigned)")
     v.add_argument("run_dir")
     v.add_argument("--public-key", metavar="PATH", help="the key you trust (public or private PEM)")
     v.set_defaults(fn=cmd_verify)

@@ -54,6 +54,10 @@ log = logging.getLogger("asap_runbook")
 
 FILE_SCHEMA_VERSION = 1
 WAIVABLE = (Status.FAIL, Status.WARN, Status.ERROR)
+# what a person can close: an item nobody can automate, or one this run did not look at (a missing
+# input, an active probe left off). An observation (pass/fail/warn) is never overridden, and an error
+# is this run's fault to fix (or to waive), not something to confirm away.
+CONFIRMABLE = (Status.MANUAL, Status.SKIP)
 
 
 def _utc(value: datetime | date) -> datetime:
@@ -95,6 +99,15 @@ class ConfirmationRecord(_Record):
 
     def covers(self, item: str, target: str) -> bool:
         return self.item == item and self.target in (None, "*", target)
+
+    def shortfall(self) -> str | None:
+        """Why this record cannot close its item, or None: a person must say what they checked,
+        and for a blocking item also point at the evidence."""
+        if not self.note.strip():
+            return "it has no note (what was checked)"
+        if load_catalog().get(self.item).blocking and not (self.evidence_url or "").strip():
+            return "the item is blocking and the record links no evidence"
+        return None
 
 
 class WaiverRecord(_Record):
@@ -153,6 +166,9 @@ def load_waivers(path: Path | None) -> WaiversFile:
 def validate_files(params: Params) -> None:
     """Raise ParamsError (one sentence) before anything runs if either file is malformed."""
     load_confirmations(params.confirmations_file)
+    # a waivers file is reviewed and named on purpose: a wrong path must not silently waive nothing
+    if params.waivers_file is not None and not Path(params.waivers_file).is_file():
+        raise ParamsError(f"The waivers file {params.waivers_file} does not exist (waivers_file in the parameters).")
     load_waivers(params.waivers_file)
 
 
@@ -177,7 +193,7 @@ def apply_records(results: list[Result], params: Params, *, at: datetime | None 
     waivers = load_waivers(params.waivers_file).waivers
     out = []
     for r in results:
-        if r.status is Status.MANUAL:
+        if r.status in CONFIRMABLE:
             r = _confirm(r, latest(confirmations, r.item_id, r.target), at)
         elif r.status in WAIVABLE and "expired_waiver" not in r.details:  # idempotent: applied once per result
             r = _waive(r, [w for w in waivers if w.covers(r.item_id, r.target)], at)
@@ -191,6 +207,10 @@ def _confirm(r: Result, rec: ConfirmationRecord | None, at: datetime) -> Result:
     expires = rec.expires_at()
     seen = {"by": rec.by, "at": rec.at.isoformat(), "expires_at": expires.isoformat(), "ttl_days": rec.ttl(),
             "note": rec.note}
+    short = rec.shortfall()
+    if short:
+        return r.model_copy(update={"summary": f"confirmation by {rec.by} on {rec.at:%Y-%m-%d} does not count: {short}. "
+                                               f"{r.summary}", "details": {**r.details, "rejected_confirmation": seen}})
     if expires <= at:
         summary = (f"confirmation by {rec.by} on {rec.at:%Y-%m-%d} expired on {expires:%Y-%m-%d} "
                    f"(valid {rec.ttl()} days): awaiting a person again. {r.summary}")
@@ -253,6 +273,11 @@ def add_confirmation(path: Path, item: str, by: str, *, target: str | None = Non
     """Append one confirmation to the file (atomically) and return it."""
     if not by or not by.strip():
         raise ParamsError("A confirmation needs a name: who confirms?")
+    if not note or not note.strip():
+        raise ParamsError(f"A confirmation needs a note: what did you check for {item}?")
+    known = load_catalog()
+    if item in known.ids and known.get(item).blocking and not (evidence_url or "").strip():
+        raise ParamsError(f"{item} is blocking: a confirmation needs a link to the evidence (--evidence URL).")
     try:
         rec = ConfirmationRecord(item=item, target=target or None, by=by.strip(), at=at or now(), note=note.strip(),
                                  evidence_url=(evidence_url or "").strip() or None, ttl_days=ttl_days)
@@ -267,6 +292,26 @@ def add_confirmation(path: Path, item: str, by: str, *, target: str | None = Non
                             "# (item, target) counts, earlier ones are the audit trail.\n"
                       + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return rec
+
+
+def verified_in_run(run_dir: Path, item: str, target: str | None) -> list[str]:
+    """The targets on which `item` got an automated verdict (pass, fail or warn) in that run:
+    a confirmation cannot stand in for an observation."""
+    from .drift import load_run
+    from .results import VERIFIED
+    run = load_run(run_dir)
+    return [f"{r.target} ({r.status.value})" for r in run.results
+            if r.item_id == item and (target in (None, "*") or r.target == target) and r.status in VERIFIED]
+
+
+def latest_run_of(params_path: Path, out_dir: Path) -> Path | None:
+    """The newest run in `out_dir` made with this parameters file, if any."""
+    from .drift import manifests
+    want = str(Path(params_path).resolve())
+    for run_dir, doc in manifests(Path(out_dir)):
+        if doc.get("params_file") == want:
+            return run_dir
+    return None
 
 
 def default_user() -> str:

@@ -28,7 +28,7 @@ def build_matrix(run: RunResults, groups: dict[str, dict[str, str]] | None = Non
     targets = []
     for name in run.targets:
         mine = [r for r in run.results if r.target == name]
-        code = exit_code(mine)
+        code = exit_code(mine, sections_not_run=run.sections_not_run)
         targets.append({"name": name, "groups": groups.get(name, {}), "exit_code": code, "readiness": READINESS[code]})
     group_keys = sorted({k for g in groups.values() for k in g})
     catalog = load_catalog()

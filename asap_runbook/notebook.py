@@ -119,11 +119,16 @@ def show(section_run: SectionRun | None) -> None:
     _display(_html(f"<style>{style()}</style>" + findings_html(section_run.results)))
 
 
+def awaiting_a_person(results) -> list:
+    """Items only a person can close now: manual ones, and blocking ones this run did not verify."""
+    return [r for r in results if r.status is Status.MANUAL or (r.status is Status.SKIP and r.blocking)]
+
+
 def show_pending(section_run: SectionRun | None) -> None:
     """Items that await a person, with what to check."""
     if section_run is None:
         return
-    pending = [r for r in section_run.results if r.status is Status.MANUAL]
+    pending = awaiting_a_person(section_run.results)
     if not pending:
         _display(_html("<p>No item awaits a person in this section.</p>"))
         return
@@ -157,9 +162,9 @@ def _confirm_note(section_run: SectionRun | None, params_path: str):
     import html
     if section_run is None:
         return None
-    pending = [r for r in section_run.results if r.status is Status.MANUAL]
+    pending = awaiting_a_person(section_run.results)
     confirmed = [r for r in section_run.results if r.status is Status.CONFIRMED]
     return _html(
         f"<p><b>{len(pending)}</b> item(s) await a person and <b>{len(confirmed)}</b> are confirmed (who, when and "
         "until when: in the findings above). Confirm in JupyterLab with this notebook's confirm panel, or with "
-        f"<code>asap-runbook confirm ITEM --target TARGET --by NAME --note '...' --params {html.escape(str(params_path))}</code>.</p>")
+        f"<code>asap-runbook confirm ITEM --target TARGET --by NAME --note '...' --evidence URL --params {html.escape(str(params_path))}</code>.</p>")

@@ -23,7 +23,10 @@ def summary_fields(run: RunResults, drift=None, sign_off: dict | None = None) ->
         "environment": run.environment, "params_file": run.params_file,
         "targets": len(run.targets), "sections": list(run.sections),
         "counts": {k: v for k, v in run.counts.items() if v},
+        "sections_not_run": list(run.sections_not_run),
     }
+    if "*" in run.coverage:
+        fields["coverage"] = run.coverage["*"].model_dump()
     if sign_off and sign_off.get("signed_off"):
         fields["signed_off_by"] = sign_off.get("by")
     if drift is not None:

@@ -31,6 +31,9 @@ class ExitCode:
     NOT_READY = 1
     BAD_USAGE = 2
     INCOMPLETE = 3
+    # `asap-runbook verify`: 0 intact and signed, 1 tampered, 4 intact but unsigned
+    TAMPERED = 1
+    UNSIGNED = 4
 
 
 def now() -> datetime:
@@ -95,6 +98,27 @@ class SectionRun(BaseModel):
     results: list[Result] = Field(default_factory=list)
 
 
+class Coverage(BaseModel):
+    """How much of the checklist this run verified for one target (or for all of them).
+
+    verified: an automated check observed it (pass, fail or warn); confirmed: a person did;
+    waived: a reviewed waiver covers it; not_verified: skipped, errored, awaiting a person, or in a
+    section that did not run. A blocking item that is not verified keeps the run from READY."""
+
+    model_config = ConfigDict(extra="forbid")
+    total: int = 0
+    verified: int = 0
+    confirmed: int = 0
+    waived: int = 0
+    not_verified: int = 0
+    not_verified_blocking: int = 0
+
+    def line(self) -> str:
+        return (f"{self.verified} verified automatically, {self.confirmed} confirmed by a person, "
+                f"{self.waived} waived, {self.not_verified} not verified ({self.not_verified_blocking} blocking) "
+                f"of {self.total}")
+
+
 class RunResults(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: int = SCHEMA_VERSION
@@ -113,6 +137,8 @@ class RunResults(BaseModel):
     readiness: str
     blockers: list[str] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list, description="sections that could not run, and why")
+    sections_not_run: list[str] = Field(default_factory=list, description="checklist sections this run left out")
+    coverage: dict[str, Coverage] = Field(default_factory=dict, description="per target, and '*' for the whole run")
 
 
 def counts(results: list[Result]) -> dict[str, int]:
@@ -122,27 +148,73 @@ def counts(results: list[Result]) -> dict[str, int]:
     return out
 
 
-def blockers(results: list[Result]) -> list[str]:
-    """What stands between this run and sign-off, one line each."""
+VERIFIED = (Status.PASS, Status.FAIL, Status.WARN)
+NOT_VERIFIED = (Status.SKIP, Status.ERROR, Status.MANUAL)
+ALL_TARGETS = "*"
+
+
+def coverage(results: list[Result], targets: list[str], not_run: dict[str, int] | None = None,
+             not_run_blocking: dict[str, int] | None = None) -> dict[str, Coverage]:
+    """Coverage per target and for the whole run ('*'). `not_run`: per section left out, how many
+    items it has (and how many of them block); they count as not verified on every target."""
+    extra = sum((not_run or {}).values())
+    extra_blocking = sum((not_run_blocking or {}).values())
+    out = {t: Coverage(total=extra, not_verified=extra, not_verified_blocking=extra_blocking) for t in targets}
+    for r in results:
+        c = out.setdefault(r.target, Coverage(total=extra, not_verified=extra, not_verified_blocking=extra_blocking))
+        c.total += 1
+        if r.status in VERIFIED:
+            c.verified += 1
+        elif r.status is Status.CONFIRMED:
+            c.confirmed += 1
+        elif r.status is Status.WAIVED:
+            c.waived += 1
+        else:
+            c.not_verified += 1
+            c.not_verified_blocking += r.blocking
+    whole = Coverage()
+    for c in out.values():
+        for f in Coverage.model_fields:
+            setattr(whole, f, getattr(whole, f) + getattr(c, f))
+    return {**out, ALL_TARGETS: whole}
+
+
+def _how_to_close(r: Result) -> str:
+    confirm = (f"or confirm it: asap-runbook confirm {r.item_id} --target {r.target} --by NAME --note TEXT "
+               "--evidence URL")
+    if r.status is Status.SKIP:
+        return f"not verified: {r.summary} ({confirm})"
+    return f"awaiting a person ({confirm.removeprefix('or ')})"
+
+
+def blockers(results: list[Result], sections_not_run: list[str] = ()) -> list[str]:
+    """What stands between this run and sign-off, one line each: every blocking fail, every error,
+    every item awaiting a person, every blocking item not verified (with what would verify it),
+    and every section that did not run."""
     lines = []
     for r in results:
         if r.status is Status.FAIL and r.blocking:
             lines.append(f"{r.item_id} on {r.target}: fail: {r.summary}")
         elif r.status is Status.ERROR:
             lines.append(f"{r.item_id} on {r.target}: error: {r.summary}")
-        elif r.status is Status.MANUAL:
-            lines.append(f"{r.item_id} on {r.target}: awaiting a person")
+        elif r.status is Status.MANUAL or (r.status is Status.SKIP and r.blocking):
+            lines.append(f"{r.item_id} on {r.target}: {_how_to_close(r)}")
+    for s in sections_not_run:
+        lines.append(f"section {s} did not run: its items are not verified (run it: --sections {s}, "
+                     "or leave --sections out for the whole checklist)")
     return lines
 
 
-def exit_code(results: list[Result], problems: list[str] = ()) -> int:
-    """0 ready, 1 a blocking fail, 3 incomplete (errors or pending manual items, no blocking fail).
+def exit_code(results: list[Result], problems: list[str] = (), sections_not_run: list[str] = ()) -> int:
+    """0 ready, 1 a blocking fail, 3 incomplete: no blocking fail, but an error, an item awaiting a
+    person, a blocking item skipped (not verified), or a section that did not run.
 
     Non-blocking fails (advice such as "consider ...") are reported but do not hold sign-off.
     """
     if any(r.status is Status.FAIL and r.blocking for r in results):
         return ExitCode.NOT_READY
-    if problems or any(r.status in (Status.ERROR, Status.MANUAL) for r in results):
+    if problems or sections_not_run or any(
+            r.status in (Status.ERROR, Status.MANUAL) or (r.status is Status.SKIP and r.blocking) for r in results):
         return ExitCode.INCOMPLETE
     return ExitCode.READY
 

@@ -166,6 +166,30 @@ def _fill_missing(results: list[Result], section: str, params: Params, why: str)
     return out
 
 
+def run_coverage(results: list[Result], targets: list[str], not_run: list[str]):
+    """Coverage against the whole checklist: items of sections left out count as not verified."""
+    from .results import coverage
+    catalog = load_catalog()
+    size = {s: len(list(catalog.section(s))) for s in not_run}
+    blocking = {s: sum(i.blocking for i in catalog.section(s)) for s in not_run}
+    return coverage(results, targets, size, blocking)
+
+
+def verdict_lines(run: RunResults) -> list[str]:
+    """The verdict as the terminal shows it: readiness, scope, coverage per target."""
+    c = run.counts
+    scope = ("whole checklist" if not run.sections_not_run else
+             f"PARTIAL run: {', '.join(run.sections)} only; not run: {', '.join(run.sections_not_run)}")
+    lines = [f"{run.readiness.upper()} (exit {run.exit_code}; {scope}): " + ", ".join(f"{v} {k}" for k, v in c.items() if v)]
+    from .results import ALL_TARGETS
+    per_target = [t for t in run.targets if t in run.coverage]
+    if len(per_target) <= 20:
+        lines += [f"  coverage on {t}: {run.coverage[t].line()}" for t in per_target]
+    if ALL_TARGETS in run.coverage and len(per_target) != 1:
+        lines.append(f"  coverage, all targets: {run.coverage[ALL_TARGETS].line()}")
+    return lines
+
+
 def write_junit(run: RunResults, path: Path) -> None:
     suites = ET.Element("testsuites", name="asap-runbook", tests=str(len(run.results)))
     for section in run.sections:
@@ -218,10 +242,21 @@ def write_manifest(run: RunResults, run_dir: Path, key=None, summary: dict | Non
         signing.build_manifest(run, run_dir, key, signing.previous_link(run_dir), extra=summary), run_dir)
 
 
+def usable_out_dir(out_dir: str | os.PathLike) -> Path:
+    """The outputs folder, checked before anything runs: a file or an unwritable place is one sentence."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder: name a folder for the run directories.")
+    if out.is_dir() and not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out} is not writable.")
+    return out
+
+
 def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", sections: list[str] | None = None,
         say=print, sign_off_by: str | None = None, signing_key: str | None = None) -> tuple[int, Path | None]:
     """Run the runbook; return (exit code, run directory). Bad parameters raise ParamsError before anything runs."""
     params_path = Path(params_path).resolve()
+    out_dir = usable_out_dir(out_dir)
     params = load_params(params_path)
     from . import confirmations, signing
     confirmations.validate_files(params)  # a malformed confirmations/waivers file: one sentence, nothing runs
@@ -234,7 +269,10 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     ensure_kernel()
     run_id = new_run_id()
     run_dir = Path(out_dir).resolve() / run_id
-    (run_dir / "notebooks").mkdir(parents=True)
+    try:
+        (run_dir / "notebooks").mkdir(parents=True)
+    except OSError as e:
+        raise UsageError(f"--out {out_dir}: cannot create the run directory ({e.strerror}).") from None
     handler = logging.FileHandler(run_dir / "runbook.log")
     log.addHandler(handler)
     started = now()
@@ -266,12 +304,15 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     from .confirmations import apply_records  # also covers results filled in for a section that could not run
     results = apply_records(results, params)
     pages = {s: pages[s] for s in chosen if s in pages}
-    code = exit_code(results, problems)
+    not_run = [s for s in catalog.sections if s not in chosen]
+    code = exit_code(results, problems, not_run)
+    tnames = [t.name for t in params.targets]
     run_results = RunResults(
         run_id=run_id, runbook_version=version(), environment=params.environment, params_file=str(params_path),
         params_digest=params_digest(params_path), started_at=started, finished_at=now(), sections=chosen,
-        targets=[t.name for t in params.targets], results=results, counts=counts(results), exit_code=code,
-        readiness=READINESS[code], blockers=blockers(results), problems=problems,
+        targets=tnames, results=results, counts=counts(results), exit_code=code,
+        readiness=READINESS[code], blockers=blockers(results, not_run), problems=problems,
+        sections_not_run=not_run, coverage=run_coverage(results, tnames, not_run),
     )
     (run_dir / "results.json").write_text(run_results.model_dump_json(indent=1))
     write_junit(run_results, run_dir / "junit.xml")
@@ -292,8 +333,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     write_manifest(run_results, run_dir, key, outputs_index.summary_fields(run_results, drift, sign_off))
     outputs_index.write_outputs_index(run_dir.parent)
     signing.report_sign_off(sign_off, key, say)
-    c = run_results.counts
-    say(f"{run_results.readiness.upper()} (exit {code}): " + ", ".join(f"{v} {k}" for k, v in c.items() if v))
+    for line in verdict_lines(run_results):
+        say(line)
     for p in problems:
         say(f"  problem: {p}")
     if drift.base_run_id:

@@ -135,12 +135,14 @@ def sign_off_record(run: RunResults, by: str | None, key: Ed25519PrivateKey | No
     rec = {"run_id": run.run_id, "params_digest": run.params_digest, "runbook_version": run.runbook_version,
            "readiness": run.readiness, "exit_code": run.exit_code, **provenance(),
            "signing_key": fingerprint(key.public_key()) if key else None,
+           "coverage": {t: c.model_dump() for t, c in run.coverage.items()},
+           "sections": list(run.sections), "sections_not_run": list(run.sections_not_run),
            "signed_off": False, "by": None, "at": None, "requested_by": by, "refused": []}
     if by:
         if run.exit_code == 0:
             rec.update(signed_off=True, by=by, at=now().isoformat())
         else:
-            rec["refused"] = run.blockers or blockers(run.results) or [f"the run is {run.readiness} (exit {run.exit_code})"]
+            rec["refused"] = run.blockers or blockers(run.results, run.sections_not_run) or [f"the run is {run.readiness} (exit {run.exit_code})"]
     return rec
 
 
@@ -164,9 +166,7 @@ def sign_off_run(run_dir: str | os.PathLike, by: str, key: Ed25519PrivateKey | N
     when it is already signed off or a later run already chains to its manifest."""
     from .runner import write_index
     run_dir = Path(run_dir)
-    check = verify(run_dir, key.public_key() if key else None)
-    if not key and any(s.startswith("missing") for s in check.signature):
-        check.signature.clear()  # an unsigned run stays unsigned; every digest is still checked
+    check = verify(run_dir, key.public_key() if key else None)  # an unsigned run stays unsigned; every digest is checked
     if not check.intact:
         say(f"sign-off refused: the evidence in {run_dir} does not verify:")
         for line in check.lines():
@@ -288,6 +288,7 @@ class Verification:
     signature: list[str] = field(default_factory=list)   # problems with the signature
     chain: list[str] = field(default_factory=list)       # problems with the link to the previous run
     notes: list[str] = field(default_factory=list)       # facts that are not tampering
+    unsigned: bool = False                               # no signature at all: intact says nothing of who wrote it
 
     @property
     def intact(self) -> bool:
@@ -330,7 +331,9 @@ def verify(run_dir: str | os.PathLike, public_key: Ed25519PublicKey | None = Non
 def _verify_signature(manifest: dict, pinned: Ed25519PublicKey | None, v: Verification) -> None:
     sig = manifest.get("signature")
     if not sig:
-        v.signature.append("missing: the manifest is not signed (run with --signing-key or $ASAP_RUNBOOK_SIGNING_KEY)")
+        v.unsigned = True
+        v.notes.append("the manifest is not signed (run with --signing-key or $ASAP_RUNBOOK_SIGNING_KEY): the digests "
+                       "match, but anyone could have rewritten the run and its manifest together")
         return
     try:
         embedded = Ed25519PublicKey.from_public_bytes(base64.b64decode(sig["public_key"]))

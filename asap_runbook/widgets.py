@@ -54,10 +54,14 @@ def confirm_panel(section_run: SectionRun | None, params_path: str):
     except RunbookError as e:
         return w.HTML(f"<p style='color:#8c0b07'><b>Cannot show confirmations:</b> {html.escape(e.message)}</p>")
     path = Path(params.confirmations_file)
-    rows = [r for r in section_run.results if r.status in (Status.MANUAL, Status.CONFIRMED)]
+    # what a person can close: items awaiting one, blocking items this run could not verify (a
+    # missing input, an active probe left off), and those already confirmed. Never an observed verdict.
+    from .notebook import awaiting_a_person
+    rows = awaiting_a_person(section_run.results) + [r for r in section_run.results if r.status is Status.CONFIRMED]
     if not rows:
         return w.HTML("<p>No item in this section awaits a person.</p>")
-    who = w.Text(value=default_user(), description="Who", placeholder="your name",
+    # "who" is always typed by the person confirming: a guessed default would sign for someone else
+    who = w.Text(value="", description="Who", placeholder=default_user() or "your name",
                  layout=w.Layout(width="40%"))
     who.add_class("asap-confirm-who")
     header = w.HTML(f"<p><b>{len(rows)}</b> item(s) for a person. A confirmation is written to "

@@ -57,7 +57,7 @@ def test_confirmed_item_carries_who_when_note(params):
 
 def test_confirmation_without_target_covers_every_target(params):
     p = load_params(params)
-    add_confirmation(p.confirmations_file, "MON-LOG-4", "Alice", note="log retention set to 30 days")
+    add_confirmation(p.confirmations_file, "MON-LOG-4", "Alice", note="log retention set to 30 days", evidence_url="https://tickets.example/7")
     rs = apply_records([result("MON-LOG-4"), result("MON-LOG-4", "worker")], p)
     assert [r.status for r in rs] == [Status.CONFIRMED, Status.CONFIRMED]
 
@@ -65,7 +65,7 @@ def test_confirmation_without_target_covers_every_target(params):
 def test_expired_confirmation_is_manual_again_with_the_reason(params):
     p = load_params(params)
     ttl = load_catalog().get("SEC-HANDLER-5").confirmation_ttl_days
-    add_confirmation(p.confirmations_file, "SEC-HANDLER-5", "Alice", target="api",
+    add_confirmation(p.confirmations_file, "SEC-HANDLER-5", "Alice", target="api", note="reviewed",
                      at=datetime.now(UTC) - timedelta(days=ttl + 1))
     [r] = apply_records([result("SEC-HANDLER-5")], p)
     assert r.status is Status.MANUAL
@@ -76,7 +76,7 @@ def test_expired_confirmation_is_manual_again_with_the_reason(params):
 
 def test_per_item_ttl_overrides_the_catalog_default(params):
     p = load_params(params)
-    add_confirmation(p.confirmations_file, "SEC-HANDLER-5", "Alice", target="api", ttl_days=2,
+    add_confirmation(p.confirmations_file, "SEC-HANDLER-5", "Alice", target="api", ttl_days=2, note="reviewed",
                      at=datetime.now(UTC) - timedelta(days=3))
     [r] = apply_records([result("SEC-HANDLER-5")], p)
     assert r.status is Status.MANUAL and "valid 2 days" in r.summary
@@ -85,7 +85,7 @@ def test_per_item_ttl_overrides_the_catalog_default(params):
 def test_latest_record_wins_and_history_is_kept(params):
     p = load_params(params)
     old = datetime.now(UTC) - timedelta(days=400)
-    add_confirmation(p.confirmations_file, "SEC-HANDLER-5", "Old Timer", target="api", at=old)
+    add_confirmation(p.confirmations_file, "SEC-HANDLER-5", "Old Timer", target="api", at=old, note="long ago")
     add_confirmation(p.confirmations_file, "SEC-HANDLER-5", "Alice", target="api", note="renewed")
     [r] = apply_records([result("SEC-HANDLER-5")], p)
     assert r.status is Status.CONFIRMED and r.confirmation.by == "Alice"
@@ -94,7 +94,8 @@ def test_latest_record_wins_and_history_is_kept(params):
 
 def test_concurrent_writers_lose_nothing(params):
     p = load_params(params)
-    threads = [threading.Thread(target=add_confirmation, args=(p.confirmations_file, "MON-LOG-4", f"person{i}"))
+    threads = [threading.Thread(target=add_confirmation, args=(p.confirmations_file, "MON-LOG-4", f"person{i}"),
+                                kwargs={"note": "retention checked", "evidence_url": "https://t.example/1"})
                for i in range(8)]
     for t in threads:
         t.start()
@@ -104,9 +105,40 @@ def test_concurrent_writers_lose_nothing(params):
     assert not list(p.confirmations_file.parent.glob("*.tmp")), "no temp file left behind"
 
 
+def test_a_skipped_blocking_item_is_not_verified_until_a_person_closes_it(params):
+    """A skip is not a pass: SEC-TLS-5 skipped (no http_url) keeps the run incomplete and says how
+    to verify it; a confirmation with a note and evidence closes it."""
+    p = load_params(params)
+    skipped = result("SEC-TLS-5", status=Status.SKIP, summary="targets[api].http_url is not set")
+    assert exit_code([skipped]) == 3
+    [line] = blockers([skipped])
+    assert "not verified: targets[api].http_url is not set" in line and "asap-runbook confirm SEC-TLS-5" in line
+    add_confirmation(p.confirmations_file, "SEC-TLS-5", "Alice", target="api", note="port 80 closed at the LB",
+                     evidence_url="https://tickets.example/80")
+    [closed] = apply_records([skipped], p)
+    assert closed.status is Status.CONFIRMED and exit_code([closed]) == 0 and blockers([closed]) == []
+
+
+def test_a_skipped_advisory_item_does_not_block(params):
+    advisory = result("SEC-HANDLER-5", status=Status.SKIP, summary="not enabled")
+    assert exit_code([advisory]) == 0 and blockers([advisory]) == []
+
+
+def test_a_record_without_note_or_evidence_does_not_close_a_blocking_item(params):
+    """Records written by hand (or by an older version) must meet the same bar as the CLI's."""
+    p = load_params(params)
+    p.confirmations_file.parent.mkdir(parents=True, exist_ok=True)
+    p.confirmations_file.write_text(yaml.safe_dump({"schema_version": 1, "confirmations": [
+        {"item": "MON-LOG-4", "target": "api", "by": "Alice", "at": datetime.now(UTC).isoformat(), "note": "ok"},
+        {"item": "SEC-HANDLER-5", "target": "api", "by": "Bob", "at": datetime.now(UTC).isoformat()}]}))
+    blocking, advisory = apply_records([result("MON-LOG-4"), result("SEC-HANDLER-5")], p)
+    assert blocking.status is Status.MANUAL and "links no evidence" in blocking.summary
+    assert advisory.status is Status.MANUAL and "has no note" in advisory.summary
+
+
 def test_confirmation_does_not_override_an_automated_verdict(params):
     p = load_params(params)
-    add_confirmation(p.confirmations_file, "SEC-TLS-1", "Alice", note="trust me")
+    add_confirmation(p.confirmations_file, "SEC-TLS-1", "Alice", note="trust me", evidence_url="https://tickets.example/7")
     [r] = apply_records([result("SEC-TLS-1", status=Status.FAIL, summary="plain HTTP answered")], p)
     assert r.status is Status.FAIL
 
@@ -180,6 +212,8 @@ def test_cli_confirm_writes_the_file(params, capsys):
     (["confirm", "NOPE-9", "--by", "D", "--note", "n"], "unknown checklist item"),
     (["confirm", "SEC-HANDLER-5", "--target", "nope", "--by", "D", "--note", "n"], "no target named 'nope'"),
     (["confirm", "SEC-HANDLER-5", "--by", " ", "--note", "n"], "needs a name"),
+    (["confirm", "SEC-HANDLER-5", "--by", "D", "--note", "  "], "needs a note"),
+    (["confirm", "SEC-TLS-5", "--by", "D", "--note", "port 80 closed"], "needs a link to the evidence"),
 ])
 def test_cli_confirm_bad_input_exits_2(params, capsys, argv, words):
     assert cli.main([*argv, "--params", str(params)]) == 2
@@ -235,8 +269,35 @@ def test_run_with_a_malformed_waivers_file_exits_2_before_anything_runs(params, 
 def test_applying_twice_changes_nothing(params, tmp_path):
     p = load_params(params)
     write_waivers(tmp_path / "waivers.yaml", waiver(expires="2020-01-01"), waiver(item="SEC-TLS-4"))
-    add_confirmation(p.confirmations_file, "MON-LOG-4", "Alice")
+    add_confirmation(p.confirmations_file, "MON-LOG-4", "Alice", note="retention checked", evidence_url="https://tickets.example/7")
     once = apply_records([result("SEC-TLS-1", status=Status.FAIL), result("SEC-TLS-4", status=Status.FAIL),
                           result("MON-LOG-4")], p)
     assert [r.status for r in once] == [Status.FAIL, Status.WAIVED, Status.CONFIRMED]
     assert apply_records(once, p) == once
+
+
+def _write_run(out, params, *results):
+    """A run directory as `asap-runbook run` leaves it, as far as `confirm` reads it."""
+    from asap_runbook.results import now
+    run_dir = out / "20261130T000000Z-abcd"
+    run_dir.mkdir(parents=True)
+    run = RunResults(run_id=run_dir.name, runbook_version="t", environment="staging", params_file=str(params.resolve()),
+                     params_digest="x", started_at=now(), finished_at=now(), sections=["security"],
+                     targets=["api", "worker"], results=list(results), counts={}, exit_code=3, readiness="incomplete")
+    (run_dir / "results.json").write_text(run.model_dump_json())
+    (run_dir / "manifest.json").write_text(json.dumps({"run_id": run_dir.name, "params_file": str(params.resolve()),
+                                                       "started_at": now().isoformat()}))
+    return run_dir
+
+
+def test_cli_refuses_to_confirm_what_the_run_verified(params, tmp_path, capsys):
+    out = tmp_path / "outputs"
+    _write_run(out, params, result("SEC-TLS-1", status=Status.FAIL, summary="plain HTTP answered"),
+               result("SEC-TLS-5", status=Status.SKIP, summary="targets[api].http_url is not set"))
+    argv = ["--by", "Dana", "--note", "looked", "--evidence", "https://x.example/1", "--params", str(params), "--out", str(out)]
+    assert cli.main(["confirm", "SEC-TLS-1", "--target", "api", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "SEC-TLS-1 was verified automatically in run 20261130T000000Z-abcd on api (fail)" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not load_params(params).confirmations_file.exists()
+    assert cli.main(["confirm", "SEC-TLS-5", "--target", "api", *argv]) == 0, "what the run could not verify, a person closes"

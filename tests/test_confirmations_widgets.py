@@ -43,7 +43,8 @@ def test_panel_lists_pending_items_and_a_click_writes_the_file(params, monkeypat
     assert len(find(panel, "asap-confirm-SCALE-CACHE-3-api")) == 1
     assert not find(panel, "asap-confirm-SCALE-SERVER-1-api"), "automated verdicts get no confirm control"
     [who] = find(panel, "asap-confirm-who")
-    assert who.value == "Ivy Operator", "prefilled from $ASAP_RUNBOOK_USER"
+    assert who.value == "" and who.placeholder == "Ivy Operator", "who is typed, never guessed (only a hint)"
+    who.value = "Ivy Operator"
     [state] = find(panel, "asap-state-SCALE-CACHE-3-api")
     assert "not confirmed" in state.value
     find(panel, "asap-note-SCALE-CACHE-3-api")[0].value = "no shared cache needed: 1 instance"
@@ -86,3 +87,28 @@ def test_notebook_run_with_a_malformed_waivers_file_is_one_sentence(tmp_path, ca
     assert rb.run("security", str(p)) is None
     err = capsys.readouterr().err
     assert "waivers file" in err and "Traceback" not in err
+
+
+def test_click_without_a_note_says_so_and_writes_nothing(params):
+    panel = rb.confirm_panel(section(result("SCALE-CACHE-3", "api")), str(params))
+    find(panel, "asap-confirm-who")[0].value = "Kim Operator"
+    find(panel, "asap-confirm-SCALE-CACHE-3-api")[0].click()
+    assert "needs a note" in find(panel, "asap-state-SCALE-CACHE-3-api")[0].value
+    assert not load_params(params).confirmations_file.exists()
+
+
+def test_a_blocking_item_the_run_skipped_can_be_closed_with_evidence_only(params):
+    """SEC-TLS-5 skipped (no http_url) is blocking: the panel offers it, and without an evidence
+    link the click is refused; an automated verdict on the same item gets no control."""
+    skipped = result("SEC-TLS-5", "api", Status.SKIP)
+    panel = rb.confirm_panel(section(skipped, result("SEC-TLS-1", "api", Status.PASS)), str(params))
+    assert not find(panel, "asap-confirm-SEC-TLS-1-api")
+    find(panel, "asap-confirm-who")[0].value = "Lee Operator"
+    find(panel, "asap-note-SEC-TLS-5-api")[0].value = "port 80 closed on the load balancer"
+    find(panel, "asap-confirm-SEC-TLS-5-api")[0].click()
+    assert "needs a link to the evidence" in find(panel, "asap-state-SEC-TLS-5-api")[0].value
+    assert not load_params(params).confirmations_file.exists()
+    find(panel, "asap-evidence-SEC-TLS-5-api")[0].value = "https://wiki.example/lb-listeners"
+    find(panel, "asap-confirm-SEC-TLS-5-api")[0].click()
+    [rec] = load_confirmations(load_params(params).confirmations_file).confirmations
+    assert (rec.item, rec.by, rec.evidence_url) == ("SEC-TLS-5", "Lee Operator", "https://wiki.example/lb-listeners")

@@ -132,7 +132,8 @@ def _r(status, blocking=True):
 
 
 @pytest.mark.parametrize("statuses, code", [
-    ([Status.PASS, Status.SKIP], 0),
+    ([Status.PASS, Status.SKIP], 3),                   # a skip is not a pass: a blocking item nobody verified
+    ([Status.PASS, (Status.SKIP, False)], 0),          # an advisory item skipped does not hold sign-off
     ([Status.PASS, Status.CONFIRMED, Status.WAIVED], 0),
     ([Status.PASS, (Status.FAIL, False)], 0),          # advisory fail does not hold sign-off
     ([Status.PASS, Status.FAIL], 1),
@@ -144,6 +145,11 @@ def _r(status, blocking=True):
 def test_exit_code_contract(statuses, code):
     results = [_r(*s) if isinstance(s, tuple) else _r(s) for s in statuses]
     assert exit_code(results) == code
+
+
+def test_a_partial_run_is_never_ready():
+    assert exit_code([_r(Status.PASS)], sections_not_run=["monitoring"]) == 3
+    assert exit_code([_r(Status.FAIL)], sections_not_run=["monitoring"]) == 1, "a blocking fail still wins"
 
 
 def test_cell_by_cell_gives_the_same_results_as_headless(demo_run):

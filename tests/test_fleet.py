@@ -89,6 +89,10 @@ def test_demo_fleet_flag_starts_n_agents(tmp_path, capsys):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["targets"] == ["hardened", "misconfigured", "misconfigured-2"]
     assert (tmp_path / "index.html").exists()
+    # the demo signs its evidence with a key it made in its outputs folder: verify sees the whole chain
+    assert (tmp_path / ".demo-signing-key.pem").is_file() and "demo signing key" in said
+    assert main(["verify", str(run_dir)]) == 0
+    assert "INTACT" in capsys.readouterr().out
     assert main(["demo", "--fleet", "0"]) == 2
 
 

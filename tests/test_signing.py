@@ -131,8 +131,13 @@ def test_missing_signature_is_reported(evidence_run, tmp_path, capsys):
     m = json.loads((run / "manifest.json").read_text())
     del m["signature"]
     (run / "manifest.json").write_text(json.dumps(m))
-    assert verify(run) == 1
-    assert "signature: missing" in capsys.readouterr().out
+    assert verify(run) == 4
+    out = capsys.readouterr().out
+    assert "UNSIGNED" in out and "TAMPERED" not in out and "not signed" in out
+    (run / "results.json").write_text((run / "results.json").read_text() + " ")
+    assert verify(run) == 1, "unsigned and changed is tampered, not merely unsigned"
+    out = capsys.readouterr().out
+    assert "TAMPERED" in out and "changed: results.json" in out
 
 
 def test_verify_usage_errors_exit_2(tmp_path, capsys):
@@ -167,22 +172,38 @@ def test_sign_off_block_records_provenance(evidence_run):
 
 @pytest.fixture(scope="module")
 def ready_runs(deployment, tmp_path_factory):
-    """The scaling section on the hardened target, every pending item confirmed by a person:
-    a first run (unsigned off) and a second one made with --sign-off-by."""
+    """The whole checklist on the hardened target with every active probe off: a first run, which
+    is incomplete (items await a person, blocking items the passive run cannot verify), then every
+    such item confirmed by a person with a note and evidence, and a second run, which is ready."""
     from conftest import write_test_params
     from asap_runbook.runner import run
     work = tmp_path_factory.mktemp("ready")
     params_path = write_test_params(work, targets=["hardened"], active=False)
     key, pub, _ = signing.keygen(work / "key.pem")
     out = work / "runs"
-    code, first = run(params_path, out, ["scaling"], say=lambda *_: None, signing_key=str(key))
+    first_code, first = run(params_path, out, None, say=lambda *_: None, signing_key=str(key))
     params = load_params(params_path)
     for r in RunResults.model_validate_json((first / "results.json").read_text()).results:
-        if r.status is Status.MANUAL:
+        if r.status is Status.MANUAL or (r.status is Status.SKIP and r.blocking):
             add_confirmation(params.confirmations_file, r.item_id, "Frank Operator", target=r.target,
-                             note="checked by hand for the test")
-    code, second = run(params_path, out, ["scaling"], say=lambda *_: None, signing_key=str(key))
-    return first, second, code, key, pub
+                             note="checked by hand for the test", evidence_url="https://tickets.example/ready")
+    code, second = run(params_path, out, None, say=lambda *_: None, signing_key=str(key))
+    return first, second, code, key, pub, first_code
+
+
+def test_a_passive_run_is_incomplete_and_says_what_would_verify_it(ready_runs):
+    first, *_, first_code = ready_runs
+    run = RunResults.model_validate_json((first / "results.json").read_text())
+    assert first_code == 3, run.blockers
+    cov = run.coverage["hardened"]
+    assert cov.not_verified_blocking > 0 and cov.total == 61
+    skipped = [r for r in run.results if r.status is Status.SKIP and r.blocking]
+    assert skipped, "active probes are off: some blocking item cannot be verified"
+    for r in skipped:
+        [line] = [b for b in run.blockers if b.startswith(f"{r.item_id} on hardened:")]
+        assert "not verified: " in line and r.summary in line
+    rec = json.loads((first / "sign-off.json").read_text())
+    assert rec["coverage"]["hardened"]["not_verified_blocking"] == cov.not_verified_blocking
 
 
 def test_confirmed_run_is_ready(ready_runs):
@@ -190,6 +211,7 @@ def test_confirmed_run_is_ready(ready_runs):
     run = RunResults.model_validate_json((second / "results.json").read_text())
     assert code == 0, run.blockers
     assert run.counts["confirmed"] > 0 and run.counts["manual"] == 0
+    assert run.coverage["hardened"].not_verified_blocking == 0 and run.coverage["hardened"].confirmed > 0
 
 
 def test_second_run_chains_to_the_first(ready_runs, capsys):
@@ -201,7 +223,7 @@ def test_second_run_chains_to_the_first(ready_runs, capsys):
 
 
 def test_sign_off_cli_signs_a_ready_run_and_keeps_it_verifiable(ready_runs, capsys):
-    first, second, _, key, pub = ready_runs
+    first, second, _, key, pub, _ = ready_runs
     assert cli.main(["sign-off", str(second), "--by", "Grace Lead", "--signing-key", str(key)]) == 0
     rec = json.loads((second / "sign-off.json").read_text())
     assert rec["signed_off"] and rec["by"] == "Grace Lead" and rec["at"]
@@ -213,7 +235,7 @@ def test_sign_off_cli_signs_a_ready_run_and_keeps_it_verifiable(ready_runs, caps
 
 
 def test_sign_off_refused_when_a_later_run_chains_to_it(ready_runs, capsys):
-    first, _, _, key, _ = ready_runs
+    first, _, _, key, _, _ = ready_runs
     assert cli.main(["sign-off", str(first), "--by", "Grace Lead", "--signing-key", str(key)]) == 2
     assert "chains to this run's manifest" in capsys.readouterr().err
 
@@ -231,10 +253,18 @@ def test_chain_names_a_changed_previous_manifest(ready_runs, tmp_path, capsys):
 
 def test_run_with_sign_off_by_signs_a_ready_run(ready_runs, deployment, tmp_path):
     from asap_runbook.runner import run
-    first, second, _, key, _ = ready_runs
+    first, second, _, key, _, _ = ready_runs
     params = second.parent.parent / "params.yaml"
     lines = []
-    code, third = run(params, second.parent, ["scaling"], say=lines.append, signing_key=str(key),
+    code, partial = run(params, second.parent, ["scaling"], say=lines.append, signing_key=str(key),
+                        sign_off_by="Heidi Operator")
+    assert code == 3, "every item of the scaling section is closed, but a partial run is not the checklist"
+    assert any("PARTIAL run: scaling only" in line for line in lines)
+    assert any("sign-off by Heidi Operator refused" in line for line in lines)
+    rec = json.loads((partial / "sign-off.json").read_text())
+    assert not rec["signed_off"] and any("section security did not run" in b for b in rec["refused"])
+    lines = []
+    code, third = run(params, second.parent, None, say=lines.append, signing_key=str(key),
                       sign_off_by="Heidi Operator")
     assert code == 0
     assert any(line.startswith("signed off by Heidi Operator") for line in lines)

@@ -1,0 +1,51 @@
+"""Bad usage is one sentence and exit 2, before anything runs (issue: the smaller defects)."""
+
+import pytest
+
+from asap_runbook.cli import main
+
+
+@pytest.fixture
+def params(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("targets:\n  - {name: api, base_url: 'https://127.0.0.1:9'}\n")
+    return p
+
+
+def one_sentence(capsys, *words):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def test_out_naming_a_file(params, tmp_path, capsys):
+    f = tmp_path / "not-a-folder"
+    f.write_text("x")
+    assert main(["run", "--params", str(params), "--out", str(f)]) == 2
+    one_sentence(capsys, "is a file, not a folder")
+    assert f.read_text() == "x"
+
+
+def test_out_under_a_file(params, tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["run", "--params", str(params), "--out", str(f / "runs"), "--sections", "security"]) == 2
+    one_sentence(capsys, "cannot create the run directory")
+
+
+def test_empty_sections(params, tmp_path, capsys):
+    assert main(["run", "--params", str(params), "--out", str(tmp_path / "o"), "--sections", ""]) == 2
+    one_sentence(capsys, "--sections is empty")
+    assert main(["run", "--params", str(params), "--out", str(tmp_path / "o"), "--sections", " , "]) == 2
+    one_sentence(capsys, "--sections is empty")
+    assert not (tmp_path / "o").exists()
+
+
+def test_waivers_file_that_does_not_exist(tmp_path, capsys):
+    p = tmp_path / "params.yaml"
+    p.write_text("waivers_file: waivers.yaml\ntargets:\n  - {name: api, base_url: 'https://127.0.0.1:9'}\n")
+    assert main(["run", "--params", str(p), "--out", str(tmp_path / "o")]) == 2
+    one_sentence(capsys, "waivers file", "does not exist")
+    assert not (tmp_path / "o").exists()
