@@ -180,7 +180,7 @@ def verdict_lines(run: RunResults) -> list[str]:
     c = run.counts
     scope = ("whole checklist" if not run.sections_not_run else
              f"PARTIAL run: {', '.join(run.sections)} only; not run: {', '.join(run.sections_not_run)}")
-    lines = [f"{run.readiness.upper()} (exit {run.exit_code}; {scope}): " + ", ".join(f"{v} {k}" for k, v in c.items() if v)]
+    lines = [f"{run.readiness.upper()} (exit {run.exit_code}), {scope}: " + ", ".join(f"{v} {k}" for k, v in c.items() if v)]
     from .results import ALL_TARGETS
     per_target = [t for t in run.targets if t in run.coverage]
     if len(per_target) <= 20:

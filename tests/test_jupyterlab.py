@@ -116,6 +116,7 @@ def test_confirm_by_clicking_the_widget(lab, tmp_path):
                 errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
                 raise AssertionError(f"no confirm button; see {tmp_path / 'jupyterlab-failure.png'}; stderr: {errors}")
             phases["run all -> panel shown"] = time.monotonic() - t0
+            page.locator(".asap-confirm-who input").fill("Jupyter Tester")  # who is typed, never prefilled
             page.locator(f".asap-note-{key} input").fill("cache TTLs reviewed in the lab")
             page.locator(f".asap-evidence-{key} input").fill("https://wiki.example/ops/77")
             button.scroll_into_view_if_needed()
