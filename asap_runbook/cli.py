@@ -14,10 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import _paths
 from .errors import RunbookError
 from .results import ExitCode
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _err(message: str) -> None:
@@ -35,7 +34,8 @@ def cmd_demo(args) -> int:
     """Start the reference deployment, run the runbook against it, stop everything."""
     from .reference import ReferenceDeployment
     from .runner import run
-    params = Path(args.params) if args.params else REPO / "params" / "demo.yaml"
+    out = Path(args.out) if args.out else _paths.default_outputs()
+    params = Path(args.params) if args.params else None if args.fleet else _demo_params(out, not args.no_prometheus)
     workdir = Path(tempfile.mkdtemp(prefix="asap-runbook-demo-"))
     print(f"starting the reference deployment in {workdir} ...")
     try:
@@ -55,9 +55,9 @@ def cmd_demo(args) -> int:
                     print(f"note: Prometheus has not scraped every reference agent yet ({e}); running anyway")
             if args.fleet and not args.params:
                 from .fleet import fleet_params
-                Path(args.out).mkdir(parents=True, exist_ok=True)
+                out.mkdir(parents=True, exist_ok=True)
                 # a stable path in the outputs folder: the next `demo --fleet N` finds this run for drift
-                params = fleet_params(dep, Path(args.out) / f"fleet-{args.fleet}.params.yaml")
+                params = fleet_params(dep, out / f"fleet-{args.fleet}.params.yaml")
                 print(f"fleet of {args.fleet} agent(s); parameters written to {params}")
             print("reference deployment up: hardened " + dep.env()["ASAP_DEMO_HARDENED_URL"] +
                   ", misconfigured " + dep.env().get("ASAP_DEMO_MISCONFIGURED_URL", "(none)"))
@@ -70,13 +70,26 @@ def cmd_demo(args) -> int:
                         time.sleep(3600)
                 except KeyboardInterrupt:
                     return 0
-            code, run_dir = run(params, args.out, None)
+            code, run_dir = run(params, out, None)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("reference deployment stopped.")
     why = "" if args.fleet == 1 else " (the demo is expected to be 'not ready': misconfigured targets are there on purpose)"
     print(f"open {run_dir / 'index.html'}{why}")
     return 0 if code in (ExitCode.READY, ExitCode.NOT_READY, ExitCode.INCOMPLETE) else code
+
+
+def _demo_params(out: Path, prometheus: bool) -> Path:
+    """params/demo.yaml, or a copy of it in the outputs folder: when installed (what the demo records,
+    confirmations beside the parameters, is written there, never into site-packages) and without
+    Prometheus (the copy names none, so the checks that need it skip instead of failing to interpolate)."""
+    shipped = _paths.shipped("params") / "demo.yaml"
+    if _paths.checkout() and prometheus:
+        return shipped
+    from .params import copy_params
+    return copy_params(shipped, out / "demo.params.yaml", "parameters of `asap-runbook demo` (the reference "
+                       "deployment)" + ("" if prometheus else ", without Prometheus"),
+                       without=() if prometheus else ("prometheus",))
 
 
 def cmd_diff(args) -> int:
@@ -92,7 +105,7 @@ def cmd_diff(args) -> int:
 def cmd_lab(args) -> int:
     from .runner import ensure_kernel
     ensure_kernel()
-    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={REPO / 'notebooks'}", *args.lab_args]
+    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={_paths.shipped('notebooks')}", *args.lab_args]
     if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in argv:
         argv.append("--allow-root")  # CI machines and containers run as root
     return subprocess.call(argv)
@@ -182,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="start the reference deployment, run the runbook on it, stop it")
     d.add_argument("--params", help="parameters file (default: params/demo.yaml)")
-    d.add_argument("--out", default=str(REPO / "outputs"))
+    d.add_argument("--out", help="where run directories are written (default: the checkout's outputs/, "
+                   "or ./outputs when installed)")
     d.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     d.add_argument("--serve", action="store_true", help="start the deployment and keep it up (for JupyterLab)")
     d.add_argument("--fleet", type=_positive_int, metavar="N", help="a fleet of N reference agents (1 hardened, N-1 "
