@@ -131,6 +131,9 @@ def test_installed_demo_runs_from_another_directory(installed):
     params = (outputs / "demo.params.yaml").read_text()
     assert f"source_dir: {package / '_bundled' / 'examples' / 'hardened' / 'src'}\n" in params
     assert "prometheus:" not in params
+    provenance = json.loads((run_dir / "sign-off.json").read_text())
+    assert provenance["interpreter"]["executable"] == str(installed.python)
+    assert provenance["git_commit"].startswith("none (installed package")  # no git repository around it is ours
     kernel = json.loads((installed.venv / "share" / "jupyter" / "kernels" / "asap-runbook" / "kernel.json").read_text())
     assert kernel["argv"][0] == str(installed.python)
     assert sorted(p for p in package.rglob("*") if "__pycache__" not in p.parts) == before
