@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .source import python_files, _SKIP_DIRS
+from .source import python_files, skipped_dir
 
 _CRED_NAME = re.compile(r"(token|secret|passw(or)?d|api_?key|apikey|credential|auth_?key|private_?key|bearer)", re.I)
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")  # "ASAP_TOKEN": the name of a variable, not a value
@@ -133,7 +133,7 @@ def _py_credentials(tree: ast.AST, rel: str) -> list[Hit]:
 def _config_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root] if root.suffix in _CONFIG_SUFFIXES or root.name.startswith(".env") else []
-    return sorted(p for p in root.rglob("*") if p.is_file() and not _SKIP_DIRS.intersection(p.parts)
+    return sorted(p for p in root.rglob("*") if p.is_file() and not skipped_dir(p, root)
                   and (p.suffix in _CONFIG_SUFFIXES or p.name.startswith(".env")))
 
 

@@ -14,10 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import _paths
 from .errors import RunbookError, UsageError
 from .results import ExitCode
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _err(message: str) -> None:
@@ -41,8 +40,8 @@ def cmd_demo(args) -> int:
     from .reference import ReferenceDeployment
     from .runner import run
     from .runner import usable_out_dir
-    params = Path(args.params) if args.params else REPO / "params" / "demo.yaml"
-    out = usable_out_dir(args.out)
+    out = usable_out_dir(args.out if args.out else _paths.default_outputs())
+    params = Path(args.params) if args.params else None if args.fleet else _demo_params(out, not args.no_prometheus)
     signing_key = demo_signing_key(out)
     workdir = Path(tempfile.mkdtemp(prefix="asap-runbook-demo-"))
     print(f"starting the reference deployment in {workdir} ...")
@@ -63,9 +62,9 @@ def cmd_demo(args) -> int:
                     print(f"note: Prometheus has not scraped every reference agent yet ({e}); running anyway")
             if args.fleet and not args.params:
                 from .fleet import fleet_params
-                Path(args.out).mkdir(parents=True, exist_ok=True)
+                out.mkdir(parents=True, exist_ok=True)
                 # a stable path in the outputs folder: the next `demo --fleet N` finds this run for drift
-                params = fleet_params(dep, Path(args.out) / f"fleet-{args.fleet}.params.yaml")
+                params = fleet_params(dep, out / f"fleet-{args.fleet}.params.yaml")
                 print(f"fleet of {args.fleet} agent(s); parameters written to {params}")
             print("reference deployment up: hardened " + dep.env()["ASAP_DEMO_HARDENED_URL"] +
                   ", misconfigured " + dep.env().get("ASAP_DEMO_MISCONFIGURED_URL", "(none)"))
@@ -78,7 +77,7 @@ def cmd_demo(args) -> int:
                         time.sleep(3600)
                 except KeyboardInterrupt:
                     return 0
-            code, run_dir = run(params, args.out, None, signing_key=signing_key)
+            code, run_dir = run(params, out, None, signing_key=signing_key)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("reference deployment stopped.")
@@ -102,6 +101,90 @@ def demo_signing_key(out: Path) -> str:
     return str(key)
 
 
+def _demo_params(out: Path, prometheus: bool) -> Path:
+    """params/demo.yaml, or a copy of it in the outputs folder: when installed (what the demo records,
+    confirmations beside the parameters, is written there, never into site-packages) and without
+    Prometheus (the copy names none, so the checks that need it skip instead of failing to interpolate)."""
+    shipped = _paths.shipped("params") / "demo.yaml"
+    if _paths.checkout() and prometheus:
+        return shipped
+    from .params import copy_params
+    return copy_params(shipped, out / "demo.params.yaml", "parameters of `asap-runbook demo` (the reference "
+                       "deployment)" + ("" if prometheus else ", without Prometheus"),
+                       without=() if prometheus else ("prometheus",))
+
+
+def cmd_validate(args) -> int:
+    """Check a parameters file without contacting anything; every problem, with its line and column."""
+    from .params import check_params
+    params, problems = check_params(args.params)
+    if problems:
+        for p in problems:
+            print(f"{args.params}:{p.line}:{p.column}: {p.message}" if p.line else f"{args.params}: {p.message}")
+        print(f"{len(problems)} problem(s) in {args.params}; nothing was contacted.")
+        return ExitCode.BAD_USAGE
+    names = ", ".join(t.name for t in params.targets)
+    print(f"{args.params}: valid; {len(params.targets)} target(s): {names}. Nothing was contacted.")
+    return 0
+
+
+def cmd_init(args) -> int:
+    from .starter import write_starter
+    path, manifest = write_starter(args.url, args.out, args.token_env, args.ca_file, not args.no_tls_verify)
+    print(f"wrote {path} for {manifest.get('id')} ({len((manifest.get('capabilities') or {}).get('skills') or [])} "
+          f"skill(s)); review it, then: asap-runbook validate {path}")
+    return 0
+
+
+_VERIFIED_BY = {
+    "probe": "black-box HTTP(S) requests to the running agent (targets[].base_url; token_env where auth is on)",
+    "prometheus": "queries to your Prometheus (prometheus.url and targets[].prometheus_job)",
+    "static": "files you point at, read and never executed (app, source_dir, nginx_conf, k8s_manifests, "
+              "process_config, log_file)",
+    "drill": "an opt-in action, for staging (targets[].active_probes.drills and the drills: commands)",
+    "manual": "a person confirms, with evidence (asap-runbook confirm ITEM --by NAME --note TEXT --params FILE)",
+}
+
+
+def cmd_list(args) -> int:
+    from .catalog import load_catalog
+    items = [i for i in load_catalog() if (not args.section or i.section == args.section)
+             and (not args.blocking or i.blocking)]
+    rows = [("ID", "SECTION", "BLOCKING", "VERIFIED BY", "ITEM")]
+    rows += [(i.id, i.section, "yes" if i.blocking else "no", str(i.verification), i.text) for i in items]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[4])
+    return 0
+
+
+def cmd_explain(args) -> int:
+    import textwrap
+    from .catalog import load_catalog
+    from .errors import UsageError
+    try:
+        item = load_catalog().get(args.item.strip().upper())
+    except KeyError as e:
+        raise UsageError(e.args[0] if e.args[0].endswith("?") else f"{e.args[0]}.") from None
+
+    def field(label: str, text: str | None) -> None:
+        if text:
+            print(textwrap.fill(" ".join(text.split()), width=100, initial_indent=f"{label:<14}",
+                                subsequent_indent=" " * 14, break_on_hyphens=False))
+    print(f"{item.id}  {item.section_title} > {item.subsection}")
+    print(textwrap.fill(item.text, width=100, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False))
+    print()
+    field("Blocking:", f"{'yes' if item.blocking else 'no'} (severity {item.severity})")
+    field("Verified by:", f"{item.verification}: {_VERIFIED_BY[str(item.verification)]}")
+    field("Why:", item.rationale)
+    field("Remediation:", item.remediation)
+    field("By hand:", item.manual_guidance)
+    field("Notes:", item.notes)
+    if not item.automated:
+        field("Confirmation:", f"holds {item.confirmation_ttl_days} days")
+    return 0
+
+
 def cmd_diff(args) -> int:
     """What changed between two runs (RUN_A the base, RUN_B the newer)."""
     from . import drift
@@ -115,7 +198,7 @@ def cmd_diff(args) -> int:
 def cmd_lab(args) -> int:
     from .runner import ensure_kernel
     ensure_kernel()
-    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={REPO / 'notebooks'}", *args.lab_args]
+    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={_paths.shipped('notebooks')}", *args.lab_args]
     if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in argv:
         argv.append("--allow-root")  # CI machines and containers run as root
     return subprocess.call(argv)
@@ -178,9 +261,44 @@ def cmd_sign_off(args) -> int:
     return sign_off_run(args.run_dir, args.by, load_signing_key(args.signing_key))
 
 
+class _Version(argparse.Action):
+    """--version, reading the installed version only when asked (runner is slow to import)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .runner import version
+        print(f"asap-runbook {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .catalog import SECTIONS
     p = argparse.ArgumentParser(prog="asap-runbook", description="Production-readiness runbook for ASAP agents.")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("init", help="write a starter parameters file from an agent's manifest")
+    i.add_argument("--url", required=True, help="the agent's base URL, e.g. https://orders-agent.example.com")
+    i.add_argument("--out", metavar="FILE", help="where to write it (default: <agent>.params.yaml here; never overwritten)")
+    i.add_argument("--token-env", metavar="NAME", help="the environment variable that will hold the bearer token")
+    i.add_argument("--ca-file", metavar="PATH", help="the private CA that signs the agent's certificate")
+    i.add_argument("--no-tls-verify", action="store_true", help="read the manifest past a certificate that does not verify")
+    i.set_defaults(fn=cmd_init)
+
+    va = sub.add_parser("validate", help="check a parameters file without contacting anything (0 valid, 2 invalid)")
+    va.add_argument("params", metavar="PARAMS")
+    va.set_defaults(fn=cmd_validate)
+
+    ls = sub.add_parser("list", help="the checklist items: id, section, blocking, how verified, wording")
+    ls.add_argument("--section", choices=SECTIONS)
+    ls.add_argument("--blocking", action="store_true", help="only the items that block readiness")
+    ls.set_defaults(fn=cmd_list)
+
+    ex = sub.add_parser("explain", help="one item: wording, how it is verified, why, how to fix it")
+    ex.add_argument("item", metavar="ITEM", help="checklist item id, e.g. SEC-TLS-1")
+    ex.set_defaults(fn=cmd_explain)
 
     r = sub.add_parser("run", help="run the runbook against the targets in a parameters file")
     r.add_argument("--params", required=True, help="YAML parameters file")
@@ -221,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="start the reference deployment, run the runbook on it, stop it")
     d.add_argument("--params", help="parameters file (default: params/demo.yaml)")
-    d.add_argument("--out", default=str(REPO / "outputs"))
+    d.add_argument("--out", help="where run directories are written (default: the checkout's outputs/, "
+                   "or ./outputs when installed)")
     d.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     d.add_argument("--serve", action="store_true", help="start the deployment and keep it up (for JupyterLab)")
     d.add_argument("--fleet", type=_positive_int, metavar="N", help="a fleet of N reference agents (1 hardened, N-1 "

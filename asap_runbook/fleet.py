@@ -15,11 +15,9 @@ from typing import Any
 
 import yaml
 
+from ._paths import shipped
 from .catalog import load_catalog
 from .results import READINESS, RunResults, exit_code
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 def build_matrix(run: RunResults, groups: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """The targets x items matrix for the summary page: per-target readiness, one cell per (item, target)."""
@@ -73,7 +71,7 @@ def fleet_params(dep, path: Path, *, active_probes: bool = True, environment: st
     environment (`token_env`), never in the file. Targets carry groups (environment, team,
     role) so the summary can show them.
     """
-    examples = REPO / "examples"
+    examples = shipped("examples")
     agents = [dep.hardened, *dep.misconfigured]
     targets = []
     for i, a in enumerate(agents):
@@ -96,7 +94,7 @@ def fleet_params(dep, path: Path, *, active_probes: bool = True, environment: st
                   "source_dir": str(examples / "misconfigured" / "src")}
         if active_probes:
             t["active_probes"] = {"rate_limit_burst": True, "oversize_body": True, "drills": True}
-        # drop paths that do not exist in this checkout (examples/ may be missing)
+        # drop paths that do not exist (examples/ may be missing)
         for key in ("process_config", "source_dir"):
             if not Path(t[key]).exists():
                 del t[key]

@@ -8,11 +8,13 @@ chosen at start; do not interpolate secrets that way.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -169,11 +171,37 @@ class Params(_Model):
         raise KeyError(f"no target named {name!r}")
 
 
-def _interpolate(node: Any, where: str) -> Any:
+Loc = tuple[str | int, ...]
+
+
+def _where(loc: Loc) -> str:
+    """('targets', 0, 'base_url') -> 'targets[0].base_url'"""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a parameters file, and where (1-based YAML line and column, when known).
+    With an empty `loc` the message is about the whole file and follows its name ("does not exist")."""
+
+    loc: Loc
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        at = f"line {self.line}, column {self.column}: " if self.line else ""
+        return f"{at}{self.message}"
+
+
+def _interpolate(node: Any, loc: Loc, problems: list[Problem]) -> Any:
     if isinstance(node, dict):
-        return {k: _interpolate(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+        return {k: _interpolate(v, (*loc, k), problems) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        return [_interpolate(v, (*loc, i), problems) for i, v in enumerate(node)]
     if isinstance(node, str):
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(2)
@@ -181,77 +209,181 @@ def _interpolate(node: Any, where: str) -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise ParamsError(f"{where} refers to ${{{name}}}, which is not set in the environment.")
+            problems.append(Problem(loc, f"{_where(loc)} refers to ${{{name}}}, which is not set in the environment"))
+            return m.group(0)
         return _ENV_REF.sub(sub, node)
     return node
 
 
-def _resolve_paths(data: dict, base: Path) -> None:
-    """Make relative paths relative to the params file, so a run works from any directory."""
-    def fix(v):
-        return str((base / v).resolve()) if isinstance(v, str) and v and not os.path.isabs(v) else v
-    # one confirmations file per environment, beside the params file unless named
-    data.setdefault("confirmations_file", f"confirmations/{data.get('environment') or 'default'}.yaml")
+_TARGET_PATHS = ("ca_file", "app_path", "source_dir", "nginx_conf", "process_config", "log_file")
+_MUST_EXIST = ("ca_file", "app_path", "source_dir", "nginx_conf", "process_config", "k8s_manifests")  # a log may come later
+
+
+def _map_paths(data: dict, fix) -> None:
+    """Apply `fix` to every path the parameters hold (in place)."""
     for key in ("confirmations_file", "waivers_file"):
         if key in data:
             data[key] = fix(data[key])
     for t in data.get("targets") or []:
         if not isinstance(t, dict):
             continue
-        for key in ("ca_file", "app_path", "source_dir", "nginx_conf", "process_config", "log_file"):
+        for key in _TARGET_PATHS:
             if key in t:
                 t[key] = fix(t[key])
         if isinstance(t.get("k8s_manifests"), list):
             t["k8s_manifests"] = [fix(v) for v in t["k8s_manifests"]]
 
 
-def _check_files(params: Params) -> None:
-    for t in params.targets:
-        for key in ("ca_file", "app_path", "source_dir", "nginx_conf", "process_config"):
-            p = getattr(t, key)
-            if p is not None and not p.exists():
-                raise ParamsError(f"targets[{t.name}].{key}: {p} does not exist.")
-        for p in t.k8s_manifests:
-            if not p.exists():
-                raise ParamsError(f"targets[{t.name}].k8s_manifests: {p} does not exist.")
+def _absolute(base: Path):
+    def fix(v):
+        return str((base / v).resolve()) if isinstance(v, str) and v and not os.path.isabs(v) else v
+    return fix
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        return f"unknown key {loc!r}"
-    if err["type"] == "missing":
-        return f"missing required key {loc!r}"
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}"
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Make relative paths relative to the params file, so a run works from any directory."""
+    # one confirmations file per environment, beside the params file unless named
+    data.setdefault("confirmations_file", f"confirmations/{data.get('environment') or 'default'}.yaml")
+    _map_paths(data, _absolute(base))
 
 
-def load_params(path: str | os.PathLike) -> Params:
-    """Read, interpolate and validate a parameters file; raise ParamsError with one sentence."""
+def copy_params(src: str | os.PathLike, dest: str | os.PathLike, why: str, without: tuple[str, ...] = ()) -> Path:
+    """Copy a parameters file to `dest`, its relative paths made absolute so it means the same there,
+    minus the top-level keys `without`. `${NAME}` values stay as written; the confirmations file (unless
+    named) is the copy's own, beside it. The demo runs the packaged parameters this way when installed,
+    so nothing is written into the installed package."""
+    src, dest = Path(src).resolve(), Path(dest)
+    data = {k: v for k, v in yaml.safe_load(src.read_text()).items() if k not in without}
+    fix = _absolute(src.parent)
+    _map_paths(data, lambda v: v if isinstance(v, str) and "${" in v else fix(v))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(f"# {why}\n# copied from {src} (relative paths made absolute)\n"
+                    + yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+def _missing_files(data: dict, skip: set[Loc]) -> list[Problem]:
+    """Files the targets name that are not there (checked on the raw data, so they are reported
+    alongside every other problem; `skip`: locations already reported, e.g. an unset ${NAME})."""
+    out = []
+    targets = data.get("targets")
+    for i, t in enumerate(targets if isinstance(targets, list) else []):
+        if not isinstance(t, dict):
+            continue
+        paths = [((key,), t.get(key)) for key in _MUST_EXIST if key != "k8s_manifests"]
+        if isinstance(t.get("k8s_manifests"), list):
+            paths += [(("k8s_manifests", j), v) for j, v in enumerate(t["k8s_manifests"])]
+        for sub, value in paths:
+            loc = ("targets", i, *sub)
+            if isinstance(value, str) and value and loc not in skip and not Path(value).exists():
+                out.append(Problem(loc, f"targets[{t.get('name', i)}].{sub[0]}: {value} does not exist"))
+    return out
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at `loc` (for "did you mean")."""
+    model: type[BaseModel] | None = Params
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (m := _inner_model(arg)) is not None:
+            return m
+    return None
+
+
+def _validation_problems(exc: ValidationError) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields) if model else [], n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            out.append(Problem(loc, f"unknown key {_where(loc)}{hint}"))
+        elif err["type"] == "missing":
+            out.append(Problem(loc, f"missing required key {_where(loc)}"))
+        else:
+            out.append(Problem(loc, f"{_where(loc)}: {err['msg'].removeprefix('Value error, ')}"))
+    return out
+
+
+def _position(root: yaml.Node | None, problem: Problem) -> Problem:
+    """The problem with the line and column of the YAML node its location names (or of the nearest
+    enclosing node: a missing key points at the mapping that lacks it)."""
+    node, mark = root, root.start_mark if root is not None else None
+    for part in problem.loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None)
+            if pair is None:
+                break
+            # an unknown key is shown at the key; anything else at its value
+            node, mark = pair[1], (pair[0] if problem.message.startswith("unknown key") else pair[1]).start_mark
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            mark = node.start_mark
+        else:
+            break
+    if mark is None:
+        return problem
+    return Problem(problem.loc, problem.message, mark.line + 1, mark.column + 1)
+
+
+def check_params(path: str | os.PathLike) -> tuple[Params | None, list[Problem]]:
+    """Read, interpolate and validate a parameters file without touching any target: the parameters
+    (None when invalid) and every problem found, each with its YAML line and column when known."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ParamsError(f"Parameters file {path} does not exist.") from None
+        return None, [Problem((), "does not exist")]
     except OSError as e:
-        raise ParamsError(f"Parameters file {path} cannot be read: {e.strerror}.") from None
+        return None, [Problem((), f"cannot be read: {e.strerror}")]
     try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"Parameters file {path} is not valid YAML{where}.") from None
+        why = getattr(e, "problem", None) or "it cannot be parsed"
+        return None, [Problem((), f"is not valid YAML ({why})", *((mark.line + 1, mark.column + 1) if mark else ()))]
     if not isinstance(data, dict):
-        raise ParamsError(f"Parameters file {path} must be a mapping with a 'targets' list.")
-    data = _interpolate(data, "")
+        return None, [Problem((), "must be a mapping with a 'targets' list")]
+    problems: list[Problem] = []
+    data = _interpolate(data, (), problems)
+    unset = {p.loc for p in problems}  # an unset ${NAME} is one problem, not also a malformed value
     _resolve_paths(data, path.resolve().parent)
+    params = None
     try:
         params = Params.model_validate(data)
     except ValidationError as e:
-        raise ParamsError(f"Parameters file {path}: {_first_error(e)}.") from None
-    _check_files(params)
-    return params
+        problems += [p for p in _validation_problems(e) if p.loc not in unset]
+    problems += _missing_files(data, unset)
+    problems = sorted((_position(root, p) for p in problems), key=lambda p: (p.line or 0, p.column or 0))
+    return (params if not problems else None), problems
+
+
+def load_params(path: str | os.PathLike) -> Params:
+    """Read, interpolate and validate a parameters file; raise ParamsError naming every problem."""
+    params, problems = check_params(path)
+    if not problems:
+        return params
+    if len(problems) > 1:
+        raise ParamsError(f"Parameters file {path} has {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems))
+    p = problems[0]
+    if p.loc:
+        raise ParamsError(f"Parameters file {path}, {p}.")
+    at = f" at line {p.line}, column {p.column}" if p.line else ""
+    raise ParamsError(f"Parameters file {path} {p.message}{at}.")
 
 
 def params_digest(path: str | os.PathLike) -> str:

@@ -20,6 +20,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from ._paths import shipped
 from .catalog import load_catalog
 from .errors import UsageError
 from .fleet import page_context
@@ -32,7 +33,7 @@ from .results import (
 )
 
 KERNEL_NAME = "asap-runbook"
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = shipped("notebooks")
 log = logging.getLogger("asap_runbook")
 
 

@@ -24,13 +24,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ._paths import checkout
 from .errors import UsageError
 from .results import RunResults, blockers, now
 
 KEY_ENV = "ASAP_RUNBOOK_SIGNING_KEY"
 MANIFEST = "manifest.json"
 SIGN_OFF = "sign-off.json"
-REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("asap-runbook", "asap-protocol", "papermill", "nbconvert", "nbformat", "nbclient", "ipykernel",
             "ipywidgets", "jupyterlab", "httpx", "pydantic", "prometheus-api-client", "pandas", "cryptography",
             "jinja2", "pyyaml")
@@ -106,11 +106,14 @@ def load_public_key(path: str | os.PathLike) -> Ed25519PublicKey:
 
 def git_commit() -> str:
     """The runbook's commit, with '+dirty' when the checkout has uncommitted changes."""
+    repo = checkout()
+    if repo is None:  # an installed wheel: a git repository around site-packages is not the runbook's
+        return "none (installed package; see packages.asap-runbook)"
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
             return "unknown (not a git checkout)"
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

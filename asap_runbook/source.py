@@ -11,10 +11,15 @@ from typing import Any
 _SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "site-packages", ".tox"}
 
 
+def skipped_dir(path: Path, root: Path) -> bool:
+    """Under a virtualenv, VCS or cache directory *inside* root (root itself may live in site-packages)."""
+    return bool(_SKIP_DIRS.intersection(path.relative_to(root).parts))
+
+
 def python_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*.py") if not _SKIP_DIRS.intersection(p.parts))
+    return sorted(p for p in root.rglob("*.py") if not skipped_dir(p, root))
 
 
 def _literal(node: ast.AST) -> Any:

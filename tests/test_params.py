@@ -40,13 +40,13 @@ def test_example_params_validate():
 
 
 @pytest.mark.parametrize("text, sentence", [
-    (GOOD + "    colour: blue\n", "unknown key 'targets.0.colour'"),
+    (GOOD + "    colour: blue\n", "line 6, column 5: unknown key targets[0].colour"),
     (GOOD.replace("https://agent.example.com", "agent.example.com"), "is not an http:// or https:// URL"),
     (GOOD.replace("https://agent.example.com", "https://agent.example.com:99999"), "port outside"),
     (GOOD + "  - name: a\n    base_url: https://b.example.com\n", "target names must be unique"),
-    ("targets: [\n", "is not valid YAML at line"),
+    ("targets: [\n", "is not valid YAML (expected the node content, but found '<stream end>') at line 2, column 1"),
     ("- just\n- a list\n", "must be a mapping"),
-    ("environment: x\n", "missing required key 'targets'"),
+    ("environment: x\n", "missing required key targets"),
     (GOOD + "    ca_file: /nonexistent/ca.pem\n", "does not exist"),
     (GOOD.replace("https://agent.example.com", "${ASAP_RUNBOOK_TEST_UNSET_VAR}"), "which is not set in the environment"),
     (GOOD + "    token_env: 'not a name'\n", "token_env"),
