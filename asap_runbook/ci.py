@@ -173,7 +173,7 @@ def summary_markdown(run: RunResults, pages: dict[str, str] | None = None, fail_
         out += [f"Since `{drift.base_run_id}`: {c['new_failures']} new failure(s), {c['fixed']} fixed, "
                 f"{c['regressed']} regressed, {c['expired']} expired.", ""]
     out += ["Evidence: [index.html](index.html) in the run folder "
-            f"(`{run.run_id}/`; results.json, junit.xml and the signed manifest.json beside it).", ""]
+            f"(`{run.run_id}/`; results.json, junit.xml and manifest.json beside it).", ""]
     return "\n".join(out)
 
 
