@@ -3,8 +3,8 @@
 
 JUnit has four outcomes CI test reporters draw (passed, failure, error, skipped). Mapping:
 - fail: <failure type="blocking"|"advisory">, its text the finding, the fix and the evidence path;
-- warn: a failure (type="warning") when `--fail-on warn` counts it, else a passed case whose name
-  starts with "[warn]" (every reporter lists names; <system-out> alone is invisible);
+- warn: named "[warn] ..." (every reporter lists names; <system-out> alone is invisible), and a
+  failure (type="warning") when `--fail-on warn` counts it, else passed;
 - error: <error>; skip and manual: <skipped>; confirmed and waived: passed, named "[confirmed]",
   "[waived]".
 The item's blocking-ness is in every name ("(blocking)"/"(advisory)"): it never changes with the
