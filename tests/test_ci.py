@@ -123,7 +123,9 @@ def test_junit_warnings_are_named_unless_warn_fails_the_build(tmp_path):
     assert warn.get("name").startswith("[warn] SEC-RATE-3 (advisory)")
     assert warn.find("failure") is None and warn.find("skipped") is None, "a warn does not fail a gate that ignores it"
     assert {p.get("name"): p.get("value") for p in warn.iter("property")}["status"] == "warn"
-    gated = _case(_junit(tmp_path, _mixed_run(), fail_on=FailOn.WARN), "SEC-RATE-3").find("failure")
+    gated_case = _case(_junit(tmp_path, _mixed_run(), fail_on=FailOn.WARN), "SEC-RATE-3")
+    assert gated_case.get("name") == warn.get("name"), "the name does not change with the gate"
+    gated = gated_case.find("failure")
     assert gated is not None and gated.get("type") == "warning"
     assert "evidence: index.html#SEC-RATE-3--api" in gated.text, "no section page: the summary page has the anchor"
 
