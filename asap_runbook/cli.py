@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import _paths
 from .errors import RunbookError, UsageError
-from .results import ExitCode
+from .results import ExitCode, FailOn
 
 
 def _err(message: str) -> None:
@@ -31,7 +31,8 @@ def cmd_run(args) -> int:
         if not sections:
             raise UsageError("--sections is empty: name at least one of security, monitoring, scaling, resilience "
                              "(or leave --sections out to run the whole checklist).")
-    code, _ = run(args.params, args.out, sections, sign_off_by=args.sign_off_by, signing_key=args.signing_key)
+    code, _ = run(args.params, args.out, sections, sign_off_by=args.sign_off_by, signing_key=args.signing_key,
+                  fail_on=FailOn(args.fail_on))
     return code
 
 
@@ -192,6 +193,11 @@ def cmd_diff(args) -> int:
     a, b = drift.load_run(drift.resolve_run(args.run_a, out)), drift.load_run(drift.resolve_run(args.run_b, out))
     d = drift.compare(a, b, found_by="the command line")
     print(drift.as_json(d) if args.json else drift.text(d, show_unchanged=args.unchanged))
+    if args.fail_on_regression:
+        worse = drift.worse(d)
+        if worse:
+            _err(worse)  # stderr: --json output stays one JSON document
+            return ExitCode.NOT_READY
     return 0
 
 
@@ -306,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sections", help="comma-separated subset: security,monitoring,scaling,resilience")
     r.add_argument("--sign-off-by", metavar="NAME", help="sign the run off as NAME if it is ready (else: refused, with what blocks)")
     r.add_argument("--signing-key", metavar="PATH", help=f"Ed25519 key that signs manifest.json (default: ${'{'}ASAP_RUNBOOK_SIGNING_KEY{'}'})")
+    r.add_argument("--fail-on", choices=[f.value for f in FailOn], default=FailOn.INCOMPLETE.value,
+                   help="what makes the exit code non-zero (CI): blocking = a blocking fail only; incomplete "
+                        "(default) = a blocking fail (1) or an incomplete run (3); fail = also any fail (1); "
+                        "warn = also any warn (1). results.json keeps the readiness. See docs/ci.md")
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("confirm", help="record that a person confirmed a manual item")
@@ -353,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--out", default="outputs", help="where run ids are looked up (default: outputs)")
     df.add_argument("--json", action="store_true", help="print JSON instead of text")
     df.add_argument("--unchanged", action="store_true", help="also list the unchanged findings")
+    df.add_argument("--fail-on-regression", action="store_true",
+                    help="exit 1 when RUN_B has new failures or regressions (fail or warn) since RUN_A")
     df.set_defaults(fn=cmd_diff)
 
     lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel "

@@ -288,6 +288,15 @@ def text(drift: Drift, show_unchanged: bool = False) -> str:
     return "\n".join(lines)
 
 
+def worse(drift: Drift) -> str | None:
+    """One sentence when the newer run is worse (new failures or regressions, fail or warn), else None."""
+    c = drift.counts()
+    if not (c["new_failures"] or c["regressed"]):
+        return None
+    return (f"{c['new_failures'] + c['regressed']} finding(s) worse in {drift.run_id} than in {drift.base_run_id}: "
+            f"{c['new_failures']} new failure(s), {c['regressed']} regressed")
+
+
 def as_json(drift: Drift) -> str:
     doc: dict[str, Any] = drift.model_dump(mode="json")
     doc["counts"] = drift.counts()

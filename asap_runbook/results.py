@@ -219,4 +219,31 @@ def exit_code(results: list[Result], problems: list[str] = (), sections_not_run:
     return ExitCode.READY
 
 
+class FailOn(StrEnum):
+    """`run --fail-on`: what makes the exit code non-zero in CI. A ladder: `blocking` relaxes the
+    default; `fail` and `warn` are stricter than it. The readiness itself never changes."""
+    BLOCKING = "blocking"      # 1 on a blocking fail; nothing else (coverage gaps do not break the build)
+    INCOMPLETE = "incomplete"  # the default, the readiness contract: 1 on a blocking fail, 3 when incomplete
+    FAIL = "fail"              # as incomplete, and 1 on any fail, advisory included
+    WARN = "warn"              # as fail, and 1 on any warn
+
+    @property
+    def counted(self) -> tuple[Status, ...]:
+        """Results that make the exit 1 at this level whether or not their item blocks."""
+        return {FailOn.FAIL: (Status.FAIL,), FailOn.WARN: (Status.FAIL, Status.WARN)}.get(self, ())
+
+
+def gated_exit_code(results: list[Result], problems: list[str] = (), sections_not_run: list[str] = (),
+                    fail_on: FailOn = FailOn.INCOMPLETE) -> int:
+    """The exit code of `run --fail-on LEVEL`; codes keep their meanings (1 a counted fail, 3 incomplete).
+    Only `blocking` lets a run that could not look exit 0: choosing it is choosing to gate on known
+    breakage alone. A counted fail wins over incompleteness, as in exit_code()."""
+    readiness = exit_code(results, problems, sections_not_run)
+    if fail_on is FailOn.BLOCKING:
+        return ExitCode.NOT_READY if readiness == ExitCode.NOT_READY else ExitCode.READY
+    if any(r.status in fail_on.counted for r in results):
+        return ExitCode.NOT_READY
+    return readiness
+
+
 READINESS = {ExitCode.READY: "ready", ExitCode.NOT_READY: "not ready", ExitCode.INCOMPLETE: "incomplete"}

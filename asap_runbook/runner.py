@@ -18,7 +18,6 @@ import time
 from datetime import UTC, datetime
 from importlib import metadata, resources
 from pathlib import Path
-from xml.etree import ElementTree as ET
 
 from ._paths import shipped
 from .catalog import load_catalog
@@ -29,7 +28,7 @@ from .report import env as jinja_env
 from .report import findings_html, style
 from markupsafe import Markup
 from .results import (
-    READINESS, Result, RunResults, SectionRun, Status, blockers, counts, exit_code, now,
+    READINESS, FailOn, Result, RunResults, SectionRun, Status, blockers, counts, exit_code, gated_exit_code, now,
 )
 
 KERNEL_NAME = "asap-runbook"
@@ -191,29 +190,6 @@ def verdict_lines(run: RunResults) -> list[str]:
     return lines
 
 
-def write_junit(run: RunResults, path: Path) -> None:
-    suites = ET.Element("testsuites", name="asap-runbook", tests=str(len(run.results)))
-    for section in run.sections:
-        rs = [r for r in run.results if r.section == section]
-        suite = ET.SubElement(suites, "testsuite", name=section, tests=str(len(rs)),
-                              failures=str(sum(r.status is Status.FAIL for r in rs)),
-                              errors=str(sum(r.status is Status.ERROR for r in rs)),
-                              skipped=str(sum(r.status in (Status.SKIP, Status.MANUAL) for r in rs)))
-        for r in rs:
-            case = ET.SubElement(suite, "testcase", classname=f"{section}.{r.target}", name=f"{r.item_id} {r.title}",
-                                 time=f"{r.duration_seconds:.3f}")
-            if r.status is Status.FAIL:
-                ET.SubElement(case, "failure", message=r.summary, type="blocking" if r.blocking else "advisory")
-            elif r.status is Status.ERROR:
-                ET.SubElement(case, "error", message=r.summary)
-            elif r.status in (Status.SKIP, Status.MANUAL):
-                ET.SubElement(case, "skipped", message=f"{r.status.value}: {r.summary}")
-            else:
-                ET.SubElement(case, "system-out").text = f"{r.status.value}: {r.summary}"
-    ET.indent(suites)
-    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
-
-
 def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], sign_off: dict | None = None,
                 **extra) -> None:
     per_section = {s: counts([r for r in run.results if r.section == s]) for s in run.sections}
@@ -254,8 +230,10 @@ def usable_out_dir(out_dir: str | os.PathLike) -> Path:
 
 
 def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", sections: list[str] | None = None,
-        say=print, sign_off_by: str | None = None, signing_key: str | None = None) -> tuple[int, Path | None]:
-    """Run the runbook; return (exit code, run directory). Bad parameters raise ParamsError before anything runs."""
+        say=print, sign_off_by: str | None = None, signing_key: str | None = None,
+        fail_on: FailOn = FailOn.INCOMPLETE) -> tuple[int, Path | None]:
+    """Run the runbook; return (exit code under `fail_on`, run directory). results.json records the
+    readiness itself. Bad parameters raise ParamsError before anything runs."""
     params_path = Path(params_path).resolve()
     out_dir = usable_out_dir(out_dir)
     params = load_params(params_path)
@@ -316,7 +294,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         sections_not_run=not_run, coverage=run_coverage(results, tnames, not_run),
     )
     (run_dir / "results.json").write_text(run_results.model_dump_json(indent=1))
-    write_junit(run_results, run_dir / "junit.xml")
+    from . import ci
+    ci.write_junit(run_results, run_dir / "junit.xml", pages, fail_on)
     for r in results:  # expired waivers are ignored, loudly
         if "expired_waiver" in r.details:
             say(f"  warning: waiver for {r.item_id} on {r.target} ({r.details['expired_waiver']['ticket']}) "
@@ -329,6 +308,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     signing.write_sign_off(sign_off, run_dir)
     write_index(run_results, run_dir, pages, sign_off, drift=drift,
                 matrix=fleet.build_matrix(run_results, {t.name: t.groups for t in params.targets}))
+    gated = gated_exit_code(results, problems, not_run, fail_on)
+    ci.write_summary(ci.summary_markdown(run_results, pages, fail_on, gated, drift), run_dir, say)
     log.removeHandler(handler)
     handler.close()
     write_manifest(run_results, run_dir, key, outputs_index.summary_fields(run_results, drift, sign_off))
@@ -342,5 +323,7 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         c = drift.counts()
         say(f"since {drift.base_run_id}: {c['new_failures']} new failure(s), {c['fixed']} fixed, "
             f"{c['regressed']} regressed, {c['expired']} expired, {c['unchanged']} unchanged")
+    if gated != code:
+        say(f"exit {gated} under --fail-on {fail_on.value} (readiness: {run_results.readiness}, exit {code})")
     say(f"evidence: {run_dir / 'index.html'}")
-    return code, run_dir
+    return gated, run_dir

@@ -140,6 +140,22 @@ def test_diff_cli_text_json_and_bad_run(tmp_path, capsys):
     assert "no run 'nope'" in capsys.readouterr().err
 
 
+def test_diff_fail_on_regression_exits_1_with_one_line(tmp_path, capsys):
+    _write_run(tmp_path, _run("a", [_r("X", Status.FAIL), _r("Y", Status.PASS), _r("Z", Status.PASS)], T0))
+    _write_run(tmp_path, _run("b", [_r("X", Status.PASS), _r("Y", Status.WARN), _r("Z", Status.PASS),
+                                    _r("N", Status.FAIL)], T0 + timedelta(hours=1)))
+    _write_run(tmp_path, _run("c", [_r("X", Status.PASS), _r("Y", Status.PASS), _r("Z", Status.PASS),
+                                    _r("N", Status.PASS)], T0 + timedelta(hours=2)))
+    assert main(["diff", "a", "b", "--out", str(tmp_path)]) == 0, "without the flag diff only reports"
+    capsys.readouterr()
+    assert main(["diff", "a", "b", "--out", str(tmp_path), "--json", "--fail-on-regression"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["counts"]["regressed"] == 1, "stdout stays one JSON document"
+    assert err.strip().splitlines() == ["asap-runbook: 2 finding(s) worse in b than in a: 1 new failure(s), 1 regressed"]
+    assert main(["diff", "b", "c", "--out", str(tmp_path), "--fail-on-regression"]) == 0, "only fixes: not worse"
+    assert capsys.readouterr().err == ""
+
+
 def test_two_real_runs_one_fixed_one_regressed(deployment, tmp_path, capsys):
     """Full `asap-runbook run` twice against the real agents; between the runs the two targets swap
     deployments, so SEC-TLS-4 is fixed on one and regressed on the other."""

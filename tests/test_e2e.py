@@ -34,7 +34,7 @@ def demo_run(deployment, tmp_path_factory):
 def test_exit_code_is_not_ready(demo_run):
     proc, _ = demo_run
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "NOT READY (exit 1)" in proc.stdout
+    assert "NOT READY (exit 1; whole checklist)" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
@@ -85,6 +85,15 @@ def test_junit_has_one_testcase_per_item_and_target(demo_run):
     cases = root.findall(".//testcase")
     assert len(cases) == 122
     assert root.findall(".//failure"), "the misconfigured target's failures are JUnit failures"
+
+    # every failure's evidence path names a rendered page holding the finding's anchor
+    for failure in root.findall(".//failure"):
+        ref = failure.text.splitlines()[-1].removeprefix("evidence: ")
+        page, anchor = ref.split("#")
+        assert f'id="{anchor}"' in (run_dir / page).read_text(), ref
+    tls1 = next(c for c in cases if c.get("classname") == "security.misconfigured" and c.get("name").startswith("SEC-TLS-1 "))
+    assert tls1.find("failure").get("type") == "blocking"
+    assert tls1.find("failure").text.splitlines()[-1] == "evidence: security.html#SEC-TLS-1--misconfigured"
 
 
 def test_html_hides_code_and_loads_nothing_remote(demo_run):
