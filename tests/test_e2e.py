@@ -34,7 +34,7 @@ def demo_run(deployment, tmp_path_factory):
 def test_exit_code_is_not_ready(demo_run):
     proc, _ = demo_run
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "NOT READY (exit 1; whole checklist)" in proc.stdout
+    assert "NOT READY (exit 1), whole checklist" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
