@@ -28,7 +28,7 @@ from .report import env as jinja_env
 from .report import findings_html, style
 from markupsafe import Markup
 from .results import (
-    READINESS, Result, RunResults, SectionRun, Status, blockers, counts, exit_code, now,
+    READINESS, Result, RunResults, SectionRun, Status, blockers, collapse_causes, counts, exit_code, now,
 )
 
 KERNEL_NAME = "asap-runbook"
@@ -294,6 +294,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     signing.report_sign_off(sign_off, key, say)
     c = run_results.counts
     say(f"{run_results.readiness.upper()} (exit {code}): " + ", ".join(f"{v} {k}" for k, v in c.items() if v))
+    for target, cause, ids in collapse_causes(results):
+        say(f"  {len(ids)} check{'s' if len(ids) > 1 else ''} could not run on {target}: {cause}")
     for p in problems:
         say(f"  problem: {p}")
     if drift.base_run_id:
