@@ -129,9 +129,10 @@ def test_targets_in_parallel_is_bounded(demo_params, bound):
             assert s.stats["max_ports_busy"] > 1
 
 
-def test_full_run_with_misbehaving_targets(bad, deployment, tmp_path):
+def test_full_run_with_misbehaving_targets(bad, deployment, tmp_path, capsys):
     """The same four through `asap-runbook run` (kernels in other processes reach the servers):
-    each ends in error with its reason, the hardened target still passes, no traceback anywhere."""
+    each ends in error with its reason, the hardened target still passes, no traceback anywhere;
+    the terminal says once per target why its checks could not run."""
     import yaml
 
     from asap_runbook.cli import main
@@ -153,5 +154,10 @@ def test_full_run_with_misbehaving_targets(bad, deployment, tmp_path):
         assert probed and all(r.status is Status.ERROR and reason in r.summary for r in probed), name
     ok = {r.item_id: r.status for r in run.results if r.target == "hardened"}
     assert ok["SEC-TLS-1"] is Status.PASS and ok["SEC-TLS-4"] is Status.PASS
+    out = capsys.readouterr().out
+    for name, reason in REASONS.items():
+        lines = [ln for ln in out.splitlines() if f"could not run on {name}: " in ln]
+        assert len(lines) == 1 and reason in lines[0], (name, lines)
+    assert "could not run on hardened" not in out
     for page in run_dir.rglob("*.html"):
         assert "Traceback" not in page.read_text()
