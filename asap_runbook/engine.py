@@ -214,7 +214,6 @@ async def _run_target(items: list[CatalogItem], target: Target, params: Params, 
             await asyncio.gather(*(bounded(i) for i in items))
         finally:
             state["requests_sent"] = probe.requests_sent + unverified.requests_sent
-            unverified.requests_sent = 0
 
 
 def _split(items: list[CatalogItem]) -> tuple[list[CatalogItem], list[CatalogItem]]:
