@@ -313,7 +313,7 @@ def _reason(e: Exception) -> str:
 def _verify_detail(e: Exception) -> str:
     """OpenSSL's reason from '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: <reason> (_ssl.c:1000)'."""
     m = re.search(r"certificate verify failed: (.*?)(?: \(_ssl\.c:\d+\))?$", str(e).splitlines()[0])
-    return m.group(1) if m else "certificate verification failed"
+    return m.group(1).rstrip(".") if m else "certificate verification failed"
 
 
 def iso_ago(**kw) -> datetime:
