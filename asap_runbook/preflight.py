@@ -11,7 +11,8 @@ Needs, in the order a cause is reported (the most basic first):
   trust       its certificate verifies (https with tls_verify: true)
   agent       it serves an ASAP manifest
   token       the variable named by token_env is set (only when token_env is given)
-  prometheus  Prometheus answers (only when the parameters name one)
+  prometheus  Prometheus answers (only when the parameters name one and the target its prometheus_job:
+              without a job the checks do not ask Prometheus about the target)
 
 When only trust is missing, the checks that do not need it (TLS versions, HSTS, the redirect)
 still run, over an unverified connection that never carries the token.
@@ -74,7 +75,7 @@ def judge(target: Target, verified: dict | ProbeError | None, unverified: dict |
     if target.token_env and not target.token:
         causes["token"] = (f"the environment variable {target.token_env} (targets[{target.name}].token_env) "
                            "is not set")
-    if prometheus_error:
+    if prometheus_error and target.prometheus_job:
         causes["prometheus"] = prometheus_error
     return causes
 

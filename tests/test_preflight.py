@@ -25,7 +25,7 @@ from conftest import one_target
 
 VERDICTS = {Status.PASS, Status.FAIL, Status.WARN}
 MANIFEST = {"id": "urn:asap:agent:x"}
-T = Target(name="api", base_url="https://127.0.0.1:8443", token_env="RUNBOOK_TEST_TOKEN")
+T = Target(name="api", base_url="https://127.0.0.1:8443", token_env="RUNBOOK_TEST_TOKEN", prometheus_job="api")
 UNREACHABLE = TargetUnreachable("cannot connect to https://127.0.0.1:8443/.well-known/asap/manifest.json: "
                                 "connection refused")
 UNTRUSTED = TargetUntrusted("the certificate of https://127.0.0.1:8443/.well-known/asap/manifest.json does not "
@@ -68,6 +68,12 @@ def test_causes_from_what_was_seen(monkeypatch, verified, unverified, token, pro
 def test_no_token_env_means_no_token_need(monkeypatch):
     monkeypatch.delenv("RUNBOOK_TEST_TOKEN", raising=False)
     assert preflight.judge(T.model_copy(update={"token_env": None}), MANIFEST, None, None) == {}
+
+
+def test_no_prometheus_job_means_no_prometheus_need(monkeypatch):
+    """Without a job the checks judge the target without Prometheus (or skip): its outage is not theirs."""
+    monkeypatch.setenv("RUNBOOK_TEST_TOKEN", "t")
+    assert preflight.judge(T.model_copy(update={"prometheus_job": None}), MANIFEST, None, "Prometheus down") == {}
 
 
 @pytest.mark.parametrize("needs, expect", [
