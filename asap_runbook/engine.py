@@ -232,7 +232,8 @@ async def _run_phases(items: list[CatalogItem], targets: list[Target], params: P
     checks = registered()
     needs = set().union(*(checks[i.id].needs for i in items if i.id in checks))
     # Prometheus is the same for every target: asked once per section run
-    prometheus = await preflight.prometheus_error(params) if "prometheus" in needs else None
+    asks = "prometheus" in needs and any(t.prometheus_job for t in targets)
+    prometheus = await preflight.prometheus_error(params) if asks else None
     # targets run concurrently, at most probe.max_targets_in_parallel at once (a fleet must not
     # exhaust the runbook host's sockets); within a target, probe.concurrency checks at once
     fleet = asyncio.Semaphore(params.probe.max_targets_in_parallel)

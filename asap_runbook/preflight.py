@@ -113,7 +113,7 @@ async def run(target: Target, params: Params, probe: Probe, needs: set[str],
         seen["manifest over an unverified connection"] = _outcome(unverified)
     if target.token_env:
         seen["token_env"] = f"{target.token_env}: {'set' if target.token else 'not set'}"
-    if params.prometheus is not None and "prometheus" in needs:
+    if params.prometheus is not None and "prometheus" in needs and target.prometheus_job:
         seen["prometheus"] = f"{params.prometheus.url}: {prometheus or 'answers'}"
     seen["seconds"] = round(time.monotonic() - t0, 3)
     pf.observed = seen
