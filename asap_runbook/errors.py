@@ -6,6 +6,7 @@ RunbookError
 ├── UsageError         the command line is wrong (exit 2)
 ├── ProbeError         a check could not look: the result is `error`, never pass or fail
 │   ├── TargetUnreachable   connection refused, DNS failure, TLS handshake failure
+│   │   └── TargetUntrusted  the TLS handshake completed but the certificate did not verify
 │   ├── TargetTimeout       the target did not answer in time
 │   └── NotAnAsapAgent      the target answered, but not like an ASAP agent
 ├── PrometheusError    Prometheus could not be queried (result `error`)
@@ -34,6 +35,10 @@ class ProbeError(RunbookError):
 
 
 class TargetUnreachable(ProbeError):
+    pass
+
+
+class TargetUntrusted(TargetUnreachable):
     pass
 
 

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import random
+import re
 import ssl
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from .errors import NotAnAsapAgent, ProbeError, TargetTimeout, TargetUnreachable
+from .errors import NotAnAsapAgent, ProbeError, TargetTimeout, TargetUnreachable, TargetUntrusted
 from .params import ProbeSettings, Target
 
 REDACTED = "***REDACTED***"
@@ -138,6 +139,7 @@ class Probe:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._manifest: dict | None = None
+        self.manifest_error: ProbeError | None = None  # set by remember_manifest
         self.requests_sent = 0
 
     @property
@@ -213,6 +215,8 @@ class Probe:
         except (asyncio.TimeoutError, httpx.TimeoutException):
             raise TargetTimeout(f"{method} {url} did not complete within {deadline:g} s") from None
         except httpx.ConnectError as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e):
+                raise TargetUntrusted(f"the certificate of {url} does not verify: {_verify_detail(e)}") from None
             raise TargetUnreachable(f"cannot connect to {url}: {_reason(e)}") from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
             raise ProbeError(f"{method} {url} failed: {_reason(e)}") from None
@@ -271,6 +275,8 @@ class Probe:
 
     async def manifest(self) -> dict:
         """The agent's manifest; raises NotAnAsapAgent if the target does not serve one."""
+        if self.manifest_error is not None:
+            raise self.manifest_error
         if self._manifest is None:
             resp = await self.get("/.well-known/asap/manifest.json")
             if resp.truncated:
@@ -283,12 +289,31 @@ class Probe:
             self._manifest = doc
         return self._manifest
 
+    def remember_manifest(self, outcome: dict | ProbeError) -> None:
+        """The preflight's look at the manifest: later calls reuse it (one request, and one cause
+        when it failed, instead of one timeout per check)."""
+        if isinstance(outcome, ProbeError):
+            self.manifest_error = outcome
+        else:
+            self._manifest = outcome
+
 
 def _reason(e: Exception) -> str:
     text = str(e) or type(e).__name__
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "certificate verification failed (set the target's ca_file for a private CA)"
+    cause = e.__cause__ or e.__context__
+    while cause is not None:  # httpx says "All connection attempts failed"; the OS says why
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
     return text.splitlines()[0][:300]
+
+
+def _verify_detail(e: Exception) -> str:
+    """OpenSSL's reason from '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: <reason> (_ssl.c:1000)'."""
+    m = re.search(r"certificate verify failed: (.*?)(?: \(_ssl\.c:\d+\))?$", str(e).splitlines()[0])
+    return m.group(1).rstrip(".") if m else "certificate verification failed"
 
 
 def iso_ago(**kw) -> datetime:

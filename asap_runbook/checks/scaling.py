@@ -18,7 +18,7 @@ from ..errors import ProbeError
 from ..introspect import introspect_app
 from ..probe import envelope, rpc
 from ..source import CLIENT_DEFAULTS, ClientUsage, client_usage, read_process_config
-from ._registry import CheckContext, Finding, check
+from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
 
 IDLE_WORKER_BYTES = 80 * 2**20  # reference §3.2: ~80 MB RSS per idle asap-protocol worker
 PRIVATE_CONSTANTS_NOTE = ("DEFAULT_POOL_MAXSIZE, DEFAULT_POOL_CONNECTIONS and MANIFEST_REQUEST_TIMEOUT are private "
@@ -318,7 +318,7 @@ async def manifest_caching(ctx: CheckContext) -> Finding:
     return Finding.passed(f"downstream manifests are cached: {how}", ev)
 
 
-@check("SCALE-CACHE-2")
+@check("SCALE-CACHE-2", needs=AGENT)
 async def manifest_cache_ttl(ctx: CheckContext) -> Finding:
     ttl = ctx.threshold("manifest_cache_ttl_seconds")
     r1 = await ctx.probe.get("/.well-known/asap/manifest.json")

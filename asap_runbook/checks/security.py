@@ -23,7 +23,7 @@ from ..errors import ProbeError
 from ..probe import ProbeResponse, envelope, iso_ago, rpc
 from ..results import Status
 from ..source import read_process_config
-from ._registry import CheckContext, Finding, check
+from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
 
 _TRACEBACK = "Traceback (most recent call last)"
 
@@ -123,7 +123,7 @@ def _skill(manifest: dict, prefer: str = "echo") -> str:
 
 # ================================================================ TLS and HTTPS
 
-@check("SEC-TLS-1")
+@check("SEC-TLS-1", needs=AGENT)
 async def https_only(ctx: CheckContext) -> Finding:
     """HTTPS everywhere: the target URL, the endpoints the manifest advertises, and no plain-HTTP agent."""
     t = ctx.target
@@ -150,7 +150,7 @@ async def https_only(ctx: CheckContext) -> Finding:
                           evidence)
 
 
-@check("SEC-TLS-2")
+@check("SEC-TLS-2", needs=("reach",))
 async def certificate(ctx: CheckContext) -> Finding:
     """The chain verifies (trust store or ca_file), not self-signed, not expired, matches the host."""
     t = ctx.target
@@ -168,28 +168,36 @@ async def certificate(ctx: CheckContext) -> Finding:
     details = {"expiry_warn_days": warn_days.value, "expiry_warn_source": warn_days.source,
                "max_lifetime_days": max_life.value, "max_lifetime_source": max_life.source}
     fails, warns = [], []
-    if rep.self_signed:
-        fails.append("the certificate is self-signed")
-    if not rep.verified:
-        fails.append(f"the chain does not verify against {trust}: {rep.verify_error}")
+    # say which kind of bad certificate it is, with what shows it; OpenSSL's reason only when none explains it
     left = rep.days_left()
+    host = _tls.host_port(t.base_url)[0]
+    explained = []
     if left is not None and left < 0:
-        fails.append(f"the certificate expired {-left:.0f} days ago ({rep.not_after:%Y-%m-%d})")
+        fails.append(f"expired: valid {rep.not_before:%Y-%m-%d} to {rep.not_after:%Y-%m-%d %H:%M} UTC, "
+                     f"{-left:.0f} days ago")
+        explained.append("expired")
     elif left is not None and left < warn_days.value:
         warns.append(f"the certificate expires in {left:.0f} days (warn below {warn_days.value:g}: {warn_days.source})")
+    if rep.self_signed:
+        fails.append(f"self-signed: issued by itself ({rep.issuer}), so no CA vouches for it")
+        explained.append("self")
     if rep.hostname_ok is False:
-        fails.append(f"the certificate does not name {_tls.host_port(t.base_url)[0]} (SANs: {', '.join(rep.sans) or 'none'})")
+        fails.append(f"for another host: it names {', '.join(rep.sans) or 'no subject alternative name'}, "
+                     f"not {host}")
+        explained.append("mismatch")
+    if not rep.verified and not any(k in (rep.verify_error or "").lower() for k in explained):
+        fails.append(f"from a CA not in {trust}: issued by {rep.issuer} ({rep.verify_error})")
     if rep.lifetime_days and rep.lifetime_days > max_life.value:
         warns.append(f"the certificate lives {rep.lifetime_days:.0f} days, over {max_life.value:g} ({max_life.source})")
     if fails:
-        return Finding.failed("; ".join(fails + warns), evidence, **details)
+        return Finding.failed("the certificate does not verify: " + "; ".join(fails + warns), evidence, **details)
     if warns:
         return Finding.warned("; ".join(warns), evidence, **details)
     return Finding.passed(f"chain verifies against {trust}, issued by {rep.issuer}, names the host, "
                           f"{left:.0f} days left of a {rep.lifetime_days:.0f}-day lifetime", evidence, **details)
 
 
-@check("SEC-TLS-3")
+@check("SEC-TLS-3", needs=("reach",))
 async def tls_versions(ctx: CheckContext) -> Finding:
     """TLS 1.0/1.1 refused, 1.2 accepted, 1.3 preferred; a refusal counts only if this client can speak it."""
     t = ctx.target
@@ -227,7 +235,7 @@ async def tls_versions(ctx: CheckContext) -> Finding:
 _MAX_AGE = re.compile(r"max-age\s*=\s*\"?(\d+)\"?", re.I)
 
 
-@check("SEC-TLS-4")
+@check("SEC-TLS-4", needs=("reach",))
 async def hsts(ctx: CheckContext) -> Finding:
     if not ctx.target.base_url.startswith("https://"):
         return Finding.failed("no HTTPS, so no HSTS: the target is plain HTTP")
@@ -250,7 +258,7 @@ async def hsts(ctx: CheckContext) -> Finding:
                           evidence, **details)
 
 
-@check("SEC-TLS-5")
+@check("SEC-TLS-5", needs=("reach",))
 async def http_redirect(ctx: CheckContext) -> Finding:
     """Plain HTTP answered by a redirect to HTTPS on the same host (not off-host, not 200, not HTTP->HTTP)."""
     t = ctx.target
@@ -288,7 +296,7 @@ async def http_redirect(ctx: CheckContext) -> Finding:
 
 # ================================================================ Authentication
 
-@check("SEC-AUTH-1")
+@check("SEC-AUTH-1", needs=AGENT)
 async def manifest_auth(ctx: CheckContext) -> Finding:
     manifest = await ctx.probe.manifest()
     auth = manifest.get("auth")
@@ -314,7 +322,7 @@ def _refused(resp: ProbeResponse) -> bool:
     return resp.rpc_result() is None and (resp.status in (401, 403) or resp.rpc_error() is not None)
 
 
-@check("SEC-AUTH-2")
+@check("SEC-AUTH-2", needs=AGENT)
 async def auth_enforced(ctx: CheckContext) -> Finding:
     """No credentials, a wrong token and Basic credentials are all refused (read from the body)."""
     t = ctx.target
@@ -379,7 +387,7 @@ def _jwt_claims(token: str) -> dict | None:
     return claims if isinstance(header, dict) and "alg" in header and isinstance(claims, dict) else None
 
 
-@check("SEC-AUTH-4")
+@check("SEC-AUTH-4", needs=("token",))
 async def token_lifetime(ctx: CheckContext) -> Finding:
     t = ctx.target
     if not t.token_env:
@@ -414,7 +422,7 @@ async def token_lifetime(ctx: CheckContext) -> Finding:
                           evidence, **details)
 
 
-@check("SEC-AUTH-5")
+@check("SEC-AUTH-5", needs=AGENT_TOKEN)
 async def client_sends_bearer(ctx: CheckContext) -> Finding:
     """The configured token works as Bearer (with the configured sender) and not as Basic."""
     t = ctx.target
@@ -498,7 +506,7 @@ def _tally(statuses: list) -> str:
     return ", ".join(out)
 
 
-@check("SEC-RATE-1", exclusive=True)
+@check("SEC-RATE-1", exclusive=True, needs=AGENT_TOKEN)
 async def rate_limit_enforced(ctx: CheckContext) -> Finding:
     """Opt-in, bounded burst: 429 + Retry-After beyond the limit; rotating X-Forwarded-For must not bypass it."""
     fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
@@ -649,7 +657,7 @@ _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", re
 async def _counter_monitored(ctx: CheckContext, pattern: str, what: str, stock_note: str) -> Finding:
     """The counter is exported at /asap/metrics and Prometheus holds a series of it for the target's job."""
     from ..prom import prom_for
-    evidence, exported = [], []
+    evidence, exported, unreadable = [], [], None
     try:
         resp = await ctx.probe.get("/asap/metrics")
         exported = sorted({m.group(1) for m in _METRIC_LINE.finditer(resp.text)
@@ -657,8 +665,11 @@ async def _counter_monitored(ctx: CheckContext, pattern: str, what: str, stock_n
         evidence.append((f"GET /asap/metrics: HTTP {resp.status}; families matching /{pattern}/", exported))
     except ProbeError as e:
         evidence.append(("GET /asap/metrics", e.message))
+        unreadable = f"/asap/metrics could not be read ({e.message})"
     prom, job = prom_for(ctx.params), ctx.target.prometheus_job
     if prom is None or not job:
+        if unreadable:
+            return Finding.errored(unreadable + " and no Prometheus/prometheus_job in the parameters to look at", evidence)
         if exported:
             return Finding.warned(f"{', '.join(exported)} exported at /asap/metrics, but no Prometheus/prometheus_job "
                                   "in the parameters to confirm it is scraped", evidence)
@@ -674,11 +685,13 @@ async def _counter_monitored(ctx: CheckContext, pattern: str, what: str, stock_n
     if exported:
         return Finding.failed(f"{', '.join(exported)} is exported but Prometheus has no series for job {job} "
                               "(is the scrape target up? see MON-METRICS-2)", evidence)
+    if unreadable:
+        return Finding.errored(f"Prometheus has no such series for job {job}, and {unreadable}", evidence)
     return Finding.failed(f"nothing counts {what}: no such metric at /asap/metrics nor in Prometheus for job {job}; "
                           f"{stock_note}", evidence)
 
 
-@check("SEC-RATE-4")
+@check("SEC-RATE-4", needs=(*AGENT, "prometheus"))
 async def rate_limit_monitored(ctx: CheckContext) -> Finding:
     return await _counter_monitored(
         ctx, r".*(rate_limit.*(exceeded|hit|reject)|_429).*", "HTTP 429 responses",
@@ -700,7 +713,7 @@ def _padded_body(ctx: CheckContext, size: int) -> bytes:
 _AGENT_413 = re.compile(r"exceeds maximum \((\d+) bytes\)")
 
 
-@check("SEC-SIZE-1")
+@check("SEC-SIZE-1", needs=AGENT_TOKEN)
 async def request_size_limited(ctx: CheckContext) -> Finding:
     """Opt-in: a body just over the intended limit gets 413, with Content-Length and chunked."""
     skip = ctx.require_active("oversize_body")
@@ -781,7 +794,7 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
                           f"({', '.join(sorted({b.value or '1m' for b in limits}))})", evidence)
 
 
-@check("SEC-SIZE-3")
+@check("SEC-SIZE-3", needs=(*AGENT, "prometheus"))
 async def size_rejections_monitored(ctx: CheckContext) -> Finding:
     return await _counter_monitored(
         ctx, r".*(size_exceeded|too_large|_413).*", "HTTP 413 responses",
@@ -791,7 +804,7 @@ async def size_rejections_monitored(ctx: CheckContext) -> Finding:
 
 # ================================================================ Handler Security
 
-@check("SEC-HANDLER-1")
+@check("SEC-HANDLER-1", needs=AGENT_TOKEN)
 async def payloads_validated(ctx: CheckContext) -> Finding:
     """Malformed envelopes rejected as invalid (-32602/-32600); no skill crashes (-32603) on bad input."""
     t = ctx.target
@@ -902,7 +915,7 @@ async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
     return None, ""
 
 
-@check("SEC-HANDLER-4")
+@check("SEC-HANDLER-4", needs=AGENT_TOKEN)
 async def no_secrets_in_logs(ctx: CheckContext) -> Finding:
     """Debug surfaces closed; a canary secret sent in a request does not reach the agent's log."""
     t = ctx.target
@@ -955,7 +968,7 @@ async def no_secrets_in_logs(ctx: CheckContext) -> Finding:
 
 # ================================================================ Replay Protection
 
-@check("SEC-REPLAY-1")
+@check("SEC-REPLAY-1", needs=AGENT_TOKEN)
 async def timestamp_window(ctx: CheckContext) -> Finding:
     t = ctx.target
     cases = [("10 minutes old", iso_ago(minutes=10)), ("5 minutes in the future", iso_ago(minutes=-5))]
@@ -976,7 +989,7 @@ async def timestamp_window(ctx: CheckContext) -> Finding:
                           "a timestamp is always accepted; clients must send one)", evidence)
 
 
-@check("SEC-REPLAY-2")
+@check("SEC-REPLAY-2", needs=AGENT_TOKEN)
 async def nonce_checked(ctx: CheckContext) -> Finding:
     t = ctx.target
     nonce = "rb-" + uuid.uuid4().hex
@@ -1008,7 +1021,7 @@ async def nonce_checked(ctx: CheckContext) -> Finding:
     return Finding.passed(f"repeated and empty nonces{extra} rejected with -32003", evidence)
 
 
-@check("SEC-REPLAY-3")
+@check("SEC-REPLAY-3", needs=AGENT_TOKEN)
 async def nonce_store_shared(ctx: CheckContext) -> Finding:
     """One nonce sent on fresh connections (to reach other workers/replicas): accepted once at most.
     Plus log evidence of the store's kind where the deployment logs it."""
