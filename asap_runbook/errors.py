@@ -7,7 +7,8 @@ RunbookError
 ├── ProbeError         a check could not look: the result is `error`, never pass or fail
 │   ├── TargetUnreachable   connection refused, DNS failure, TLS handshake failure
 │   ├── TargetTimeout       the target did not answer in time
-│   └── NotAnAsapAgent      the target answered, but not like an ASAP agent
+│   ├── NotAnAsapAgent      the target answered, but not like an ASAP agent
+│   └── RateLimited         the target's rate limit needs a longer wait than the bound allows
 ├── PrometheusError    Prometheus could not be queried (result `error`)
 └── DeploymentError    the reference deployment could not start
 """
@@ -42,6 +43,10 @@ class TargetTimeout(ProbeError):
 
 
 class NotAnAsapAgent(ProbeError):
+    pass
+
+
+class RateLimited(ProbeError):
     pass
 
 

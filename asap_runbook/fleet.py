@@ -3,7 +3,7 @@ reference agents for the demo and the benchmark.
 
 A fleet of reference agents is one hardened agent plus N-1 misconfigured ones (each behind its
 own nginx, on free loopback ports), sharing one Redis and one Prometheus: the misconfigured
-agents need no Redis of their own, and the hardened agent's rate limit (5/s) is keyed by
+agents need no Redis of their own, and the hardened agent's rate limit (10/s, 100/min) is keyed by
 client, so several hardened agents sharing a Redis would share one budget and turn the fleet
 into a queue. `fleet_params()` writes the parameters file for it into the work directory.
 """
