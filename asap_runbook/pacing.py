@@ -53,8 +53,9 @@ def parse_limits(text: str | None) -> list[tuple[int, float]]:
 
 
 def next_slot(hits: list[float], limits: list[tuple[int, float]], now: float, blocked_until: float = 0.0,
-              margin: float = MARGIN_SECONDS) -> float:
-    """The earliest time >= now at which one more request stays within every limit.
+              margin: float = MARGIN_SECONDS, need: int = 1) -> float:
+    """The earliest time >= now at which `need` more requests stay within every limit (a limit
+    smaller than `need`, which a burst means to exceed, must then have an empty window).
 
     `hits` are the times the agent may have counted earlier requests (in flight ones as `now`).
     Pure, so the rule is table-tested."""
@@ -63,10 +64,11 @@ def next_slot(hits: list[float], limits: list[tuple[int, float]], now: float, bl
     for count, window in limits:
         if count <= 0:
             return float("inf")
+        want = min(need, count)
         recent = [h for h in ordered if h > slot - window - margin]
-        if len(recent) >= count:
-            # the request may go once the count-th most recent hit leaves the window
-            slot = max(slot, recent[-count] + window + margin)
+        if len(recent) + want > count:
+            # they may go once all but count - want of the recent hits have left the window
+            slot = max(slot, recent[-(count - want + 1)] + window + margin)
     return slot
 
 
@@ -199,6 +201,28 @@ class HostPacer:
                                  f"request to {self.host}, over the {self.max_wait:g} s bound "
                                  "(probe.max_rate_limit_wait_seconds); the check did not judge")
             pause = min(need, POLL_SECONDS)
+            _credit_waiting(time.monotonic() + pause)
+            await asyncio.sleep(pause)
+
+    async def reserve(self, need: int) -> float:
+        """Wait, within the bound, until `need` requests fit (a burst that means to meet the limit
+        must not meet what earlier checks left of it); returns the seconds waited. Logs nothing:
+        the burst's requests are recorded as they are answered."""
+        started = time.monotonic()
+        while True:
+            now = time.time()
+            with self._state() as st:
+                hits = [_when(v, now) for v in st["entries"].values()]
+                slot = next_slot(hits, self.limits, now, float(st["blocked_until"]), need=need)
+            waited = time.monotonic() - started
+            if slot <= now:
+                note_wait(waited)
+                return waited
+            if waited + slot - now > self.max_wait:
+                raise RateLimited(f"{self._limit_phrase()} would need a wait of {waited + slot - now:.0f} s before "
+                                  f"{need} requests fit, over the {self.max_wait:g} s bound "
+                                  "(probe.max_rate_limit_wait_seconds); the burst did not run")
+            pause = min(slot - now, POLL_SECONDS)
             _credit_waiting(time.monotonic() + pause)
             await asyncio.sleep(pause)
 

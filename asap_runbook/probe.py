@@ -191,6 +191,10 @@ class Probe:
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else self.target.base_url + path
 
+    def pacer(self, path: str = "/asap") -> pacing.HostPacer | None:
+        """The shared rate-limit budget of the host behind `path` (None when probe.rate_limit is null)."""
+        return pacing.pacer_for(self.url(path), self.settings.rate_limit, self.settings.max_rate_limit_wait_seconds)
+
     def auth_headers(self) -> dict[str, str]:
         token = self.target.token
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -216,8 +220,7 @@ class Probe:
         limit = read_limit or self.settings.max_response_bytes
         deadline = deadline or self.settings.timeout_seconds * 2
         limited = method.upper() == "POST" and urlsplit(url).path.rstrip("/").endswith(_LIMITED_PATHS)
-        pacer = pacing.pacer_for(url, self.settings.rate_limit, self.settings.max_rate_limit_wait_seconds) \
-            if limited else None
+        pacer = self.pacer(url) if limited else None
         resendable = content is None or isinstance(content, (bytes, bytearray, str))
         waited = 0.0
         for attempt in range(self.MAX_429_RETRIES + 1):

@@ -47,6 +47,17 @@ def test_next_slot(case, hits, blocked, slot):
     assert next_slot(hits, DEFAULT, NOW, blocked) == pytest.approx(slot), case
 
 
+@pytest.mark.parametrize("case, hits, need, slot", [
+    ("a burst of 40 on an empty log: now", [], 40, NOW),
+    ("a burst waits for an empty second, whatever is left of it", [NOW - 0.5], 40, NOW - 0.5 + 1 + M),
+    ("a burst of 40 with 61 this minute: when the oldest has left it", [NOW - 2 - i * 0.5 for i in range(61)], 40,
+     NOW - 2 - 60 * 0.5 + 60 + M),
+    ("a burst of 40 with 60 this minute: now", [NOW - 2 - i * 0.5 for i in range(60)], 40, NOW),
+])
+def test_next_slot_for_a_burst(case, hits, need, slot):
+    assert next_slot(hits, DEFAULT, NOW, need=need) == pytest.approx(slot), case
+
+
 def test_next_slot_zero_limit_never():
     assert next_slot([], [(0, 1.0)], NOW) == float("inf")
 

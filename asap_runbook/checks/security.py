@@ -539,21 +539,23 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
             skip.summary += f" (the agent's log says rate_limit={configured}, not exercised)"
         return skip
     ap = ctx.target.active_probes
-    started = time.monotonic()
-    deadline = started + ap.max_seconds
     budget_a = min(ap.max_requests, max(6, (ap.max_requests * 2) // 3))
     per_second = [n / w for n, w in parse_limits(configured or "") if w <= 1]
     ceiling = ctx.threshold("rate_limit_max_per_second").value
     if per_second and budget_a < min(per_second) + 1 <= ceiling + 1:  # a sane limit the budget cannot reach
         return Finding.skipped(f"the configured limit ({configured}) cannot be exceeded within "
                                f"{budget_a} requests: raise targets[{ctx.target.name}].active_probes.max_requests")
-    await asyncio.sleep(1.0)  # let the per-second window of earlier checks drain
-    statuses, first = await _burst(ctx, budget_a, deadline, rotate_xff=False)
+    waited_a = await _room(ctx, budget_a, None)
+    started = time.monotonic()  # active_probes.max_seconds bounds the sending, not the waiting for room
+    statuses, first = await _burst(ctx, budget_a, started + ap.max_seconds, rotate_xff=False)
+    sending = time.monotonic() - started
     evidence = [("burst A: POST /asap, waves of 5 concurrent until the first 429 (each a read-only envelope "
                  "with a fresh nonce, the bearer token if configured), no X-Forwarded-For; statuses",
                  _tally(statuses))]
     details = {"configured_limit_from_log": configured, "max_requests": ap.max_requests, "max_seconds": ap.max_seconds}
-    elapsed = time.monotonic() - started - 1.0
+    evidence.insert(0, ("waited before burst A for the window to hold it (what earlier checks and runs sent, "
+                        "probe.rate_limit)", f"{waited_a:.1f} s"))
+    elapsed = sending
     if first is None:
         rate = len(statuses) / max(elapsed, 0.001)
         xff_note = await _xff_trusted_note(ctx, evidence)
@@ -563,10 +565,9 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
     evidence.append(("first 429", first.evidence))
     allowed = statuses.index(429)
     retry = _retry_after(first)
-    wait = min(retry if retry is not None else 1.0, max(0.0, deadline - time.monotonic()))
-    await asyncio.sleep(wait + 0.2)
-    evidence.append(("waited out Retry-After before burst B", f"{wait + 0.2:.1f} s"))
     budget_b = min(ap.max_requests - len(statuses), allowed + 5)
+    waited_b = await _room(ctx, budget_b, retry)
+    evidence.append(("waited out Retry-After and the window before burst B", f"{waited_b:.1f} s"))
     problems = []
     if retry is None:
         problems.append("the 429 carries no numeric Retry-After header")
@@ -574,14 +575,16 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
         problems.append(f"not enough request budget left ({budget_b}) to test X-Forwarded-For rotation")
         statuses_b, first_b = [], None
     else:
-        statuses_b, first_b = await _burst(ctx, budget_b, deadline, rotate_xff=True)
+        started_b = time.monotonic()
+        statuses_b, first_b = await _burst(ctx, budget_b, started_b + max(1.0, ap.max_seconds - sending),
+                                           rotate_xff=True)
         evidence.append(("burst B: the same, each request with a different X-Forwarded-For (203.0.113.x)",
                          _tally(statuses_b)))
         if first_b is None:
             problems.append(f"rotating X-Forwarded-For bypasses the limit: {len(statuses_b)} requests, no 429 "
                             "(the agent or proxy trusts a client-supplied header)")
-    retry_b = _retry_after(first_b)
-    await asyncio.sleep(min(retry_b or retry or 1.0, max(0.0, deadline - time.monotonic())) + 0.2)  # leave the window clean
+    # no need to leave the window clean: the probe logged every accepted request and the 429's Retry-After,
+    # so whatever runs next waits for the agent's window (pacing.py)
     if problems:
         status = Finding.failed if any("bypass" in p for p in problems) else Finding.warned
         return status(f"429 after {allowed} requests, but " + "; ".join(problems), evidence, **details)
@@ -589,6 +592,17 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
                           f"requests; rotating X-Forwarded-For did not bypass it (429 after "
                           f"{statuses_b.index(429)}){' (log: ' + configured + ')' if configured else ''}",
                           evidence, **details)
+
+
+async def _room(ctx: CheckContext, need: int, retry_after: float | None) -> float:
+    """Wait until a burst of `need` meets only its own doing: the host's shared budget holds it (earlier
+    checks, other sections, an earlier run) and a 429's Retry-After has passed. Returns the seconds waited."""
+    pacer = ctx.probe.pacer()
+    if pacer is not None:
+        return await pacer.reserve(need)
+    wait = 1.0 if retry_after is None else min(retry_after, ctx.params.probe.max_rate_limit_wait_seconds)
+    await asyncio.sleep(wait + 0.2)  # pacing off: only what the agent said
+    return wait + 0.2
 
 
 async def _xff_trusted_note(ctx: CheckContext, evidence: list) -> str:
