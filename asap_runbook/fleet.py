@@ -95,7 +95,7 @@ def fleet_params(dep, path: Path, *, active_probes: bool = True, environment: st
             t |= {"tls_verify": False, "process_config": str(examples / "misconfigured" / "uvicorn.cmd"),
                   "source_dir": str(examples / "misconfigured" / "src")}
         if active_probes:
-            t["active_probes"] = {"rate_limit_burst": True, "oversize_body": True, "drills": True}
+            t["active_probes"] = {"rate_limit_burst": True, "oversize_body": True, "drills": True, "handler_probes": True}
         # drop paths that do not exist in this checkout (examples/ may be missing)
         for key in ("process_config", "source_dir"):
             if not Path(t[key]).exists():
