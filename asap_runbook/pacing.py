@@ -93,6 +93,7 @@ class CheckClock:
     paced_seconds: float = 0.0
     requests: int = 0
     _timeout: Any = None  # the asyncio.Timeout guarding the check
+    _loop: Any = None  # the event loop it runs on (a Timeout is only touched from its own loop)
     _credited_until: float = 0.0
 
 
@@ -109,7 +110,7 @@ async def run_timed(coro: Awaitable, limit: float) -> tuple[Any, CheckClock]:
     _CLOCKS[key] = clock
     try:
         async with asyncio.timeout(limit) as cm:
-            clock._timeout = cm
+            clock._timeout, clock._loop = cm, asyncio.get_running_loop()
             return await coro, clock
     finally:
         _CLOCKS.pop(key, None)
@@ -119,11 +120,19 @@ async def run_timed(coro: Awaitable, limit: float) -> tuple[Any, CheckClock]:
 def _credit_waiting(until: float) -> None:
     """Push every running check's deadline back by the part of [now, until] not credited yet."""
     now = time.monotonic()
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
     for clock in list(_CLOCKS.values()):
         start = max(now, clock._credited_until)
-        if until > start and clock._timeout is not None and clock._timeout.when() is not None:
+        if until <= start or clock._loop is not loop or clock._timeout is None or clock._timeout.when() is None:
+            continue
+        try:
             clock._timeout.reschedule(clock._timeout.when() + (until - start))
-            clock._credited_until = until
+        except RuntimeError:  # already expiring: that check is being cancelled anyway
+            continue
+        clock._credited_until = until
 
 
 def current_clock() -> CheckClock | None:
