@@ -14,7 +14,7 @@ import json
 import re
 
 from ..deploy_files import Manifests, load_manifests, memory_bytes
-from ..errors import ProbeError
+from ..errors import ProbeError, RateLimited
 from ..introspect import introspect_app
 from ..probe import envelope, rpc
 from ..source import CLIENT_DEFAULTS, ClientUsage, client_usage, read_process_config
@@ -126,6 +126,8 @@ async def _gzip_probe(ctx: CheckContext) -> dict:
         r = await ctx.probe.request("POST", "/asap", content=body, authenticated=True,
                                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip",
                                              "Accept-Encoding": "gzip, br"})
+    except RateLimited:
+        raise  # the agent's limit, not its compression support: no verdict
     except ProbeError as e:
         return {"sent": "POST /asap, 2 KB envelope gzip-compressed", "could_not_send": e.message}
     r.evidence["request"]["body"] = f"<{len(body)} bytes: gzip of {plain[:240]}…>"  # not the raw binary
