@@ -33,12 +33,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def agent(tmp_path):
-    """A fresh recording agent per test: its limiter starts empty, its calls file too."""
+def agent(tmp_path, request):
+    """A fresh recording agent per test: its limiter starts empty, its calls file too. Its rate limit is
+    asap-protocol's default unless the test is parametrized indirectly with another."""
     port = _free_port()
     calls, log = tmp_path / "calls.jsonl", tmp_path / "agent.log"
     env = os.environ | {"RECORDING_AGENT_FILE": str(calls), "RECORDING_AGENT_PORT": str(port),
-                        "ASAP_LOG_FORMAT": "json"}
+                        "ASAP_LOG_FORMAT": "json", "RECORDING_AGENT_RATE_LIMIT": getattr(request, "param", "")}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "recording_agent:app", "--app-dir", str(TESTS),
                                  "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers"],
@@ -138,3 +139,39 @@ def test_runs_back_to_back_at_the_default_limit_are_judged_without_rate_limit_er
         assert paced  # the waiting is in the results
     waited = [sum(r.details.get("paced_seconds", 0) for r in results) for results in runs]
     assert waited[2] > waited[0], waited  # the third run waited for the minute window
+
+
+def _probe_posts(agent, n: int, rate_limit: str | None):
+    """n read-only POSTs at once through one Probe; what came back (ProbeResponse or the exception)."""
+    import asyncio
+
+    from asap_runbook.params import ProbeSettings, Target
+    from asap_runbook.probe import Probe, probe_envelope
+
+    async def go():
+        settings = ProbeSettings(timeout_seconds=3, rate_limit=rate_limit, max_rate_limit_wait_seconds=10)
+        async with Probe(Target(name="rec", base_url=agent.base), settings) as p:
+            return await asyncio.gather(*(p.send(probe_envelope(p.target.sender)) for _ in range(n)),
+                                        return_exceptions=True)
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("agent", ["3/second"], indirect=True)
+def test_a_429_the_pacer_did_not_foresee_is_waited_out(agent):
+    """The agent's limit (3/s) is below probe.rate_limit (10/s): the probe meets 429s and honours Retry-After."""
+    got = _probe_posts(agent, 8, "10/second;100/minute")
+    assert all(not isinstance(r, Exception) and r.status == 200 for r in got), got
+    assert any(r.paced_seconds > 0 for r in got)
+
+
+@pytest.mark.parametrize("agent", ["2/hour"], indirect=True)
+def test_what_the_bound_cannot_fit_is_an_error_naming_the_limit_and_the_wait(agent):
+    from asap_runbook.errors import RateLimited
+    # pacing at the agent's real limit: the third request is not even sent
+    got = _probe_posts(agent, 3, "2/hour")
+    refused = [r for r in got if isinstance(r, RateLimited)]
+    assert len(refused) == 1 and "2/hour" in refused[0].message and "would need a wait of" in refused[0].message
+    assert _requests_seen(agent) == 2
+    # pacing off: the agent's own Retry-After (about an hour) is over the 10 s bound
+    got = _probe_posts(agent, 1, None)
+    assert isinstance(got[0], RateLimited) and "Retry-After" in got[0].message and "10 s bound" in got[0].message
