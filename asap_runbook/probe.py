@@ -207,7 +207,7 @@ class Probe:
 
         A request the agent's rate limiter counts (POST /asap, /asap/stream) first waits for a slot
         in the host's shared budget (:mod:`.pacing`) and waits out a 429's Retry-After, within
-        probe.max_rate_limit_wait_seconds; what does not fit raises ProbeError naming the limit.
+        probe.max_rate_limit_wait_seconds; what does not fit raises RateLimited naming the limit.
         `paced=False` is for a deliberate burst: no waiting, a 429 is returned, accepted requests
         are still logged so that later checks wait for the window."""
         url = self.url(path)
@@ -248,9 +248,9 @@ class Probe:
             if not paced:
                 break
             if not resendable or attempt == self.MAX_429_RETRIES:
-                raise RateLimited(f"the agent kept answering HTTP 429 (rate limited) to {method} {url} after "
-                                 f"{waited:.0f} s of waiting for its limit "
-                                 f"({self.settings.rate_limit or 'pacing off'}, probe.rate_limit); the check did not judge")
+                raise RateLimited(f"the agent answered HTTP 429 (rate limited) to {method} {url} {attempt + 1} time(s), "
+                                  f"after {waited:.0f} s of waiting for its limit "
+                                  f"({self.settings.rate_limit or 'pacing off'}, probe.rate_limit); the check did not judge")
             if pacer is None:  # pacing off: only the agent's Retry-After, within the same bound
                 if waited + retry > self.settings.max_rate_limit_wait_seconds:
                     raise RateLimited(f"the agent answered HTTP 429 with Retry-After {retry:g} s, over the "
