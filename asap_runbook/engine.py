@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import preflight
+from . import pacing, preflight
 from .catalog import CatalogItem, Verification, load_catalog
 from .checks._registry import CheckContext, Finding, registered
 from .errors import RunbookError
@@ -186,8 +186,10 @@ async def _run_target(items: list[CatalogItem], target: Target, params: Params, 
                 ctx = CheckContext(item=item, target=target, params=params, probe=unverified if look_past else probe,
                                    run_dir=run_dir, state=state)
                 limit = _check_timeout(params, target, reg.exclusive)
-                try:
-                    finding = await asyncio.wait_for(reg.fn(ctx), timeout=limit)
+                try:  # time spent waiting for the target's rate limit does not count against `limit`
+                    finding, clock = await pacing.run_timed(reg.fn(ctx), limit)
+                    if clock.paced_seconds >= 0.05:
+                        finding.details.setdefault("paced_seconds", round(clock.paced_seconds, 2))
                 except asyncio.TimeoutError:
                     finding = Finding.errored(f"the check did not finish within {limit:g} s")
                 except RunbookError as e:

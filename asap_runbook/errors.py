@@ -8,7 +8,8 @@ RunbookError
 │   ├── TargetUnreachable   connection refused, DNS failure, TLS handshake failure
 │   │   └── TargetUntrusted  the TLS handshake completed but the certificate did not verify
 │   ├── TargetTimeout       the target did not answer in time
-│   └── NotAnAsapAgent      the target answered, but not like an ASAP agent
+│   ├── NotAnAsapAgent      the target answered, but not like an ASAP agent
+│   └── RateLimited         the target's rate limit needs a longer wait than the bound allows
 ├── PrometheusError    Prometheus could not be queried (result `error`)
 └── DeploymentError    the reference deployment could not start
 """
@@ -47,6 +48,10 @@ class TargetTimeout(ProbeError):
 
 
 class NotAnAsapAgent(ProbeError):
+    pass
+
+
+class RateLimited(ProbeError):
     pass
 
 

@@ -7,6 +7,7 @@ enabled, missing parameter).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -77,6 +78,14 @@ class CheckContext:
 
     def threshold(self, name: str) -> "Threshold":
         return getattr(self.params.thresholds, name)
+
+    async def once(self, key: str, make: Callable[[], Awaitable[Any]]) -> Any:
+        """`make()` awaited once per target and shared by the checks that read the same observation
+        (they run concurrently, so the first caller starts it and the others await the same future)."""
+        fut = self.state.get(key)
+        if fut is None:
+            fut = self.state[key] = asyncio.ensure_future(make())
+        return await asyncio.shield(fut)
 
     def require_active(self, switch: str) -> Finding | None:
         """Return a skip Finding unless the operator enabled this active probe for the target."""

@@ -25,7 +25,7 @@ from .. import alerting, k8s, logs
 from .. import metrics_text as mt
 from .. import monitoring_live as live
 from ..errors import ProbeError
-from ..probe import envelope, redact, rpc
+from ..probe import envelope, probe_envelope, redact, rpc
 from ..prom import prom_for
 from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
 
@@ -48,10 +48,7 @@ async def _fetch_metrics(ctx: CheckContext):
 
 async def _metrics(ctx: CheckContext):
     """One scrape shared by the metrics checks of a target (they run concurrently)."""
-    fut = ctx.state.get("mon.metrics")
-    if fut is None:
-        fut = ctx.state["mon.metrics"] = asyncio.ensure_future(_fetch_metrics(ctx))
-    return await asyncio.shield(fut)
+    return await ctx.once("mon.metrics", lambda: _fetch_metrics(ctx))
 
 
 @check("MON-METRICS-1", needs=AGENT)
@@ -101,9 +98,10 @@ async def metrics_tracked(ctx: CheckContext) -> Finding:
         return Finding.failed(f"missing metric families: {', '.join(missing)}", ev)
     sent = None
     if exp.total("asap_request_duration_seconds_count") == 0:
-        # an idle histogram is all zeros and shows nothing: one ordinary echo request gives it an observation
-        r = await ctx.probe.send(envelope(ctx.target.sender))
-        sent = {"why": "the latency histogram had no observation; one echo request was sent",
+        # an idle histogram is all zeros and shows nothing: one request gives it an observation. Read-only:
+        # refused before any handler (-32012), which asap-protocol still observes (status="error")
+        r = await ctx.probe.send(probe_envelope(ctx.target.sender))
+        sent = {"why": "the latency histogram had no observation; one read-only request was sent",
                 "request": r.evidence.get("request"), "status": r.status}
     await asyncio.sleep(0.5)
     second = await ctx.probe.get("/asap/metrics")
@@ -270,6 +268,9 @@ async def trace_correlation(ctx: CheckContext) -> Finding:
     """A request sent with a known trace id is found in the logs, and its lines can be joined."""
     if not (ctx.target.log_file or ctx.target.log_command):
         return Finding.skipped(f"targets[{ctx.target.name}] names no log_file or log_command")
+    # the join is judged on asap.request.processed, which only a request a handler ran produces
+    if (skip := ctx.require_active("handler_probes")) is not None:
+        return skip
     trace, span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     env = envelope(ctx.target.sender, trace_id=trace)
     env.setdefault("extensions", {})["span_id"] = span

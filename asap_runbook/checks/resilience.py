@@ -8,7 +8,7 @@ claims. Opt-in per target (``active_probes.drills``), bounded in requests and se
 from __future__ import annotations
 
 from ..drills import LookupRun, lookup_drill, restart_drill
-from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
+from ._registry import AGENT_TOKEN, CheckContext, Finding, check
 
 GAP_TOLERANCE = 0.9  # a retry "honours Retry-After: N" if it came at least 0.9 N seconds later
 
