@@ -73,6 +73,20 @@ def write_test_params(dest: Path, *, targets=None, active=True, **extra) -> Path
 
 
 @pytest.fixture(scope="session")
+def demo_run(deployment, tmp_path_factory):
+    """One real `asap-runbook run --params params/demo.yaml` against the three reference targets,
+    shared by tests/test_e2e.py and tests/test_three_ways.py: (completed process, run directory)."""
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("runs")
+    proc = subprocess.run([sys.executable, "-m", "asap_runbook", "run", "--params", str(DEMO_PARAMS), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    run_dirs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(run_dirs) == 1, proc.stdout + proc.stderr
+    return proc, run_dirs[0]
+
+
+@pytest.fixture(scope="session")
 def evidence_run(deployment, tmp_path_factory):
     """One real `asap-runbook run` of every section, shared by the evidence tests: a person's
     confirmation (SCALE-CACHE-3 on hardened), a live waiver (SEC-TLS-4 on misconfigured), an
