@@ -44,6 +44,13 @@ def check(demo_params):
     return run
 
 
+def expected(item_id: str, target: str):
+    """The status the catalog says `item_id` should get on reference target `target` (catalog `expected`)."""
+    from asap_runbook.catalog import load_catalog
+    from asap_runbook.results import Status
+    return Status(load_catalog().get(item_id).expected[target])
+
+
 def one_target(params, name: str, **changes):
     """`params` with only target `name`, its fields changed by `changes`."""
     return params.model_copy(update={"targets": [params.target(name).model_copy(update=changes)]})

@@ -9,7 +9,8 @@ Layout of the work directory::
     <workdir>/token                    the bearer token (0600; never printed)
     <workdir>/env.sh                   export lines (the token as $(cat <workdir>/token))
     <workdir>/pki/                     ca.pem, hardened-chain.pem, hardened-key.pem, weak-*.pem
-    <workdir>/conf/                    hardened-nginx.conf, misconfigured-nginx.conf, prometheus.yml
+    <workdir>/conf/                    hardened-nginx.conf, misconfigured-nginx.conf, stock-nginx.conf
+                                       (+ stock-sites/orders-service.conf, which it includes), prometheus.yml
     <workdir>/logs/<component>.log     stdout+stderr (and nginx error_log) of each component
     <workdir>/nginx/<name>/            nginx prefix: pid file, temp dirs
     <workdir>/prom/                    Prometheus TSDB
@@ -17,7 +18,8 @@ Layout of the work directory::
     <workdir>/control.sock, control.json  drill control (see asap_runbook.reference.control)
 
 ``asap.transport`` is never imported in this process: the agents are
-``asap_runbook.reference.hardened_app:app`` and ``...misconfigured_app:app`` under uvicorn.
+``asap_runbook.reference.hardened_app:app``, ``...misconfigured_app:app`` and the stock
+``orders_service.app:app`` (``--app-dir examples/stock/src``) under uvicorn.
 """
 
 from __future__ import annotations
