@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ._paths import checkout
 from .catalog import REFERENCE_TARGETS, SECTION_TITLES, load_catalog
 
 DOCS_FILE = Path(__file__).resolve().parent.parent / "docs" / "items.md"
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     text = render()
     if argv == ["--write"]:
+        if checkout() is None:
+            print("docs/items.md belongs to a source checkout; this is an installed copy (print the table instead)",
+                  file=sys.stderr)
+            return 2
         DOCS_FILE.write_text(text)
         print(f"wrote {DOCS_FILE}")
     elif not argv:

@@ -131,10 +131,11 @@ def test_prometheus_plots_render(deployment, monkeypatch):
             break
         time.sleep(1)
     frames = rb.monitoring_plots(None, str(DEMO_PARAMS))
-    assert set(frames) == {"hardened", "misconfigured"}
+    assert set(frames) == {"hardened", "misconfigured", "stock"}
     assert "requests_per_s" in frames["hardened"] and len(frames["hardened"]) > 0
     assert frames["hardened"].attrs["double_cumulated"] is False  # the wrapper fixes the buckets
     assert frames["misconfigured"].empty  # never scraped
+    assert frames["stock"].empty  # asap-protocol's metrics as shipped: Prometheus marks the scrape down
 
 
 def test_token_never_in_monitoring_evidence(check):
