@@ -698,7 +698,8 @@ class ReferenceDeployment:
             # the stock team's own jobs (examples/stock/prometheus/prometheus.yml, static here): the
             # agent's metrics, and the ingress exporter that would count 429/413 at the proxy. No
             # exporter that counts nginx statuses runs here (Debian's prometheus-nginx-exporter only
-            # reads stub_status), so that job finds no target: the checks see its absence.
+            # reads stub_status; Debian's mtail could count them from the access log, not wired yet),
+            # so that job finds no target: the checks see its absence, and no metric is faked.
             config["scrape_configs"] += [
                 {
                     "job_name": "orders-service",
