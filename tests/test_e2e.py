@@ -45,7 +45,7 @@ def test_every_artifact_exists(demo_run):
     for s in SECTIONS:
         assert (run_dir / f"{s}.html").is_file()
         assert (run_dir / "notebooks" / f"{s}.ipynb").is_file()
-        assert (run_dir / "sections" / f"{s}.json").is_file()
+    assert not (run_dir / "sections").exists(), "results.json holds every result: no per-section copy is kept"
 
 
 def test_results_validate_and_cover_every_item_and_target(demo_run):
