@@ -38,7 +38,7 @@ def build_matrix(run: RunResults, groups: dict[str, dict[str, str]] | None = Non
     for section in run.sections:
         for n, item in enumerate(catalog.section(section)):
             rows.append({"section": section, "section_start": n == 0, "item_id": item.id, "blocking": item.blocking,
-                         "title": one_line(item.text, 60), "cells": [by_key.get((item.id, t)) for t in run.targets]})
+                         "title": one_line(item.text.replace("`", ""), 60), "cells": [by_key.get((item.id, t)) for t in run.targets]})
     return {"targets": targets, "by_name": {t["name"]: t for t in targets}, "group_keys": group_keys, "rows": rows}
 
 

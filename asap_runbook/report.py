@@ -143,6 +143,7 @@ class Row:
     fix: str | None = None
     blocking: bool = False
     links: dict[str, str] = field(default_factory=dict)   # target -> evidence link (first item)
+    variants: set[str] = field(default_factory=set)       # distinct finding texts behind a per-item row
 
     @property
     def shown_targets(self) -> list[str]:
@@ -176,17 +177,21 @@ def _fix(r: Result, catalog) -> str | None:
         return None
 
 
-def _by_finding(results: list[Result], link, catalog, fix: bool = True) -> Listing:
-    """One row per (item, finding text): the same finding on many targets is one row."""
+def _by_finding(results: list[Result], link, catalog, fix: bool = True, per_item: bool = False) -> Listing:
+    """One row per (item, finding text): the same finding on many targets is one row. `per_item`
+    (fleets): one row per item, whose findings name each target (a URL, a port) and would
+    otherwise make a row per target; the row shows the first finding and how many differ."""
     rows: dict[tuple[str, str], Row] = {}
     for r in results:
-        row = rows.get((r.item_id, r.summary))
+        key = (r.item_id, "" if per_item else r.summary)
+        row = rows.get(key)
         if row is None:
-            row = rows[(r.item_id, r.summary)] = Row(
+            row = rows[key] = Row(
                 status=r.status.value, severity=r.severity, text=one_line(r.summary, 300), items=[r.item_id],
                 title=one_line(r.title, 120), fix=_fix(r, catalog) if fix else None, blocking=r.blocking)
         row.targets.append(r.target)
         row.links[r.target] = link(r)
+        row.variants.add(r.summary)
     ordered = sorted(rows.values(), key=lambda w: (SEVERITY_ORDER.get(w.severity, 9), -len(w.targets), w.items[0]))
     return Listing(ordered, len(results))
 
@@ -214,8 +219,9 @@ def _by_cause(results: list[Result], link, catalog) -> Listing:
     return Listing(ordered, len(results))
 
 
-def summary_lists(run: RunResults, link) -> dict[str, Any]:
-    """What the summary page lists, in its order. `link(result)` -> where that result's evidence is."""
+def summary_lists(run: RunResults, link, fleet: bool = False) -> dict[str, Any]:
+    """What the summary page lists, in its order. `link(result)` -> where that result's evidence is.
+    `fleet`: findings grouped per item (see _by_finding)."""
     from .catalog import load_catalog
     catalog = load_catalog()
     rs = run.results
@@ -230,10 +236,10 @@ def summary_lists(run: RunResults, link) -> dict[str, Any]:
                                            "confirmed": 0, "waived": 0, "link": link(r)})
         p[r.status.value] += 1
     return {
-        "blocking": _by_finding(blocking, link, catalog),
+        "blocking": _by_finding(blocking, link, catalog, per_item=fleet),
         "unverified": _by_cause(unverified, link, catalog),
-        "awaiting": _by_finding(awaiting, link, catalog, fix=False),
-        "warnings": _by_finding(warnings, link, catalog),
+        "awaiting": _by_finding(awaiting, link, catalog, fix=False, per_item=True),
+        "warnings": _by_finding(warnings, link, catalog, per_item=fleet),
         "passes": list(passes.values()),
         "passed": len(done),
     }

@@ -138,9 +138,12 @@ class Renderer:
     def render(self, notebook: Path, html_path: Path) -> None:
         import nbformat
         nb = nbformat.read(str(notebook), as_version=4)
+        css = style()
         body, _ = self.exporter.from_notebook_node(
-            nb, resources={"metadata": {"name": notebook.stem.title()}, "asap_css": style()})
-        html_path.write_text(body)
+            nb, resources={"metadata": {"name": notebook.stem.title()}, "asap_css": css})
+        # outputs carry the stylesheet for JupyterLab; the page has it once, in its head
+        head, sep, rest = body.partition("</head>")
+        html_path.write_text(head + sep + rest.replace(f"<style>{css}</style>", ""))
 
 
 def drop_section_files(run_dir: Path) -> None:
@@ -215,9 +218,10 @@ def verdict_lines(run: RunResults) -> list[str]:
 def coverage_rows(run: RunResults, groups: dict[str, dict[str, str]]) -> tuple[list, bool]:
     """The verdict's coverage rows: per target (and all) for a small run; for a fleet, all targets
     and one row per group value ("team: sre"), so the top of the page stays short."""
+    from .report import is_fleet
     from .results import ALL_TARGETS, Coverage
     whole = [("all targets", run.coverage[ALL_TARGETS])] if ALL_TARGETS in run.coverage else []
-    if len(run.targets) <= ci_rows():
+    if not is_fleet(run):
         per = [(t, run.coverage[t]) for t in run.targets if t in run.coverage]
         return per + (whole if len(per) > 1 else []), False
     by_group: dict[str, Coverage] = {}
@@ -227,11 +231,6 @@ def coverage_rows(run: RunResults, groups: dict[str, dict[str, str]]) -> tuple[l
             for f in Coverage.model_fields:
                 setattr(c, f, getattr(c, f) + getattr(run.coverage[t], f))
     return whole + sorted(by_group.items()), True
-
-
-def ci_rows() -> int:
-    from .ci import MAX_COVERAGE_ROWS
-    return MAX_COVERAGE_ROWS
 
 
 def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], sign_off: dict | None = None,
@@ -271,7 +270,7 @@ def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], s
                else "" for s in run.sections}
     html = jinja_env().get_template("index.html.j2").render(
         run=run, sign_off=sign_off, style=style(), per_section=per_section, per_target=per_target, pages=section_pages,
-        statuses=[s.value for s in Status], lists=summary_lists(run, link), link=link, href=href, fleet=fleet,
+        statuses=[s.value for s in Status], lists=summary_lists(run, link, fleet), link=link, href=href, fleet=fleet,
         cov_rows=cov_rows, cov_grouped=cov_grouped, orphans=orphans, max_rows=MAX_ROWS,
         waived=[r for r in run.results if r.waiver], confirmed=[r for r in run.results if r.confirmation],
         **context,

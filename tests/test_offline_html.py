@@ -71,17 +71,23 @@ def test_summary_page_renders_offline(evidence_run, browser, tmp_path):
         assert page.locator("#signoff").is_visible()
         assert page.locator("#signoff").inner_text().count("Run id") == 1
         assert page.locator("table.rb").first.is_visible()
-        assert page.locator("tr#SEC-TLS-4--misconfigured .st-waived").is_visible()
-        assert page.locator("tr#SCALE-CACHE-3--hardened .st-confirmed").is_visible()
+        assert page.locator("#waivers + table").get_by_text("OPS-1234").is_visible()
+        assert page.locator("#confirmations + table").get_by_text("Alice Operator").is_visible()
         keep_screenshot(page, tmp_path, "offline-index.png")
-        # evidence on demand: closed <details> until clicked
+    finally:
+        context.close()
+    # evidence on demand, on the section page: closed <details> until clicked
+    context, page, attempted = open_offline(browser, evidence_run.run_dir / "security.html")
+    try:
+        assert attempted == []
+        assert page.locator("tr#SEC-TLS-4--misconfigured .st-waived").is_visible()
         details = page.locator("tr#SEC-TLS-4--hardened details")
         assert details.count() == 1 and details.get_attribute("open") is None
         pre = details.locator("pre").first
         assert not pre.is_visible()
         details.locator("summary").click()
         assert pre.is_visible()
-        keep_screenshot(page, tmp_path, "offline-index-evidence-open.png")
+        keep_screenshot(page, tmp_path, "offline-security-evidence-open.png")
     finally:
         context.close()
 
