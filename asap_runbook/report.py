@@ -177,7 +177,15 @@ def _fix(r: Result, catalog) -> str | None:
         return None
 
 
-def _by_finding(results: list[Result], link, catalog, fix: bool = True, per_item: bool = False) -> Listing:
+def _guidance(r: Result, catalog) -> str | None:
+    """What a person should look at to confirm an item (the catalog's manual guidance)."""
+    try:
+        return catalog.get(r.item_id).manual_guidance
+    except KeyError:
+        return None
+
+
+def _by_finding(results: list[Result], link, catalog, fix=_fix, per_item: bool = False) -> Listing:
     """One row per (item, finding text): the same finding on many targets is one row. `per_item`
     (fleets): one row per item, whose findings name each target (a URL, a port) and would
     otherwise make a row per target; the row shows the first finding and how many differ."""
@@ -188,7 +196,7 @@ def _by_finding(results: list[Result], link, catalog, fix: bool = True, per_item
         if row is None:
             row = rows[key] = Row(
                 status=r.status.value, severity=r.severity, text=one_line(r.summary, 300), items=[r.item_id],
-                title=one_line(r.title, 120), fix=_fix(r, catalog) if fix else None, blocking=r.blocking)
+                title=one_line(r.title, 120), fix=fix(r, catalog) if fix else None, blocking=r.blocking)
         row.targets.append(r.target)
         row.links[r.target] = link(r)
         row.variants.add(r.summary)
@@ -238,7 +246,7 @@ def summary_lists(run: RunResults, link, fleet: bool = False) -> dict[str, Any]:
     return {
         "blocking": _by_finding(blocking, link, catalog, per_item=fleet),
         "unverified": _by_cause(unverified, link, catalog),
-        "awaiting": _by_finding(awaiting, link, catalog, fix=False, per_item=True),
+        "awaiting": _by_finding(awaiting, link, catalog, fix=_guidance, per_item=True),
         "warnings": _by_finding(warnings, link, catalog, per_item=fleet),
         "passes": list(passes.values()),
         "passed": len(done),

@@ -235,7 +235,8 @@ def coverage_rows(run: RunResults, groups: dict[str, dict[str, str]]) -> tuple[l
 
 def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], sign_off: dict | None = None,
                 **extra) -> None:
-    """The summary page (and, for a fleet, one page per target holding its evidence)."""
+    """The summary page. It can be rendered again (an after-the-fact sign-off); the per-target
+    pages (write_target_pages) do not change with it."""
     from .report import evidence_href, is_fleet, summary_lists, MAX_ROWS
     fleet = is_fleet(run)
     by_section: dict[str, list[Result]] = {s: [] for s in run.sections}
@@ -276,13 +277,17 @@ def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], s
         **context,
     )
     (run_dir / "index.html").write_text(html)
-    if fleet:
-        write_target_pages(run, run_dir, by_target, matrix)
 
 
-def write_target_pages(run: RunResults, run_dir: Path, by_target: dict[str, list[Result]], matrix: dict) -> None:
-    """A fleet's evidence, one page per target: no page has to hold every target's evidence."""
-    from .report import target_page
+def write_target_pages(run: RunResults, run_dir: Path, matrix: dict) -> None:
+    """A fleet's evidence, one page per target: no page has to hold every target's evidence.
+    (A small run has none: its evidence is on the section pages.)"""
+    from .report import is_fleet, target_page
+    if not is_fleet(run):
+        return
+    by_target: dict[str, list[Result]] = {t: [] for t in run.targets}
+    for r in run.results:
+        by_target.setdefault(r.target, []).append(r)
     template = jinja_env().get_template("target.html.j2")
     css = style()
     (run_dir / "targets").mkdir(exist_ok=True)
@@ -401,8 +406,9 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     drift_mod.write_drift(drift, run_dir)
     sign_off = signing.sign_off_record(run_results, sign_off_by, key)
     signing.write_sign_off(sign_off, run_dir)
-    write_index(run_results, run_dir, pages, sign_off, drift=drift,
-                matrix=fleet.build_matrix(run_results, {t.name: t.groups for t in params.targets}))
+    matrix = fleet.build_matrix(run_results, {t.name: t.groups for t in params.targets})
+    write_index(run_results, run_dir, pages, sign_off, drift=drift, matrix=matrix)
+    write_target_pages(run_results, run_dir, matrix)
     gated = gated_exit_code(results, problems, not_run, fail_on)
     ci.write_summary(ci.summary_markdown(run_results, pages, fail_on, gated, drift), run_dir, say)
     log.removeHandler(handler)

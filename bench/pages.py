@@ -86,7 +86,9 @@ def render(run: RunResults, run_dir: Path) -> dict:
     from asap_runbook import fleet, runner
     pages = {s: f"{s}.html" for s in run.sections}
     t = time.perf_counter()
-    runner.write_index(run, run_dir, pages, None, matrix=fleet.build_matrix(run, groups_of(run)))
+    matrix = fleet.build_matrix(run, groups_of(run))
+    runner.write_index(run, run_dir, pages, None, matrix=matrix)
+    runner.write_target_pages(run, run_dir, matrix)
     seconds = time.perf_counter() - t
     target_pages = sorted((run_dir / "targets").glob("*.html")) if (run_dir / "targets").is_dir() else []
     return {"targets": len(run.targets), "results": len(run.results),
