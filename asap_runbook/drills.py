@@ -68,7 +68,7 @@ async def _prerequisites(ctx: CheckContext, skill: str, need: str) -> Finding | 
 async def _call_skill(ctx: CheckContext, skill: str, data: dict, wait: float) -> tuple[Any, Any, dict]:
     """POST one task.request; return (task status, task result, exchange evidence)."""
     env = envelope(ctx.target.sender, payload={"conversation_id": "conv_runbook_drill", "skill_id": skill, "input": data})
-    r = await ctx.probe.send(env, deadline=wait, timeout=wait)  # waits out a short 429 from other probes
+    r = await ctx.probe.send(env, deadline=wait, timeout=wait)  # paced under the agent's rate limit
     res = r.rpc_result() or {}
     payload = ((res.get("envelope") or {}).get("payload")) or {}
     if not payload:

@@ -25,12 +25,13 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from . import pacing, preflight
 from .catalog import CatalogItem, Verification, load_catalog
 from .checks._registry import CheckContext, Finding, registered
-from .errors import ProbeError, RunbookError
+from .errors import RunbookError
 from .params import Params, Target
 from .probe import Probe
-from .results import Result, SectionRun, Status, now
+from .results import Evidence, Result, SectionRun, Status, now
 
 log = logging.getLogger("asap_runbook")
 
@@ -150,44 +151,58 @@ class RunLock:
 
 async def _run_target(items: list[CatalogItem], target: Target, params: Params, rec: _Recorder,
                       run_dir: Path | None, progress: Progress | None, transport, *,
-                      state: dict | None = None, serial: bool = False) -> None:
+                      state: dict | None = None, serial: bool = False, needs: set[str] = frozenset(),
+                      prometheus: str | None = None) -> None:
     """Run `items` against one target: concurrently (bounded by probe.concurrency), or one after
-    another when `serial` (exclusive checks). `state` carries over between the two phases."""
+    another when `serial` (exclusive checks). `state` carries over between the two phases; the
+    first phase looks once before the checks (the preflight, for `needs`: every need of the section)."""
     checks = registered()
     sem = asyncio.Semaphore(1 if serial else params.probe.concurrency)
     state = {} if state is None else state
-    async with Probe(target, params.probe, transport=transport) as probe:
+    async with Probe(target, params.probe, transport=transport) as probe, \
+            preflight.open_probe(target, params, transport) as unverified:
         probe.requests_sent = state.get("requests_sent", 0)  # the request budget spans both phases
-        # One look before the probes: a target that is down or is not an ASAP agent costs one
-        # timeout, not one per check, and every probe check says why it could not look.
-        needs_probe = any(i.id in checks and i.verification in (Verification.PROBE, Verification.DRILL) for i in items)
-        if needs_probe and "preflight_done" not in state:
-            state["preflight_done"] = True
-            try:
-                await probe.manifest()
-            except ProbeError as e:
-                state["preflight_error"] = e.message
+        pf: preflight.Preflight | None = state.get("preflight")
+        if pf is None:
+            pf = state["preflight"] = await preflight.run(target, params, probe, needs, prometheus, transport)
+            rec.run.preflight[target.name] = pf.record()
+        for p, seen in ((probe, pf.manifest), (unverified, pf.open_manifest)):
+            if seen is not None:
+                p.remember_manifest(seen)
 
         async def one(item: CatalogItem) -> None:
             started, t0 = now(), time.monotonic()
             rec.start(item.id, target.name)
             reg = checks.get(item.id)
+            blocked = reg and pf.blocking(reg.needs)
             if reg is None:
                 finding = _pending(item)
-            elif state.get("preflight_error") and item.verification in (Verification.PROBE, Verification.DRILL):
-                finding = Finding.errored(state["preflight_error"])
+            elif blocked:
+                need, cause = blocked
+                finding = Finding.errored(cause, cause=cause, unmet_need=need)
             else:
-                ctx = CheckContext(item=item, target=target, params=params, probe=probe, run_dir=run_dir, state=state)
+                # the certificate does not verify: what does not depend on trust is judged without it
+                look_past = pf.unverified and "trust" not in reg.needs
+                ctx = CheckContext(item=item, target=target, params=params, probe=unverified if look_past else probe,
+                                   run_dir=run_dir, state=state)
                 limit = _check_timeout(params, target, reg.exclusive)
-                try:
-                    finding = await asyncio.wait_for(reg.fn(ctx), timeout=limit)
+                try:  # time spent waiting for the target's rate limit does not count against `limit`
+                    finding, clock = await pacing.run_timed(reg.fn(ctx), limit)
+                    if clock.paced_seconds >= 0.05:
+                        finding.details.setdefault("paced_seconds", round(clock.paced_seconds, 2))
                 except asyncio.TimeoutError:
                     finding = Finding.errored(f"the check did not finish within {limit:g} s")
                 except RunbookError as e:
                     finding = Finding.errored(e.message)
+                    if e.message in pf.causes.values():  # met the preflight's failure (e.g. a static check's manifest look)
+                        finding.details["cause"] = e.message
                 except Exception as e:  # a bug in a check: one sentence in the report, traceback in the log
                     log.error("check %s on %s crashed:\n%s", item.id, target.name, traceback.format_exc())
                     finding = Finding.errored(f"the check itself failed ({type(e).__name__}: {e}); see runbook.log")
+                if look_past and reg.needs & preflight.TARGET_NEEDS:
+                    finding.details["tls_unverified"] = True
+                    finding.evidence.append(Evidence(label="judged over an unverified TLS connection (no token sent)",
+                                                     data=pf.causes["trust"]))
             result = _result(item, target, finding, started, time.monotonic() - t0)
             rec.add(result)
             if progress:
@@ -200,7 +215,7 @@ async def _run_target(items: list[CatalogItem], target: Target, params: Params, 
         try:
             await asyncio.gather(*(bounded(i) for i in items))
         finally:
-            state["requests_sent"] = probe.requests_sent
+            state["requests_sent"] = probe.requests_sent + unverified.requests_sent
 
 
 def _split(items: list[CatalogItem]) -> tuple[list[CatalogItem], list[CatalogItem]]:
@@ -216,6 +231,11 @@ async def _run_phases(items: list[CatalogItem], targets: list[Target], params: P
     regular, exclusive = _split(items)
     lock = RunLock(run_dir)
     states: dict[str, dict] = {t.name: {} for t in targets}
+    checks = registered()
+    needs = set().union(*(checks[i.id].needs for i in items if i.id in checks))
+    # Prometheus is the same for every target: asked once per section run
+    asks = "prometheus" in needs and any(t.prometheus_job for t in targets)
+    prometheus = await preflight.prometheus_error(params) if asks else None
     # targets run concurrently, at most probe.max_targets_in_parallel at once (a fleet must not
     # exhaust the runbook host's sockets); within a target, probe.concurrency checks at once
     fleet = asyncio.Semaphore(params.probe.max_targets_in_parallel)
@@ -224,7 +244,7 @@ async def _run_phases(items: list[CatalogItem], targets: list[Target], params: P
         async def bounded_target(t: Target) -> None:
             async with fleet:
                 await _run_target(chosen, t, params, rec, run_dir, progress, transport,
-                                  state=states[t.name], serial=serial)
+                                  state=states[t.name], serial=serial, needs=needs, prometheus=prometheus)
         await asyncio.gather(*(bounded_target(t) for t in targets))
 
     if regular:

@@ -6,8 +6,10 @@ RunbookError
 ├── UsageError         the command line is wrong (exit 2)
 ├── ProbeError         a check could not look: the result is `error`, never pass or fail
 │   ├── TargetUnreachable   connection refused, DNS failure, TLS handshake failure
+│   │   └── TargetUntrusted  the TLS handshake completed but the certificate did not verify
 │   ├── TargetTimeout       the target did not answer in time
-│   └── NotAnAsapAgent      the target answered, but not like an ASAP agent
+│   ├── NotAnAsapAgent      the target answered, but not like an ASAP agent
+│   └── RateLimited         the target's rate limit needs a longer wait than the bound allows
 ├── PrometheusError    Prometheus could not be queried (result `error`)
 └── DeploymentError    the reference deployment could not start
 """
@@ -37,11 +39,19 @@ class TargetUnreachable(ProbeError):
     pass
 
 
+class TargetUntrusted(TargetUnreachable):
+    pass
+
+
 class TargetTimeout(ProbeError):
     pass
 
 
 class NotAnAsapAgent(ProbeError):
+    pass
+
+
+class RateLimited(ProbeError):
     pass
 
 

@@ -3,7 +3,7 @@ reference agents for the demo and the benchmark.
 
 A fleet of reference agents is one hardened agent plus N-1 misconfigured ones (each behind its
 own nginx, on free loopback ports), sharing one Redis and one Prometheus: the misconfigured
-agents need no Redis of their own, and the hardened agent's rate limit (5/s) is keyed by
+agents need no Redis of their own, and the hardened agent's rate limit (10/s, 100/min) is keyed by
 client, so several hardened agents sharing a Redis would share one budget and turn the fleet
 into a queue. `fleet_params()` writes the parameters file for it into the work directory.
 """
@@ -97,7 +97,7 @@ def fleet_params(dep, path: Path, *, active_probes: bool = True, environment: st
             t |= {"tls_verify": False, "process_config": str(examples / "misconfigured" / "uvicorn.cmd"),
                   "source_dir": str(examples / "misconfigured" / "src")}
         if active_probes:
-            t["active_probes"] = {"rate_limit_burst": True, "oversize_body": True, "drills": True}
+            t["active_probes"] = {"rate_limit_burst": True, "oversize_body": True, "drills": True, "handler_probes": True}
         # drop paths that do not exist (examples/ may be missing)
         for key in ("process_config", "source_dir"):
             if not Path(t[key]).exists():

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import ParamsError
+from .pacing import parse_limits
 
 SCHEMA_VERSION = 1
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -75,17 +76,22 @@ class Thresholds(_Model):
 
 
 class ActiveProbes(_Model):
-    """Probes that send load or act on the target. Off unless enabled, per target."""
+    """Probes that send load or act on the target. Off unless enabled, per target.
+
+    With all of them off the runbook is read-only: every envelope it sends is refused before any
+    handler runs (see probe.probe_envelope)."""
 
     rate_limit_burst: bool = False
     oversize_body: bool = False
     drills: bool = False
+    handler_probes: bool = Field(False, description="send input to the agent's declared skills: their handlers "
+                                 "RUN (side effects included); SEC-HANDLER-1/-4 and MON-LOG-3 need it")
     max_requests: int = Field(40, ge=1, le=500, description="upper bound on requests one active probe may send")
     max_seconds: float = Field(20, gt=0, le=300, description="upper bound on the time one active probe may take")
 
     @property
     def any_enabled(self) -> bool:
-        return self.rate_limit_burst or self.oversize_body or self.drills
+        return self.rate_limit_burst or self.oversize_body or self.drills or self.handler_probes
 
 
 class Drills(_Model):
@@ -143,6 +149,20 @@ class ProbeSettings(_Model):
         1000, ge=1, le=100_000,
         description="upper bound on the requests one section sends to one target; beyond it a check ends in error")
     max_targets_in_parallel: int = Field(32, ge=1, le=512, description="targets probed at once, per section")
+    rate_limit: str | None = Field(
+        "10/second;100/minute",
+        description="the agents' rate limit per client (asap-protocol's default); POSTs are paced under it, per host, "
+                    "across every section; null turns pacing off (a 429's Retry-After is still honoured)")
+    max_rate_limit_wait_seconds: float = Field(
+        75, ge=0, le=3600,
+        description="longest wait for one request's slot or a 429's Retry-After; beyond it the check ends in error")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _limits_parse(cls, value: str | None) -> str | None:
+        if value is not None and (not parse_limits(value) or any(n < 1 for n, _ in parse_limits(value))):
+            raise ValueError(f"{value!r} is not a rate limit such as '10/second;100/minute'")
+        return value
 
 
 class Params(_Model):

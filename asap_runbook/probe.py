@@ -12,21 +12,24 @@ import asyncio
 import functools
 import json
 import os
-import random
+import re
 import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import NotAnAsapAgent, ProbeError, TargetTimeout, TargetUnreachable
+from . import pacing
+from .errors import NotAnAsapAgent, ProbeError, RateLimited, TargetTimeout, TargetUnreachable, TargetUntrusted
 from .params import ProbeSettings, Target
 
 REDACTED = "***REDACTED***"
 _EVIDENCE_BODY_CHARS = 2000
+_LIMITED_PATHS = ("/asap", "/asap/stream")  # what asap-protocol's rate limiter counts (GETs are not limited)
 _KEPT_HEADERS = {
     "content-type", "content-length", "location", "retry-after", "strict-transport-security",
     "cache-control", "etag", "server", "www-authenticate", "asap-version", "content-encoding",
@@ -71,6 +74,7 @@ class ProbeResponse:
     url: str
     http_version: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    paced_seconds: float = 0.0  # how long this request waited for the agent's rate limit
 
     @property
     def text(self) -> str:
@@ -119,6 +123,24 @@ def envelope(sender: str, *, nonce: str | None | bool = True, timestamp: datetim
     return env
 
 
+PROBE_PAYLOAD_TYPE = "runbook.probe"
+HANDLER_NOT_FOUND = -32012
+
+
+def probe_envelope(sender: str, *, payload: dict | None = None, **kw: Any) -> dict:
+    """A read-only envelope: no agent registers a handler for its payload_type, so the agent runs every
+    gate that comes before a handler (auth, envelope schema, sender, timestamp, nonce) and then answers
+    -32012 (no handler) without running anything. -32012 therefore means "passed every gate"."""
+    return envelope(sender, payload={"note": "asap-runbook read-only probe"} | (payload or {}),
+                    payload_type=PROBE_PAYLOAD_TYPE, **kw)
+
+
+def passed_gates(resp: "ProbeResponse") -> bool:
+    """The agent let a probe_envelope through every check before dispatch (or, worse, ran it)."""
+    err = resp.rpc_error()
+    return resp.rpc_result() is not None or bool(err and err.get("code") == HANDLER_NOT_FOUND)
+
+
 def rpc(env: dict | None, *, rpc_id: str | None = None, method: str = "asap.send") -> dict:
     body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": rpc_id or f"runbook-{uuid.uuid4().hex[:12]}"}
     if env is not None:
@@ -129,7 +151,8 @@ def rpc(env: dict | None, *, rpc_id: str | None = None, method: str = "asap.send
 class Probe:
     """One target's HTTP client. Use as an async context manager."""
 
-    # the sections share the target's rate limit (one client address): a check waits out a short 429
+    # a paced request that still meets a 429 (another client shares our address, the limit is lower than
+    # probe.rate_limit) waits out Retry-After at most this many times, within the wait bound
     MAX_429_RETRIES = 4
 
     def __init__(self, target: Target, settings: ProbeSettings, transport: httpx.AsyncBaseTransport | None = None):
@@ -138,6 +161,7 @@ class Probe:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._manifest: dict | None = None
+        self.manifest_error: ProbeError | None = None  # set by remember_manifest
         self.requests_sent = 0
 
     @property
@@ -169,14 +193,25 @@ class Probe:
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else self.target.base_url + path
 
+    def pacer(self, path: str = "/asap") -> pacing.HostPacer | None:
+        """The shared rate-limit budget of the host behind `path` (None when probe.rate_limit is null)."""
+        return pacing.pacer_for(self.url(path), self.settings.rate_limit, self.settings.max_rate_limit_wait_seconds)
+
     def auth_headers(self) -> dict[str, str]:
         token = self.target.token
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def request(self, method: str, path: str, *, headers: dict | None = None, content: Any = None,
                       json_body: Any = None, authenticated: bool = False, read_limit: int | None = None,
-                      deadline: float | None = None, timeout: float | None = None) -> ProbeResponse:
-        """Send one request with a total deadline and a bounded read; raise ProbeError subclasses."""
+                      deadline: float | None = None, timeout: float | None = None,
+                      paced: bool = True) -> ProbeResponse:
+        """Send one request with a total deadline and a bounded read; raise ProbeError subclasses.
+
+        A request the agent's rate limiter counts (POST /asap, /asap/stream) first waits for a slot
+        in the host's shared budget (:mod:`.pacing`) and waits out a 429's Retry-After, within
+        probe.max_rate_limit_wait_seconds; what does not fit raises RateLimited naming the limit.
+        `paced=False` is for a deliberate burst: no waiting, a 429 is returned, accepted requests
+        are still logged so that later checks wait for the window."""
         url = self.url(path)
         hdrs = dict(headers or {})
         if authenticated:
@@ -186,6 +221,54 @@ class Probe:
             hdrs.setdefault("Content-Type", "application/json")
         limit = read_limit or self.settings.max_response_bytes
         deadline = deadline or self.settings.timeout_seconds * 2
+        limited = method.upper() == "POST" and urlsplit(url).path.rstrip("/").endswith(_LIMITED_PATHS)
+        pacer = self.pacer(url) if limited else None
+        resendable = content is None or isinstance(content, (bytes, bytearray, str))
+        waited = 0.0
+        for attempt in range(self.MAX_429_RETRIES + 1):
+            ticket = await pacer.acquire(deadline) if pacer and paced else None
+            if ticket:
+                waited += ticket.waited
+                pacing.note_wait(ticket.waited)
+            try:
+                pr = await self._once(method, url, hdrs, content, limit, deadline, timeout)
+            except BaseException:
+                if ticket:
+                    pacer.settle(ticket, counted=True)  # it may have reached the agent
+                raise
+            if limited:
+                pacing.note_request()
+            if ticket:
+                pacer.settle(ticket, counted=pr.status != 429)
+            elif pacer and pr.status != 429:
+                pacer.record()
+            if pr.status != 429 or not limited:
+                break
+            retry = _retry_after_seconds(pr)
+            if pacer:
+                pacer.block(retry + pacing.MARGIN_SECONDS)
+            if not paced:
+                break
+            if not resendable or attempt == self.MAX_429_RETRIES:
+                raise RateLimited(f"the agent answered HTTP 429 (rate limited) to {method} {url} {attempt + 1} time(s), "
+                                  f"after {waited:.0f} s of waiting for its limit "
+                                  f"({self.settings.rate_limit or 'pacing off'}, probe.rate_limit); the check did not judge")
+            if pacer is None:  # pacing off: only the agent's Retry-After, within the same bound
+                if waited + retry > self.settings.max_rate_limit_wait_seconds:
+                    raise RateLimited(f"the agent answered HTTP 429 with Retry-After {retry:g} s, over the "
+                                     f"{self.settings.max_rate_limit_wait_seconds:g} s bound "
+                                     "(probe.max_rate_limit_wait_seconds); the check did not judge")
+                await pacing.sleep(retry)
+                waited += retry
+                pacing.note_wait(retry)
+            else:
+                pacer.check_wait(retry, waited)
+        pr.paced_seconds = round(waited, 3)
+        pr.evidence = self._evidence(method, url, hdrs, content, pr)
+        return pr
+
+    async def _once(self, method: str, url: str, hdrs: dict, content: Any, limit: int, deadline: float,
+                    timeout: float | None) -> ProbeResponse:
         started = time.monotonic()
         budget = getattr(self.settings, "max_requests_per_target", None)
         if budget is not None and self.requests_sent >= budget:
@@ -209,17 +292,17 @@ class Probe:
                                      url, resp.http_version)
 
         try:
-            pr = await asyncio.wait_for(go(), timeout=deadline)
+            return await asyncio.wait_for(go(), timeout=deadline)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             raise TargetTimeout(f"{method} {url} did not complete within {deadline:g} s") from None
         except httpx.ConnectError as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e):
+                raise TargetUntrusted(f"the certificate of {url} does not verify: {_verify_detail(e)}") from None
             raise TargetUnreachable(f"cannot connect to {url}: {_reason(e)}") from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
             raise ProbeError(f"{method} {url} failed: {_reason(e)}") from None
         except httpx.HTTPError as e:
             raise ProbeError(f"{method} {url} failed: {_reason(e)}") from None
-        pr.evidence = self._evidence(method, url, hdrs, content, pr)
-        return pr
 
     def _evidence(self, method, url, headers, content, resp: ProbeResponse) -> dict:
         sec = self.secrets
@@ -249,28 +332,17 @@ class Probe:
         return await self.request("GET", path, **kw)
 
     async def send(self, env: dict | None, *, authenticated: bool = True, headers: dict | None = None,
-                   rpc_body: Any = None, retry_on_429: bool = True, deadline: float | None = None,
+                   rpc_body: Any = None, paced: bool = True, deadline: float | None = None,
                    timeout: float | None = None) -> ProbeResponse:
-        """POST one JSON-RPC request to /asap. Waits out a short 429 (at most MAX_429_RETRIES times) unless told not to,
-        so that a concurrent burst in another section does not turn into a false finding."""
+        """POST one JSON-RPC request to /asap, paced under the agent's rate limit (see request())."""
         body = rpc_body if rpc_body is not None else rpc(env)
-        for attempt in range(self.MAX_429_RETRIES + 1):
-            resp = await self.request("POST", "/asap", json_body=body, authenticated=authenticated, headers=headers,
-                                      deadline=deadline, timeout=timeout)
-            if resp.status != 429 or not retry_on_429 or attempt == self.MAX_429_RETRIES:
-                return resp
-            try:
-                wait = float(resp.headers.get("retry-after", "1"))
-            except ValueError:
-                wait = 1.0
-            if wait > 5:
-                return resp
-            # jitter: the checks that hit the limit together must not all come back in the same second
-            await asyncio.sleep(wait + random.uniform(0.05, 0.5 * (attempt + 1)))
-        return resp
+        return await self.request("POST", "/asap", json_body=body, authenticated=authenticated, headers=headers,
+                                  deadline=deadline, timeout=timeout, paced=paced)
 
     async def manifest(self) -> dict:
         """The agent's manifest; raises NotAnAsapAgent if the target does not serve one."""
+        if self.manifest_error is not None:
+            raise self.manifest_error
         if self._manifest is None:
             resp = await self.get("/.well-known/asap/manifest.json")
             if resp.truncated:
@@ -283,12 +355,38 @@ class Probe:
             self._manifest = doc
         return self._manifest
 
+    def remember_manifest(self, outcome: dict | ProbeError) -> None:
+        """The preflight's look at the manifest: later calls reuse it (one request, and one cause
+        when it failed, instead of one timeout per check)."""
+        if isinstance(outcome, ProbeError):
+            self.manifest_error = outcome
+        else:
+            self._manifest = outcome
+
+
+def _retry_after_seconds(resp: ProbeResponse) -> float:
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
+
 
 def _reason(e: Exception) -> str:
     text = str(e) or type(e).__name__
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "certificate verification failed (set the target's ca_file for a private CA)"
+    cause = e.__cause__ or e.__context__
+    while cause is not None:  # httpx says "All connection attempts failed"; the OS says why
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
     return text.splitlines()[0][:300]
+
+
+def _verify_detail(e: Exception) -> str:
+    """OpenSSL's reason from '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: <reason> (_ssl.c:1000)'."""
+    m = re.search(r"certificate verify failed: (.*?)(?: \(_ssl\.c:\d+\))?$", str(e).splitlines()[0])
+    return m.group(1).rstrip(".") if m else "certificate verification failed"
 
 
 def iso_ago(**kw) -> datetime:

@@ -59,6 +59,10 @@ class Prom:
         return await self._api_get("the targets metadata query", "/api/v1/targets/metadata",
                                    {"match_target": match, "metric": metric}) or []
 
+    async def build_info(self) -> dict:
+        """Prometheus's version: the cheapest question that proves it answers."""
+        return await self._api_get("the build info query", "/api/v1/status/buildinfo")
+
     async def rules(self) -> list[dict]:
         """Loaded rule groups."""
         return (await self._api_get("the rules query", "/api/v1/rules"))["groups"]

@@ -96,6 +96,8 @@ class SectionRun(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
     results: list[Result] = Field(default_factory=list)
+    preflight: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per target: what the look before the checks saw, and the causes it found")
 
 
 class Coverage(BaseModel):
@@ -203,6 +205,18 @@ def blockers(results: list[Result], sections_not_run: list[str] = ()) -> list[st
         lines.append(f"section {s} did not run: its items are not verified (run it: --sections {s}, "
                      "or leave --sections out for the whole checklist)")
     return lines
+
+
+def collapse_causes(results: list[Result]) -> list[tuple[str, str, list[str]]]:
+    """(target, cause, item ids) for the errors that share a machine-readable cause
+    (`details["cause"]`, set when a precondition was missing), one entry per (target, cause),
+    in the order the results come: "17 checks could not run on api: connection refused ..."."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in results:
+        cause = r.details.get("cause")
+        if r.status is Status.ERROR and isinstance(cause, str) and cause:
+            groups.setdefault((r.target, cause), []).append(r.item_id)
+    return [(target, cause, ids) for (target, cause), ids in groups.items()]
 
 
 def exit_code(results: list[Result], problems: list[str] = (), sections_not_run: list[str] = ()) -> int:

@@ -28,7 +28,8 @@ from .report import env as jinja_env
 from .report import findings_html, style
 from markupsafe import Markup
 from .results import (
-    READINESS, FailOn, Result, RunResults, SectionRun, Status, blockers, counts, exit_code, gated_exit_code, now,
+    READINESS, FailOn, Result, RunResults, SectionRun, Status, blockers, collapse_causes, counts, exit_code,
+    gated_exit_code, now,
 )
 
 KERNEL_NAME = "asap-runbook"
@@ -418,6 +419,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     signing.report_sign_off(sign_off, key, say)
     for line in verdict_lines(run_results):
         say(line)
+    for target, cause, ids in collapse_causes(results):
+        say(f"  {len(ids)} check{'s' if len(ids) > 1 else ''} could not run on {target}: {cause}")
     for p in problems:
         say(f"  problem: {p}")
     if drift.base_run_id:

@@ -36,7 +36,15 @@ def test_minimal_file_loads(tmp_path):
 def test_example_params_validate():
     params = load_params(REPO / "params" / "example.yaml")
     assert params.targets[0].token_env == "ORDERS_AGENT_TOKEN"
-    assert not any(params.targets[0].active_probes.model_dump(include={"rate_limit_burst", "oversize_body", "drills"}).values())
+    assert not any(params.targets[0].active_probes.model_dump(
+        include={"rate_limit_burst", "oversize_body", "drills", "handler_probes"}).values())
+    assert params.probe.rate_limit == "10/second;100/minute"  # asap-protocol's default, stated
+
+
+def test_a_rate_limit_that_does_not_parse_is_one_sentence(tmp_path):
+    with pytest.raises(ParamsError) as e:
+        load_params(write(tmp_path, GOOD + "probe: {rate_limit: fast}\n"))
+    assert "probe.rate_limit: 'fast' is not a rate limit" in e.value.message
 
 
 @pytest.mark.parametrize("text, sentence", [

@@ -77,7 +77,7 @@ def _request(nonce: str | None = "auto", skill: str = "echo", inp: dict | None =
 
 
 def _post(client: httpx.Client, url: str, body, token: str | None = None) -> httpx.Response:
-    """POST /asap, waiting out the 5/s rate limit if the test itself trips it."""
+    """POST /asap, waiting out the rate limit if the test itself trips it."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     for _ in range(10):
         r = client.post(f"{url}/asap", json=body, headers=headers)

@@ -25,6 +25,14 @@ REASONS = {
     "flooding": "more than 65536 bytes",
     "not-asap": "without an ASAP manifest",
 }
+# An HTTP server answered on these (not an ASAP agent): the checks of the TLS layer, which need
+# only an answer, may judge it, and plain http:// is a real finding there.
+ANSWERED = {"flooding", "not-asap"}
+TLS_LAYER = {"SEC-TLS-2", "SEC-TLS-3", "SEC-TLS-4", "SEC-TLS-5"}
+
+
+def _needs_the_agent(name: str, item_id: str) -> bool:
+    return not (name in ANSWERED and item_id in TLS_LAYER)
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +78,13 @@ def test_each_bad_target_ends_in_error_with_its_reason(mixed_run):
         mine = [r for r in mixed_run.results if r.target == name]
         assert mine, name
         assert not [r for r in mine if r.status is Status.PASS], f"{name}: nothing passes on a target that cannot be looked at"
-        probed = [r for r in mine if r.item_id in probe_items]
+        probed = [r for r in mine if r.item_id in probe_items and _needs_the_agent(name, r.item_id)]
         assert probed and all(r.status is Status.ERROR for r in probed), [(r.item_id, r.status) for r in probed]
         assert all(reason in r.summary for r in probed), (name, probed[0].summary)
+        assert len({r.details["cause"] for r in probed}) == 1, "one cause per target, the preflight's"
+        tls = [r for r in mine if r.item_id in TLS_LAYER and not _needs_the_agent(name, r.item_id)]
+        assert all(r.status is Status.SKIP or "plain HTTP" in r.summary or "no TLS" in r.summary for r in tls), \
+            [(r.item_id, r.status, r.summary) for r in tls]
         assert "Traceback" not in json.dumps([r.summary for r in mine])
 
 
@@ -117,9 +129,10 @@ def test_targets_in_parallel_is_bounded(demo_params, bound):
             assert s.stats["max_ports_busy"] > 1
 
 
-def test_full_run_with_misbehaving_targets(bad, deployment, tmp_path):
+def test_full_run_with_misbehaving_targets(bad, deployment, tmp_path, capsys):
     """The same four through `asap-runbook run` (kernels in other processes reach the servers):
-    each ends in error with its reason, the hardened target still passes, no traceback anywhere."""
+    each ends in error with its reason, the hardened target still passes, no traceback anywhere;
+    the terminal says once per target why its checks could not run."""
     import yaml
 
     from asap_runbook.cli import main
@@ -136,9 +149,15 @@ def test_full_run_with_misbehaving_targets(bad, deployment, tmp_path):
     run = RunResults.model_validate_json((run_dir / "results.json").read_text())
     probe_items = _probe_items("security") | _probe_items("resilience")
     for name, reason in REASONS.items():
-        probed = [r for r in run.results if r.target == name and r.item_id in probe_items]
+        probed = [r for r in run.results if r.target == name and r.item_id in probe_items
+                  and _needs_the_agent(name, r.item_id)]
         assert probed and all(r.status is Status.ERROR and reason in r.summary for r in probed), name
     ok = {r.item_id: r.status for r in run.results if r.target == "hardened"}
     assert ok["SEC-TLS-1"] is Status.PASS and ok["SEC-TLS-4"] is Status.PASS
+    out = capsys.readouterr().out
+    for name, reason in REASONS.items():
+        lines = [ln for ln in out.splitlines() if f"could not run on {name}: " in ln]
+        assert len(lines) == 1 and reason in lines[0], (name, lines)
+    assert "could not run on hardened" not in out
     for page in run_dir.rglob("*.html"):
         assert "Traceback" not in page.read_text()

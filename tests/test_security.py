@@ -105,7 +105,7 @@ def test_active_probes_are_opt_in(demo_params):
     for item in ("SEC-RATE-1", "SEC-SIZE-1"):
         r = run_check(item, params, "hardened")
         assert r.status is Status.SKIP and "active probe not enabled" in r.summary
-    assert "5/second;1000/minute" in run_check("SEC-RATE-1", params, "hardened").summary
+    assert "10/second;100/minute" in run_check("SEC-RATE-1", params, "hardened").summary
 
 
 def test_size_limit_is_learned_from_the_agent(check):

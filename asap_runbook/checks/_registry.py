@@ -7,10 +7,12 @@ enabled, missing parameter).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from ..preflight import NEEDS
 from ..results import Evidence, Status
 
 if TYPE_CHECKING:
@@ -77,6 +79,14 @@ class CheckContext:
     def threshold(self, name: str) -> "Threshold":
         return getattr(self.params.thresholds, name)
 
+    async def once(self, key: str, make: Callable[[], Awaitable[Any]]) -> Any:
+        """`make()` awaited once per target and shared by the checks that read the same observation
+        (they run concurrently, so the first caller starts it and the others await the same future)."""
+        fut = self.state.get(key)
+        if fut is None:
+            fut = self.state[key] = asyncio.ensure_future(make())
+        return await asyncio.shield(fut)
+
     def require_active(self, switch: str) -> Finding | None:
         """Return a skip Finding unless the operator enabled this active probe for the target."""
         if not getattr(self.target.active_probes, switch):
@@ -94,16 +104,26 @@ class RegisteredCheck:
     item_id: str
     fn: CheckFn
     exclusive: bool  # sends load (bursts): runs alone, after the target's other checks
+    needs: frozenset[str] = frozenset()  # preconditions (see preflight.NEEDS); unmet -> error, not run
 
 
 REGISTRY: dict[str, RegisteredCheck] = {}
+AGENT = ("agent", "trust")  # talks to the agent over a trusted connection
+AGENT_TOKEN = ("agent", "trust", "token")  # ... and presents the configured token
 
 
-def check(item_id: str, *, exclusive: bool = False) -> Callable[[CheckFn], CheckFn]:
+def check(item_id: str, *, exclusive: bool = False, needs: tuple[str, ...] = ()) -> Callable[[CheckFn], CheckFn]:
+    """Register `fn` for `item_id`. `needs` names what it cannot look without (preflight.NEEDS):
+    when the target's preflight found one missing, the engine ends the item `error` with that
+    cause and does not run it."""
+    unknown = set(needs) - set(NEEDS)
+    if unknown:
+        raise RuntimeError(f"{item_id}: unknown needs {sorted(unknown)}; choose from {', '.join(NEEDS)}")
+
     def register(fn: CheckFn) -> CheckFn:
         if item_id in REGISTRY:
             raise RuntimeError(f"two checks registered for {item_id}")
-        REGISTRY[item_id] = RegisteredCheck(item_id, fn, exclusive)
+        REGISTRY[item_id] = RegisteredCheck(item_id, fn, exclusive, frozenset(needs))
         return fn
     return register
 

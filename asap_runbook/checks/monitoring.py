@@ -25,9 +25,9 @@ from .. import alerting, k8s, logs
 from .. import metrics_text as mt
 from .. import monitoring_live as live
 from ..errors import ProbeError
-from ..probe import envelope, redact, rpc
+from ..probe import envelope, probe_envelope, redact, rpc
 from ..prom import prom_for
-from ._registry import CheckContext, Finding, check
+from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
 
 REQUIRED_FAMILIES = ("asap_requests_total", "asap_requests_error_total", "asap_request_duration_seconds")
 BUILTIN_READY = {"status": "ok"}  # asap-protocol's constant /ready body
@@ -48,13 +48,10 @@ async def _fetch_metrics(ctx: CheckContext):
 
 async def _metrics(ctx: CheckContext):
     """One scrape shared by the metrics checks of a target (they run concurrently)."""
-    fut = ctx.state.get("mon.metrics")
-    if fut is None:
-        fut = ctx.state["mon.metrics"] = asyncio.ensure_future(_fetch_metrics(ctx))
-    return await asyncio.shield(fut)
+    return await ctx.once("mon.metrics", lambda: _fetch_metrics(ctx))
 
 
-@check("MON-METRICS-1")
+@check("MON-METRICS-1", needs=AGENT)
 async def metrics_exposed(ctx: CheckContext) -> Finding:
     """`/asap/metrics` answers and parses as the format its content type claims."""
     resp, exp = await _metrics(ctx)
@@ -87,7 +84,7 @@ def _counter_values(exp: mt.Exposition) -> dict[tuple, float]:
     return out
 
 
-@check("MON-METRICS-3")
+@check("MON-METRICS-3", needs=AGENT_TOKEN)
 async def metrics_tracked(ctx: CheckContext) -> Finding:
     """The families the checklist names exist, histograms are sane, counters never go backwards."""
     resp, exp = await _metrics(ctx)
@@ -101,9 +98,10 @@ async def metrics_tracked(ctx: CheckContext) -> Finding:
         return Finding.failed(f"missing metric families: {', '.join(missing)}", ev)
     sent = None
     if exp.total("asap_request_duration_seconds_count") == 0:
-        # an idle histogram is all zeros and shows nothing: one ordinary echo request gives it an observation
-        r = await ctx.probe.send(envelope(ctx.target.sender))
-        sent = {"why": "the latency histogram had no observation; one echo request was sent",
+        # an idle histogram is all zeros and shows nothing: one request gives it an observation. Read-only:
+        # refused before any handler (-32012), which asap-protocol still observes (status="error")
+        r = await ctx.probe.send(probe_envelope(ctx.target.sender))
+        sent = {"why": "the latency histogram had no observation; one read-only request was sent",
                 "request": r.evidence.get("request"), "status": r.status}
     await asyncio.sleep(0.5)
     second = await ctx.probe.get("/asap/metrics")
@@ -139,7 +137,7 @@ async def metrics_tracked(ctx: CheckContext) -> Finding:
         "histogram buckets sane (monotonic, none above +Inf); counters steady across two scrapes", ev)
 
 
-@check("MON-METRICS-4")
+@check("MON-METRICS-4", needs=AGENT)
 async def business_metrics(ctx: CheckContext) -> Finding:
     """Metric families beyond asap-protocol's own (and the Python runtime's)."""
     resp, exp = await _metrics(ctx)
@@ -155,7 +153,7 @@ async def business_metrics(ctx: CheckContext) -> Finding:
     return Finding.passed(f"custom metrics exported next to asap_*: {', '.join(custom)}", ev)
 
 
-@check("MON-METRICS-2")
+@check("MON-METRICS-2", needs=("prometheus",))
 async def prometheus_scrapes(ctx: CheckContext) -> Finding:
     """A scrape target for this agent exists in Prometheus and is up; when down, show why."""
     prom = prom_for(ctx.params)
@@ -265,11 +263,14 @@ async def json_log_format(ctx: CheckContext) -> Finding:
     return Finding.passed("; ".join(ok), ev)
 
 
-@check("MON-LOG-3")
+@check("MON-LOG-3", needs=AGENT_TOKEN)
 async def trace_correlation(ctx: CheckContext) -> Finding:
     """A request sent with a known trace id is found in the logs, and its lines can be joined."""
     if not (ctx.target.log_file or ctx.target.log_command):
         return Finding.skipped(f"targets[{ctx.target.name}] names no log_file or log_command")
+    # the join is judged on asap.request.processed, which only a request a handler ran produces
+    if (skip := ctx.require_active("handler_probes")) is not None:
+        return skip
     trace, span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     env = envelope(ctx.target.sender, trace_id=trace)
     env.setdefault("extensions", {})["span_id"] = span
@@ -323,7 +324,7 @@ async def trace_correlation(ctx: CheckContext) -> Finding:
 
 
 # --------------------------------------------------------------------------- health and readiness
-@check("MON-HEALTH-1")
+@check("MON-HEALTH-1", needs=AGENT)
 async def health_endpoints(ctx: CheckContext) -> Finding:
     """/health and /ready answer 200 JSON without credentials; /ready says more than the constant."""
     seen, ev, problems = {}, [], []
@@ -369,7 +370,7 @@ async def _ready_status(ctx: CheckContext) -> tuple[int | None, str]:
         return None, e.message
 
 
-@check("MON-HEALTH-2", exclusive=True)
+@check("MON-HEALTH-2", exclusive=True, needs=AGENT)
 async def readiness_follows_dependency(ctx: CheckContext) -> Finding:
     """Drill: stop a dependency, /ready must fail; start it again, /ready must recover."""
     skip = ctx.require_active("drills")
@@ -508,7 +509,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@check("MON-HEALTH-4", exclusive=True)  # times a drain: other probes' load would skew it
+# exclusive: it times a drain, and other probes' load would skew it; it starts its own agent, so needs no target
+@check("MON-HEALTH-4", exclusive=True, needs=("token",))
 async def graceful_shutdown(ctx: CheckContext) -> Finding:
     """Drill: start the agent, send a slow request, SIGTERM; the request completes, the process exits in time."""
     skip = ctx.require_active("drills")
@@ -724,21 +726,21 @@ async def _alert_check(ctx: CheckContext, key: str) -> Finding:
     return Finding.passed(f"{covered}; " + (f"{state} now (not firing)" if firing else "not firing") + extra, ev)
 
 
-@check("MON-ALERT-1")
+@check("MON-ALERT-1", needs=("prometheus",))
 async def alert_error_rate(ctx: CheckContext) -> Finding:
     return await _alert_check(ctx, "error_rate")
 
 
-@check("MON-ALERT-2")
+@check("MON-ALERT-2", needs=("prometheus",))
 async def alert_latency(ctx: CheckContext) -> Finding:
     return await _alert_check(ctx, "latency")
 
 
-@check("MON-ALERT-3")
+@check("MON-ALERT-3", needs=("prometheus",))
 async def alert_agent_down(ctx: CheckContext) -> Finding:
     return await _alert_check(ctx, "down")
 
 
-@check("MON-ALERT-4")
+@check("MON-ALERT-4", needs=("prometheus",))
 async def alert_rate_limit(ctx: CheckContext) -> Finding:
     return await _alert_check(ctx, "rate_limit")

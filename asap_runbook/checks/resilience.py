@@ -8,12 +8,12 @@ claims. Opt-in per target (``active_probes.drills``), bounded in requests and se
 from __future__ import annotations
 
 from ..drills import LookupRun, lookup_drill, restart_drill
-from ._registry import CheckContext, Finding, check
+from ._registry import AGENT_TOKEN, CheckContext, Finding, check
 
 GAP_TOLERANCE = 0.9  # a retry "honours Retry-After: N" if it came at least 0.9 N seconds later
 
 
-@check("RES-1")
+@check("RES-1", needs=AGENT_TOKEN)
 async def retries_with_backoff(ctx: CheckContext) -> Finding:
     """Call 1 warms the retry path up (503, then success: one-time costs such as lazy imports on the
     agent's first retry would otherwise stretch the first gap on a busy host); call 2 meets 503, 503,
@@ -60,7 +60,7 @@ def judge_retries(run: LookupRun) -> Finding:
                           f"Retry-After; {len(ok)} of {len(run.calls)} call(s) then succeeded", ev)
 
 
-@check("RES-2")
+@check("RES-2", needs=AGENT_TOKEN)
 async def circuit_breaker(ctx: CheckContext) -> Finding:
     """The downstream fails five times (503, a connection reset, a response slower than any sane client
     timeout, 503, 503), then recovers. A breaker stops the calls after its threshold, then lets a
@@ -90,7 +90,7 @@ async def circuit_breaker(ctx: CheckContext) -> Finding:
                           f"{len(resumed)} later call(s) succeeded", ev)
 
 
-@check("RES-3")
+@check("RES-3", needs=AGENT_TOKEN)
 async def fallback(ctx: CheckContext) -> Finding:
     """One good answer, then the downstream fails for good: the critical call must still answer."""
     run = await lookup_drill(ctx, plan=["ok"], default="503", calls=2)
@@ -108,7 +108,7 @@ async def fallback(ctx: CheckContext) -> Finding:
                           f"{failing[0].get('outcome')} ({failing[0].get('error')}), no fallback", ev)
 
 
-@check("RES-4", exclusive=True)
+@check("RES-4", exclusive=True, needs=AGENT_TOKEN)
 async def resumable_tasks(ctx: CheckContext) -> Finding:
     """Kill the agent mid-task, restart it, run the task again: it must resume from its last snapshot."""
     out = await restart_drill(ctx)

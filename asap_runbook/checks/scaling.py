@@ -14,11 +14,11 @@ import json
 import re
 
 from ..deploy_files import Manifests, load_manifests, memory_bytes
-from ..errors import ProbeError
+from ..errors import ProbeError, RateLimited
 from ..introspect import introspect_app
 from ..probe import envelope, rpc
 from ..source import CLIENT_DEFAULTS, ClientUsage, client_usage, read_process_config
-from ._registry import CheckContext, Finding, check
+from ._registry import AGENT, CheckContext, Finding, check
 
 IDLE_WORKER_BYTES = 80 * 2**20  # reference §3.2: ~80 MB RSS per idle asap-protocol worker
 PRIVATE_CONSTANTS_NOTE = ("DEFAULT_POOL_MAXSIZE, DEFAULT_POOL_CONNECTIONS and MANIFEST_REQUEST_TIMEOUT are private "
@@ -126,6 +126,8 @@ async def _gzip_probe(ctx: CheckContext) -> dict:
         r = await ctx.probe.request("POST", "/asap", content=body, authenticated=True,
                                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip",
                                              "Accept-Encoding": "gzip, br"})
+    except RateLimited:
+        raise  # the agent's limit, not its compression support: no verdict
     except ProbeError as e:
         return {"sent": "POST /asap, 2 KB envelope gzip-compressed", "could_not_send": e.message}
     r.evidence["request"]["body"] = f"<{len(body)} bytes: gzip of {plain[:240]}…>"  # not the raw binary
@@ -318,7 +320,7 @@ async def manifest_caching(ctx: CheckContext) -> Finding:
     return Finding.passed(f"downstream manifests are cached: {how}", ev)
 
 
-@check("SCALE-CACHE-2")
+@check("SCALE-CACHE-2", needs=AGENT)
 async def manifest_cache_ttl(ctx: CheckContext) -> Finding:
     ttl = ctx.threshold("manifest_cache_ttl_seconds")
     r1 = await ctx.probe.get("/.well-known/asap/manifest.json")

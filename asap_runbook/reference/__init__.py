@@ -2,7 +2,7 @@
 
 ``ReferenceDeployment`` starts, on loopback and in its own processes:
 
-* a hardened agent (``hardened_app``: bearer auth, nonce required, 5/s rate limit in Redis,
+* a hardened agent (``hardened_app``: bearer auth, nonce required, 10/s;100/min rate limit in Redis,
   1 MiB body limit, JSON logs, ``/ready`` wired to Redis, scrapeable metrics) behind a hardened
   nginx (TLS 1.2/1.3 with a 90-day leaf from a local CA, HSTS, HTTP->HTTPS 301, 1m bodies,
   X-Forwarded-For overwritten);

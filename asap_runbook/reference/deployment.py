@@ -23,6 +23,7 @@ Layout of the work directory::
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import secrets
 import shutil
@@ -547,15 +548,27 @@ class ReferenceDeployment:
         self._launch[name] = (argv, env, f"{direct_url}/health")
 
         # nginx in front
+        if role == "hardened":
+            template, cert, key = "hardened-nginx.conf", self.pki.cert_chain, self.pki.cert_key
+        else:
+            template, cert, key = "weak-nginx.conf", self.pki.weak_cert, self.pki.weak_key
+        conf, nproc, nginx_log, access_log = self._start_nginx(name, template, cert, key, agent_port, tls_port, http_port)
+        return AgentInfo(
+            name=name, role=role, agent_id=agent_id, base_url=base_url, http_url=http_url,
+            direct_url=direct_url, ca_file=self.pki.ca_file if role == "hardened" else None,
+            cert_file=cert, log_file=proc.log_file, pid=proc.pid, app_ref=app_ref, app_env=app_env,
+            uvicorn_argv=tuple(argv), nginx_conf=conf, nginx_pid=nproc.pid, nginx_log=nginx_log,
+            nginx_access_log=access_log, token_env=TOKEN_ENV if role == "hardened" else None,
+        )
+
+    def _start_nginx(self, name: str, template: str, cert: Path, key: Path, upstream_port: int, tls_port: int,
+                     http_port: int) -> tuple[Path, _Proc, Path, Path]:
+        """nginx from `template` (TLS with `cert`/`key`, plain HTTP) in front of 127.0.0.1:`upstream_port`."""
         prefix = self.workdir / "nginx" / name
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (prefix / sub).mkdir(parents=True, exist_ok=True)
         nginx_log = self.logs_dir / f"{name}-nginx.log"
         access_log = self.logs_dir / f"{name}-nginx-access.log"
-        if role == "hardened":
-            template, cert, key = "hardened-nginx.conf", self.pki.cert_chain, self.pki.cert_key
-        else:
-            template, cert, key = "weak-nginx.conf", self.pki.weak_cert, self.pki.weak_key
         conf = self.conf_dir / f"{name}-nginx.conf"
         conf.write_text(
             _render(
@@ -565,7 +578,7 @@ class ReferenceDeployment:
                     "PREFIX": str(prefix),
                     "ERROR_LOG": str(nginx_log),
                     "ACCESS_LOG": str(access_log),
-                    "UPSTREAM_PORT": str(agent_port),
+                    "UPSTREAM_PORT": str(upstream_port),
                     "TLS_PORT": str(tls_port),
                     "HTTP_PORT": str(http_port),
                     "CERT_CHAIN": str(cert),
@@ -577,13 +590,25 @@ class ReferenceDeployment:
             self._bins["nginx"], "-p", str(prefix), "-c", str(conf), "-e", str(nginx_log), "-g", "daemon off;",
         ]
         nproc = self._spawn(f"{name}-nginx", nginx_argv, log_file=nginx_log, cwd=prefix)
-        return AgentInfo(
-            name=name, role=role, agent_id=agent_id, base_url=base_url, http_url=http_url,
-            direct_url=direct_url, ca_file=self.pki.ca_file if role == "hardened" else None,
-            cert_file=cert, log_file=proc.log_file, pid=proc.pid, app_ref=app_ref, app_env=app_env,
-            uvicorn_argv=tuple(argv), nginx_conf=conf, nginx_pid=nproc.pid, nginx_log=nginx_log,
-            nginx_access_log=access_log, token_env=TOKEN_ENV if role == "hardened" else None,
-        )
+        return conf, nproc, nginx_log, access_log
+
+    def start_tls_front(self, name: str, cert: Path, key: Path, behind: str = "hardened") -> tuple[str, str]:
+        """Another hardened nginx, serving `cert`, in front of the running agent `behind`: how a
+        certificate problem looks on a real proxy (tests of the certificate checks). Returns its
+        (https base URL, plain-HTTP URL); it stops with the deployment or with stop_tls_front."""
+        agent = self.hardened if behind == "hardened" else next(m for m in self.misconfigured if m.name == behind)
+        tls_port, http_port = self._free_port(), self._free_port()
+        info = dataclasses.replace(agent, base_url=f"https://127.0.0.1:{tls_port}", http_url=f"http://127.0.0.1:{http_port}")
+        with self._lock:
+            self._start_nginx(name, "hardened-nginx.conf", cert, key, int(agent.direct_url.rsplit(":", 1)[1]),
+                              tls_port, http_port)
+            self._wait_ready({f"{name}-nginx": self._nginx_ready(info, verify=False)})
+        return info.base_url, info.http_url
+
+    def stop_tls_front(self, name: str) -> None:
+        proc = self._procs.pop(f"{name}-nginx", None)
+        if proc is not None:
+            self._terminate([proc])
 
     def _start_prometheus(self, port: int) -> PrometheusInfo:
         assert self.hardened is not None and self.pki is not None

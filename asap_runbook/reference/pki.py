@@ -67,22 +67,27 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
-def make_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> PKIFiles:
-    """Create the CA, the hardened leaf and the weak (expired, self-signed) leaf in *directory*."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+@dataclass(frozen=True)
+class Issuer:
+    """A CA that can sign leaves (make_ca)."""
 
-    # --- CA -----------------------------------------------------------------------------
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("asap-runbook reference local CA")
-    ca_cert = (
+    name: x509.Name
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+
+def make_ca(cn: str = "asap-runbook reference local CA", days: int = 730) -> Issuer:
+    now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(cn)
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=730))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -92,52 +97,56 @@ def make_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
+    return Issuer(name, key, cert)
 
-    # --- hardened leaf (CA-issued, 90 days) ----------------------------------------------
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf_cert = (
+
+def make_leaf(cert_file: Path, key_file: Path, hosts: list[str] | tuple[str, ...], *, issuer: Issuer | None,
+              not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
+              rsa_key: bool = False) -> None:
+    """Write a server certificate for `hosts` (SAN IP/DNS) and its key (0600). Signed by `issuer`
+    (the file then holds leaf + CA, as a server sends its chain), or self-signed when None.
+    Default validity: from 5 minutes ago for LEAF_VALIDITY_DAYS (real-looking: under 398 days)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    not_before = not_before or now - dt.timedelta(minutes=5)
+    not_after = not_after or not_before + dt.timedelta(days=LEAF_VALIDITY_DAYS)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if rsa_key else ec.generate_private_key(ec.SECP256R1())
+    subject = _name(hosts[0])
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
-        .issuer_name(ca_name)
-        .public_key(leaf_key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer.name if issuer else subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=LEAF_VALIDITY_DAYS))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(_san(list(hosts)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
     )
+    if issuer is not None:
+        builder = (
+            builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                    crl_sign=False, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+        )
+    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
+    cert_file.write_bytes(_pem(cert) + (_pem(issuer.cert) if issuer else b""))
+    _write_key(key_file, key)
 
-    # --- weak leaf: self-signed, expired --------------------------------------------------
-    weak_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    weak_name = _name("127.0.0.1")
-    weak_cert = (
-        x509.CertificateBuilder()
-        .subject_name(weak_name)
-        .issuer_name(weak_name)
-        .public_key(weak_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=400))
-        .not_valid_after(now - dt.timedelta(days=30))
-        .add_extension(_san(["127.0.0.1"]), critical=False)
-        .sign(weak_key, hashes.SHA256())
-    )
 
+def make_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> PKIFiles:
+    """Create the CA, the hardened leaf and the weak (expired, self-signed) leaf in *directory*."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
     files = PKIFiles(
         ca_file=directory / "ca.pem",
         cert_chain=directory / "hardened-chain.pem",
@@ -145,9 +154,10 @@ def make_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"
         weak_cert=directory / "weak-selfsigned-expired.pem",
         weak_key=directory / "weak-key.pem",
     )
-    files.ca_file.write_bytes(_pem(ca_cert))
-    files.cert_chain.write_bytes(_pem(leaf_cert) + _pem(ca_cert))
-    _write_key(files.cert_key, leaf_key)
-    files.weak_cert.write_bytes(_pem(weak_cert))
-    _write_key(files.weak_key, weak_key)
+    ca = make_ca()
+    files.ca_file.write_bytes(_pem(ca.cert))
+    make_leaf(files.cert_chain, files.cert_key, hosts, issuer=ca)  # hardened: CA-issued, 90 days
+    # weak: self-signed RSA, expired 30 days ago
+    make_leaf(files.weak_cert, files.weak_key, ["127.0.0.1"], issuer=None, rsa_key=True,
+              not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=30))
     return files
