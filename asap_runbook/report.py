@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from .results import Result, RunResults, Status
+from .results import Result, RunResults, Status, collapse_causes
 
 #: above this many targets, evidence moves from the section pages to per-target pages
 INLINE_EVIDENCE_MAX_TARGETS = 10
@@ -121,13 +121,16 @@ def status_badge(status: str) -> str:
 
 # -- the summary page's lists ------------------------------------------------------------------
 
-def collapse_causes(results: Iterable[Result]) -> list[tuple[str, str, list[str]]]:
-    """Checks that could not look, one entry per (target, cause): "17 checks could not run on api:
-    connection refused". The cause is details["cause"] when the check recorded one, else its summary."""
-    groups: dict[tuple[str, str], list[str]] = {}
+def not_looked(results: Iterable[Result]) -> list[tuple[str, str, list[str]]]:
+    """Checks that did not look (error or skip), one entry per (target, cause): results.collapse_causes
+    for errors that recorded a precondition's cause ("17 checks could not run on api: connection
+    refused"), and the rest by their summary, which for a skip says what would verify it."""
+    results = [r for r in results if r.status in (Status.ERROR, Status.SKIP)]
+    groups = {(t, cause): list(ids) for t, cause, ids in collapse_causes(results)}
+    covered = {(i, t) for (t, _), ids in groups.items() for i in ids}
     for r in results:
-        if r.status in (Status.ERROR, Status.SKIP):
-            groups.setdefault((r.target, r.details.get("cause") or r.summary), []).append(r.item_id)
+        if (r.item_id, r.target) not in covered:
+            groups.setdefault((r.target, r.summary), []).append(r.item_id)
     return [(t, cause, items) for (t, cause), items in groups.items()]
 
 
@@ -209,7 +212,7 @@ def _by_cause(results: list[Result], link, catalog) -> Listing:
     when they share the same items: "3 checks not verified on a, b: active probe not enabled: set ..."."""
     by_id = {(r.item_id, r.target): r for r in results}
     merged: dict[tuple[str, tuple[str, ...]], Row] = {}
-    for target, cause, items in collapse_causes(results):
+    for target, cause, items in not_looked(results):
         first = by_id[(items[0], target)]
         key = (cause, tuple(items))
         row = merged.get(key)

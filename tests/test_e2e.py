@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from asap_runbook import report
+
 from asap_runbook.catalog import load_catalog
 from asap_runbook.results import Result, RunResults, Status, exit_code
 
@@ -133,6 +135,11 @@ probe: {{timeout_seconds: 2}}
     assert not any(r.status is Status.PASS for r in probes)
     for f in run_dir.rglob("*.html"):
         assert "Traceback" not in f.read_text()
+    # the summary collapses what could not run for one cause into one row per target
+    page = (run_dir / "index.html").read_text()
+    unverified = page[page.index('id="unverified"'):page.index('id="awaiting"')]
+    biggest = max(report.not_looked(run.results), key=lambda c: len(c[2]))
+    assert len(biggest[2]) > 1 and f"{len(biggest[2])} checks" in unverified
 
 
 def _r(status, blocking=True):

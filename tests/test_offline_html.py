@@ -23,8 +23,9 @@ def browser():
         b.close()
 
 
-def open_offline(browser, page_path: Path):
-    """Open a page with everything but file:// blocked; return (page, attempted non-file requests)."""
+def open_offline(browser, page_path: Path, timeout_ms: float = 30_000):
+    """Open a page with everything but file:// blocked; return (page, attempted non-file requests).
+    `timeout_ms`: how long to wait for it to load (a 1000-target page on a loaded 2-core machine)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     attempted = []
@@ -37,6 +38,7 @@ def open_offline(browser, page_path: Path):
             route.abort()
     page.route("**/*", guard)
     page.on("requestfailed", lambda r: None if r.url.startswith("file://") else attempted.append(r.url))
+    page.set_default_timeout(timeout_ms)
     page.goto(page_path.as_uri(), wait_until="load")
     page.wait_for_load_state("networkidle")
     return context, page, attempted
