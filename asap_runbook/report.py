@@ -115,10 +115,6 @@ def findings_html(results: list[Result], evidence: bool | None = None, page_pref
     return env().get_template("_findings.html.j2").render(groups=groups, evidence=evidence, page_prefix=page_prefix)
 
 
-def status_badge(status: str) -> str:
-    return f'<span class="st st-{html.escape(status)}">{html.escape(status)}</span>'
-
-
 # -- the summary page's lists ------------------------------------------------------------------
 
 def not_looked(results: Iterable[Result]) -> list[tuple[str, str, list[str]]]:
