@@ -66,6 +66,10 @@ def _free_port() -> int:
 
 
 # ------------------------------------------------------------------------ an agent the drill starts
+class AgentStartFailed(ProbeError):
+    evidence: list = []
+
+
 class AgentProcess:
     """``drills.agent_start`` in the foreground on 127.0.0.1:$PORT (plus `env`), until it answers /health.
     Killed (its whole process group) when the block ends, whatever happened."""
@@ -103,8 +107,11 @@ class AgentProcess:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), timeout=interval)
         await self.__aexit__()
-        raise ProbeError(f"the agent started by drills.agent_start did not answer {self.base}/health "
-                         f"(exit code {self.proc.returncode}); its output ends: {' | '.join(self.output_tail(3))}")
+        err = AgentStartFailed(f"the agent started by drills.agent_start did not answer {self.base}/health "
+                               f"(exit code {self.proc.returncode})")
+        err.evidence = [("timeline", self.timeline), ("agent output", self.output_tail())]
+        self.cleanup()
+        raise err
 
     async def __aexit__(self, *exc) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -235,7 +242,7 @@ async def observe_downstream(ctx: CheckContext, phases: dict[str, tuple[list[str
                     if agent:
                         obs.agent = list(agent.timeline)
     except ProbeError as e:
-        return Finding.errored(e.message)
+        return Finding.errored(e.message, getattr(e, "evidence", None))
     except OSError as e:  # the listen address is taken or not ours
         return Finding.errored(f"the fault proxy cannot listen on {listen[0]}:{listen[1]}: {e.strerror or e}")
     return out
@@ -364,10 +371,11 @@ async def observe_restart(ctx: CheckContext, kill_after_versions: int = 2) -> di
         code, out = await _run_command(d.agent_restart, timeout=min(bound.max_seconds, 30))
         obs["restart"] = {"exit_code": code, "output": redact(out, ctx.probe.secrets)[-300:]}
         note("restart command finished", exit_code=code)
+        if code != 0:  # nothing was restarted: the task left running is not the drill's any more
+            first.cancel()
+            return obs
         obs["first_run"] = await first
         note("first run ended", outcome=obs["first_run"]["outcome"])
-        if code != 0:
-            return obs
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the agent is back when its health endpoint answers
             with contextlib.suppress(ProbeError):
@@ -401,7 +409,7 @@ async def observe_drain(ctx: CheckContext, grace: float, grace_from: str) -> dic
     try:
         agent = await AgentProcess(ctx).__aenter__()
     except ProbeError as e:
-        return Finding.errored(e.message)
+        return Finding.errored(e.message, getattr(e, "evidence", None))
     try:
         headers = ctx.probe.auth_headers() | {"Content-Type": "application/json", "Content-Length": str(len(body)),
                                               "Host": f"127.0.0.1:{agent.port}"}
