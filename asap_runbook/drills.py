@@ -45,6 +45,7 @@ from .faultproxy import FaultProxy
 from .introspect import child_env
 from .probe import envelope, probe_envelope, redact, rpc
 
+DRILL_ITEMS = ("RES-1", "RES-2", "RES-3", "RES-4", "MON-HEALTH-4")  # the checks timeline_png draws
 AGENT_START_SECONDS = 40.0   # importing asap.transport takes 1-5 s; 20 s and more on a loaded host
 
 
@@ -469,46 +470,60 @@ def _colour(action: str) -> str:
 
 
 def timeline_png(item_id: str, target: str, observation: dict) -> bytes | None:
-    """One drill's timeline as a PNG: downstream attempts (by the proxy's action), the agent's calls
-    and their answers, and the events (SIGTERM, restart, store reads). None when there is nothing to draw."""
+    """One drill's timeline as a PNG: the agent's answers (green completed, red anything else), the
+    attempts the fault proxy saw (coloured by the fault it injected; the outage shaded), and the
+    events (SIGTERM to exit, the restart, snapshot counts read from the store). None when there is
+    nothing to draw."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arrivals, calls = observation.get("arrivals") or [], observation.get("calls") or []
-    events = observation.get("timeline") or observation.get("agent") or []
-    if not (arrivals or calls or events):
+    events = observation.get("timeline") or []
+    times = [a["t"] for a in arrivals] + [c["t0"] for c in calls] + [e["t"] for e in events]
+    if not times:
         return None
-    fig, ax = plt.subplots(figsize=(8, 2.6), dpi=100)
+    origin = min(times)  # the agent's start-up is in the evidence, not on the picture
+    fig, ax = plt.subplots(figsize=(8, 2.8), dpi=100)
     rows = []
     if calls:
         for c in calls:
             good = c.get("outcome") == "completed"
-            ax.plot([c["t0"], c["t1"]], [2, 2], lw=6, solid_capstyle="butt", color="#2e7d32" if good else "#c62828")
-            ax.annotate(c.get("outcome", "?"), (c["t0"], 2.18), fontsize=7)
-        rows.append((2, "agent answers"))
+            ax.plot([c["t0"] - origin, c["t1"] - origin], [2, 2], lw=7, solid_capstyle="butt",
+                    color="#2e7d32" if good else "#c62828")
+        rows.append((2, "agent's answers"))
     if arrivals:
         for a in arrivals:
-            ax.scatter([a["t"]], [1], color=_colour(a["action"]), s=30, zorder=3)
+            ax.scatter([a["t"] - origin], [1.2], color=_colour(a["action"]), s=30, zorder=3)
         for action in sorted({a["action"].split(":")[0] for a in arrivals}):
-            ax.scatter([], [], color=_colour(action), label=action, s=30)
-        fails = [a["t"] for a in arrivals if a["action"] != "ok"]
+            ax.scatter([], [], color=_colour(action), label=f"proxy: {action}", s=30)
+        fails = [a["t"] - origin for a in arrivals if a["action"] != "ok"]
         if fails:
             ax.axvspan(min(fails), max(fails), color="#c62828", alpha=0.08, label="outage (faults injected)")
-        rows.append((1, "attempts at the proxy"))
+        rows.append((1.2, "attempts at the proxy"))
+    marks = {e["event"]: e["t"] - origin for e in events}
+    for start, end, label in (("SIGTERM", "agent exited", "SIGTERM to exit"),
+                              ("restart command", "agent back", "killed and restarting")):
+        if start in marks:
+            ax.axvspan(marks[start], marks.get(end, marks[start]) + 0.05, color="#ef6c00", alpha=0.15, label=label)
+    for i, e in enumerate(events):
+        if "versions" in e:
+            text = f"{len(e['versions'] or [])} snapshots" if e["versions"] is not None else "store not readable"
+        elif any(w in e["event"] for w in ("SIGTERM", "exited", "in flight", "in-flight", "answered", "task sent",
+                                            "restart command", "first run")):
+            text = e["event"][:34]
+        else:
+            continue
+        ax.scatter([e["t"] - origin], [0.5], marker="|", color="#333333", s=120)
+        ax.annotate(text, (e["t"] - origin, 0.5 + (0.28 if i % 2 else -0.38)), fontsize=6, ha="center")
     if events:
-        for e in events:
-            name = e.get("event", "")
-            if any(w in name for w in ("SIGTERM", "restart command", "exited", "answered", "agent back")):
-                ax.axvline(e["t"], color="#333333", ls="--", lw=0.8)
-                ax.annotate(name[:28], (e["t"], 0.1), fontsize=6, rotation=90, va="bottom")
         rows.append((0.5, "events"))
     ax.set_yticks([r[0] for r in rows], [r[1] for r in rows])
-    ax.set_ylim(0, 2.6)
-    ax.set_xlabel("seconds since the drill started")
+    ax.set_ylim(-0.1, 2.5)
+    ax.set_xlabel("seconds (drill clock)")
     ax.set_title(f"{item_id} on {target}", fontsize=9)
-    if arrivals:
-        ax.legend(fontsize=6, loc="upper right", ncol=3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, loc="upper right", ncol=4)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
