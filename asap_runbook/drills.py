@@ -249,6 +249,124 @@ async def observe_downstream(ctx: CheckContext, phases: dict[str, tuple[list[str
     return out
 
 
+# --------------------------------------------------------------------------- client policy drill
+_POLICY_KEYS = ("timeout", "max_retries", "base_delay", "max_delay", "jitter", "circuit_breaker_enabled",
+                "circuit_breaker_threshold", "circuit_breaker_timeout")
+
+
+def client_policy(ctx: CheckContext) -> tuple[dict | None, str]:
+    """The agent's own ASAPClient retry/breaker settings from the source scan: (settings, where) or
+    (None, why they cannot be resolved statically). Settings the code leaves out are the library's."""
+    from .source import client_usage
+    usage = client_usage(ctx.target.source_dir)
+    if not usage.clients:
+        return None, f"no ASAPClient(...) construction in {ctx.target.source_dir}"
+    site = next((c for c in usage.clients if c.long_lived), usage.clients[0])
+    where = site.where() + (f" (1 of {len(usage.clients)} constructions)" if len(usage.clients) > 1 else "")
+    opaque = [k for k in site.kwargs if k.startswith("**")]
+    rc = site.kwargs.get("retry_config")
+    if opaque or (rc is not None and not (isinstance(rc, dict) and rc.get("__call__") == "RetryConfig")):
+        return None, (f"the ASAPClient at {where} takes {'**' + opaque[0].lstrip('*') if opaque else 'retry_config=' + str(rc)}"
+                      ", which cannot be resolved statically")
+    settings = {}
+    for key in _POLICY_KEYS:
+        value, _ = site.setting(key)
+        kind = bool if key in ("jitter", "circuit_breaker_enabled") else (int, float)
+        if not isinstance(value, kind):
+            return None, f"{key} of the ASAPClient at {where} is {value!r}, which cannot be resolved statically"
+        settings[key] = value
+    return settings, where
+
+
+async def observe_client_policy(ctx: CheckContext, phases: dict[str, tuple[list[str], str, int, float]],
+                                breaker_phase: str | None = None) -> dict[str, DownstreamObservation] | Finding:
+    """The agent's ASAPClient re-created in a child process (no agent runs) and driven against the
+    fault proxy, phase by phase as observe_downstream does; calls are the client's send()s. The
+    settings are known here, so `breaker_phase` gets enough failures to trip the configured threshold."""
+    settings, where = client_policy(ctx)
+    if settings is None:
+        return Finding.skipped(f"client policy drill: {where}; set targets[{ctx.target.name}].drills.downstream_task "
+                               "to drill the running agent instead")
+    bound = ctx.target.active_probes
+    if breaker_phase in phases:
+        _, default, calls, pause = phases[breaker_phase]
+        trip = settings["circuit_breaker_threshold"] * (settings["max_retries"] + 1)
+        phases = phases | {breaker_phase: (["503"] * min(trip, bound.max_requests // 2), default,
+                                           max(calls, settings["circuit_breaker_threshold"] + 3), pause)}
+    down = str(ctx.target.drills.downstream_url).rstrip("/")
+    out: dict[str, DownstreamObservation] = {}
+    how = f"the agent's ASAPClient from {where} re-created in a child process ({settings}), not the running agent"
+    async with FaultProxy(down, max_requests=bound.max_requests) as proxy:
+        spec = {"url": proxy.url, "settings": settings, "t0": proxy._t0, "sender": ctx.target.sender,
+                "phases": {k: [calls, pause] for k, (_, _, calls, pause) in phases.items()}}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "asap_runbook.drills", "--client-policy", json.dumps(spec),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            env=child_env(None, {}, (ctx.target.token_env,) if ctx.target.token_env else ()))
+        try:
+            ready = await asyncio.wait_for(proc.stdout.readline(), AGENT_START_SECONDS)
+            if not ready.startswith(b"ready"):
+                return Finding.errored(f"the client policy drill's child did not start: {ready.decode()[:200]}")
+            started = time.monotonic()
+            for name, (plan, default, calls, pause) in phases.items():
+                proxy.set_plan(plan, default)
+                obs = out[name] = DownstreamObservation(how=how, task={"skill": "client.send", "input": {}},
+                                                        plan=plan, default=default)
+                left = bound.max_seconds - (time.monotonic() - started)
+                proc.stdin.write((name + "\n").encode())
+                await proc.stdin.drain()
+                line = await asyncio.wait_for(proc.stdout.readline(), max(1.0, left))
+                obs.calls = json.loads(line)
+                obs.arrivals = proxy.timeline()
+        except (asyncio.TimeoutError, ValueError):
+            return Finding.errored(f"the client policy drill did not finish within active_probes.max_seconds "
+                                   f"({bound.max_seconds:g} s)")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    return out
+
+
+def _client_policy_child(spec: dict) -> int:
+    """Child: build the client as the agent does, then per phase name on stdin run its calls and print
+    them as one JSON line (times on the parent's proxy clock: CLOCK_MONOTONIC is system-wide)."""
+    out = os.fdopen(os.dup(1), "w")  # our protocol; whatever the library logs (at import too) goes to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    from asap.errors import ASAPError
+    from asap.models.envelope import Envelope
+    from asap.transport import ASAPClient, RetryConfig
+
+    s = spec["settings"]
+    rc = RetryConfig(**{k: v for k, v in s.items() if k != "timeout"})
+
+    async def run() -> None:
+        async with ASAPClient(spec["url"], timeout=s["timeout"], require_https=False, retry_config=rc) as client:
+            print("ready", file=out, flush=True)
+            for line in sys.stdin:
+                calls, pause = spec["phases"][line.strip()]
+                done = []
+                for n in range(calls):
+                    if n and pause:
+                        await asyncio.sleep(pause)
+                    t0 = time.monotonic() - spec["t0"]
+                    env = Envelope(asap_version="0.1", sender=spec["sender"], recipient="urn:asap:agent:downstream",
+                                   payload_type="task.request",
+                                   payload={"conversation_id": "conv_client_policy_drill", "skill_id": "echo",
+                                            "input": {"call": n}})
+                    try:
+                        await client.send(env)
+                        outcome = {"outcome": "completed"}
+                    except ASAPError as e:
+                        outcome = {"outcome": "failed", "detail": type(e).__name__}
+                    done.append({"n": n + 1, "t0": round(t0, 3), "t1": round(time.monotonic() - spec["t0"], 3)} | outcome)
+                print(json.dumps(done), file=out, flush=True)
+
+    asyncio.run(run())
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ RES-4
 class SnapshotReader:
     """The app's configured snapshot store, read in a child process that imports the app
@@ -267,9 +385,10 @@ class SnapshotReader:
             cwd=str(t.app_path) if t.app_path else None,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         try:
-            self.info = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30) or b"{}")
+            self.info = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), AGENT_START_SECONDS) or b"{}")
         except (asyncio.TimeoutError, ValueError):
-            self.info = {"ok": False, "error": f"importing {t.app} to read its snapshot store did not answer"}
+            self.info = {"ok": False, "error": f"importing {t.app} to read its snapshot store did not answer within "
+                                               f"{AGENT_START_SECONDS:g} s"}
         return self
 
     async def read(self, task_id: str) -> dict:
@@ -349,6 +468,9 @@ async def observe_restart(ctx: CheckContext, kill_after_versions: int = 2) -> di
                            "timeline": log}
     async with SnapshotReader(ctx) as store:
         obs["store"] = {k: store.info.get(k) for k in ("store", "kind", "error")}
+        if not store.info.get("ok"):  # nothing to judge from: do not kill the agent for nothing
+            obs["store"]["error"] = obs["store"]["error"] or "no answer from the store reader"
+            return obs
         first = asyncio.ensure_future(_task(ctx, None, d.long_task.skill, data, wait))
         note("task sent", drill_id=drill_id)
         before: dict = {"readable": False}
@@ -529,3 +651,10 @@ def timeline_png(item_id: str, target: str, observation: dict) -> bytes | None:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--client-policy":
+        raise SystemExit(_client_policy_child(json.loads(sys.argv[2])))
+    print("usage: python -m asap_runbook.drills --client-policy SPEC", file=sys.stderr)
+    raise SystemExit(2)

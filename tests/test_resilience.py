@@ -59,7 +59,7 @@ def test_resume_is_read_from_the_store(section):
 
 def test_drills_need_the_real_request(check, demo_params):
     no_task = demo_params.target("hardened").drills.model_copy(update={"downstream_task": None})
-    r = check("RES-1", "hardened", one_target(demo_params, "hardened", drills=no_task))
+    r = check("RES-1", "hardened", one_target(demo_params, "hardened", drills=no_task, source_dir=None))
     assert r.status is Status.SKIP and "targets[hardened].drills.downstream_task is not set" in r.summary
     no_path = demo_params.target("hardened").drills.model_copy(update={"downstream_env": None})
     r = check("RES-3", "hardened", one_target(demo_params, "hardened", drills=no_path))
@@ -130,3 +130,26 @@ def test_fault_proxy_slow_response(deployment):
 
     status, took, timeline = asyncio.run(go())
     assert status == 200 and took >= 0.4 and timeline[0]["action"] == "slow:0.4"
+
+
+def test_client_policy_drill_recreates_the_agents_client(check, demo_params):
+    """No running agent: the ASAPClient construction of examples/hardened/src (max_retries=4,
+    base_delay=0.5) re-created in a child process, retried against the fault proxy."""
+    no_task = demo_params.target("hardened").drills.model_copy(update={"downstream_task": None})
+    r = check("RES-1", "hardened", one_target(demo_params, "hardened", drills=no_task))
+    assert r.status is Status.PASS and r.summary.startswith("client policy drill (agent's ASAPClient from "
+                                                            "orders_agent/downstream.py:"), r.summary
+    obs = r.evidence[0].data
+    assert "'max_retries': 4" in obs["how"] and any(a["action"] == "429:1" for a in obs["arrivals"])
+    r = check("RES-3", "hardened", one_target(demo_params, "hardened", drills=no_task))
+    assert r.status is Status.SKIP and "drills.downstream_task is not set" in r.summary
+
+
+def test_unresolvable_client_construction_is_said(tmp_path, check, demo_params):
+    (tmp_path / "client.py").write_text("from asap.transport import ASAPClient\n"
+                                        "SETTINGS = load_settings()\n"
+                                        "client = ASAPClient(URL, timeout=SETTINGS.timeout)\n")
+    no_task = demo_params.target("hardened").drills.model_copy(update={"downstream_task": None})
+    r = check("RES-2", "hardened", one_target(demo_params, "hardened", drills=no_task, source_dir=tmp_path))
+    assert r.status is Status.SKIP and "timeout of the ASAPClient at client.py:3 is 'SETTINGS.timeout', which " \
+        "cannot be resolved statically" in r.summary, r.summary

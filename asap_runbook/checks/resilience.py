@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..drills import DownstreamObservation, observe_downstream, observe_restart
+from ..drills import DownstreamObservation, observe_client_policy, observe_downstream, observe_restart
 from ._registry import AGENT_TOKEN, CheckContext, Finding, check
 
 GAP_TOLERANCE = 0.9  # a retry "honours Retry-After: N" if it came at least 0.9 N seconds later
@@ -31,10 +31,21 @@ BREAKER = (["503", "reset", "503", "503", "503", "503"], "ok", 8, 0.5)
 FALLBACK = (["ok"], "503", 2, 0.0)
 # one good answer, then the downstream fails for good
 PHASES = {"RES-1": RETRY, "RES-2": BREAKER, "RES-3": FALLBACK}  # in this order, on one agent and proxy
+CLIENT_PHASES = {"RES-1": RETRY, "RES-2": BREAKER}
 
 
 async def _phase(ctx: CheckContext, item_id: str) -> DownstreamObservation | Finding:
-    out = await ctx.once("downstream-drill", lambda: observe_downstream(ctx, PHASES))
+    """The running agent's path when the params name its real request; otherwise, for retries and the
+    breaker, the client policy drill (the agent's ASAPClient from its source, in a child process)."""
+    d = ctx.target.drills
+    if d.downstream_task is None and ctx.target.source_dir and d.downstream_url and ctx.target.active_probes.drills:
+        if item_id not in CLIENT_PHASES:
+            return Finding.skipped(f"targets[{ctx.target.name}].drills.downstream_task is not set: a fallback is the "
+                                   "agent's own code, only the running agent shows it (the client policy drill "
+                                   "covers retries and the breaker)")
+        out = await ctx.once("client-policy-drill", lambda: observe_client_policy(ctx, CLIENT_PHASES, "RES-2"))
+    else:
+        out = await ctx.once("downstream-drill", lambda: observe_downstream(ctx, PHASES))
     return out if isinstance(out, Finding) else out[item_id]
 
 
@@ -61,10 +72,18 @@ def _refused(obs: DownstreamObservation) -> Finding | None:
     return None
 
 
+def _judged(obs: DownstreamObservation | Finding, judge) -> Finding:
+    if isinstance(obs, Finding):
+        return obs
+    f = judge(obs)
+    if obs.how.startswith("the agent's ASAPClient"):
+        f.summary = f"client policy drill ({obs.how.split(' re-created')[0].removeprefix('the ')}): {f.summary}"
+    return f
+
+
 @check("RES-1", needs=AGENT_TOKEN)
 async def retries_with_backoff(ctx: CheckContext) -> Finding:
-    obs = await _phase(ctx, "RES-1")
-    return obs if isinstance(obs, Finding) else judge_retries(obs)
+    return _judged(await _phase(ctx, "RES-1"), judge_retries)
 
 
 def judge_retries(obs: DownstreamObservation | dict) -> Finding:
@@ -106,8 +125,7 @@ def judge_retries(obs: DownstreamObservation | dict) -> Finding:
 
 @check("RES-2", needs=AGENT_TOKEN)
 async def circuit_breaker(ctx: CheckContext) -> Finding:
-    obs = await _phase(ctx, "RES-2")
-    return obs if isinstance(obs, Finding) else judge_breaker(obs)
+    return _judged(await _phase(ctx, "RES-2"), judge_breaker)
 
 
 def judge_breaker(obs: DownstreamObservation | dict) -> Finding:
@@ -140,8 +158,7 @@ def judge_breaker(obs: DownstreamObservation | dict) -> Finding:
 
 @check("RES-3", needs=AGENT_TOKEN)
 async def fallback(ctx: CheckContext) -> Finding:
-    obs = await _phase(ctx, "RES-3")
-    return obs if isinstance(obs, Finding) else judge_fallback(obs)
+    return _judged(await _phase(ctx, "RES-3"), judge_fallback)
 
 
 def judge_fallback(obs: DownstreamObservation | dict) -> Finding:
@@ -183,7 +200,7 @@ def judge_resume(obs: dict) -> Finding:
     task sent again added the later versions without rewriting the early ones (same snapshot ids)."""
     ev = [("observation", obs)]
     store, before = obs.get("store") or {}, obs.get("before_kill") or {}
-    if store.get("error"):
+    if store.get("error") or "restart" not in obs:
         return Finding.errored(f"the snapshot store could not be read: {store['error']}", ev)
     if obs.get("restart") is None:
         return Finding.errored("the task finished before the restart, so the drill proved nothing "
