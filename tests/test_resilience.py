@@ -153,3 +153,21 @@ def test_unresolvable_client_construction_is_said(tmp_path, check, demo_params):
     r = check("RES-2", "hardened", one_target(demo_params, "hardened", drills=no_task, source_dir=tmp_path))
     assert r.status is Status.SKIP and "timeout of the ASAPClient at client.py:3 is 'SETTINGS.timeout', which " \
         "cannot be resolved statically" in r.summary, r.summary
+
+
+def test_fault_proxy_binds_the_address_the_operator_gives(deployment):
+    """fault_proxy_listen: a staging agent already calls a fixed address; the proxy takes it."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def go():
+        async with FaultProxy(deployment.misconfigured[0].direct_url, plan=["503"], listen=("127.0.0.1", port)) as proxy:
+            async with httpx.AsyncClient(trust_env=False, timeout=5) as c:
+                first = (await c.get(f"http://127.0.0.1:{port}/health")).status_code
+                second = (await c.get(f"http://127.0.0.1:{port}/health")).status_code
+            return proxy.url, first, second
+
+    url, first, second = asyncio.run(go())
+    assert url == f"http://127.0.0.1:{port}" and (first, second) == (503, 200)
