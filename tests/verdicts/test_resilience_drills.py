@@ -126,3 +126,21 @@ def _resume(**over):
 def test_resume_verdicts(obs, status, words):
     f = judge_resume(obs)
     assert f.status is status and words in f.summary, f.summary
+
+
+def test_one_timeline_picture_per_drill(monkeypatch):
+    """The notebook's drill_timelines draws each drill's recorded observation; other checks are left out."""
+    from types import SimpleNamespace as NS
+
+    import asap_runbook.notebook as rb
+
+    def result(key, label="observation"):
+        item, target = key.split()
+        return NS(item_id=item, target=target, evidence=[NS(label=label, data=copy.deepcopy(RECORDED[key]))])
+
+    shown = []
+    monkeypatch.setattr(rb, "_display", shown.append)
+    run = NS(results=[result("RES-2 hardened"), result("RES-4 misconfigured"),
+                      NS(item_id="SEC-TLS-1", target="hardened", evidence=[NS(label="observation", data={"t": 1})])])
+    assert rb.drill_timelines(run) == 2
+    assert all(img.data.startswith(b"\x89PNG") for img in shown)
