@@ -382,6 +382,23 @@ async def auth_enforced(ctx: CheckContext) -> Finding:
                           evidence, **details)
 
 
+def judge_no_hardcoded_tokens(scan: _source_scan.ScanResult, roots: list[str]) -> Finding:
+    evidence = [("scanned", roots), ("scan", scan.as_dict())]
+    if scan.files == 0:
+        return Finding.skipped(f"no source or config files under {', '.join(roots)}", evidence)
+    if scan.hits:
+        return Finding.failed(f"{len(scan.hits)} hard-coded credential(s): "
+                              f"{', '.join(h.file + ':' + str(h.line) for h in scan.hits[:5])}", evidence)
+    if scan.python_files == 0:
+        return Finding.skipped(f"only {scan.files} config file(s) scanned and no Python source: set "
+                               "targets[].source_dir to the agent's code (where tokens are read)", evidence)
+    reads = f"; credentials read from the environment: {', '.join(r.split(' ', 1)[1] for r in scan.env_reads[:4])}" \
+        if scan.env_reads else "; no credential variable read from the environment was found"
+    return Finding.passed(f"no hard-coded token, password or key in {scan.python_files} Python and "
+                          f"{scan.files - scan.python_files} config file(s) (heuristic scan: literals bound to "
+                          f"credential-like names, os.environ.get fallbacks, Bearer literals){reads}", evidence)
+
+
 @check("SEC-AUTH-3")
 async def no_hardcoded_tokens(ctx: CheckContext) -> Finding:
     t = ctx.target
@@ -389,17 +406,7 @@ async def no_hardcoded_tokens(ctx: CheckContext) -> Finding:
     if not roots:
         return Finding.skipped(f"targets[{t.name}].source_dir (or k8s_manifests) is not set: nothing to scan")
     scan = await asyncio.to_thread(_source_scan.hardcoded_credentials, roots)
-    evidence = [("scanned", [str(r) for r in roots]), ("hard-coded credential candidates (values not shown)",
-                                                      [h.as_dict() for h in scan.hits])]
-    if scan.broken:
-        evidence.append(("files that did not parse", scan.broken))
-    if scan.files == 0:
-        return Finding.skipped(f"no source or config files under {', '.join(map(str, roots))}", evidence)
-    if scan.hits:
-        return Finding.failed(f"{len(scan.hits)} hard-coded credential(s): "
-                              f"{', '.join(h.file + ':' + str(h.line) for h in scan.hits[:5])}", evidence)
-    return Finding.passed(f"no hard-coded token, password or key in {scan.files} file(s) "
-                          "(heuristic scan: literals bound to credential-like names, Bearer literals)", evidence)
+    return judge_no_hardcoded_tokens(scan, [str(r) for r in roots])
 
 
 def _jwt_claims(token: str) -> dict | None:
@@ -896,6 +903,23 @@ async def payloads_validated(ctx: CheckContext) -> Finding:
                           "unexpected input without crashing", evidence)
 
 
+def judge_path_traversal(rep: _source_scan.SinkReport, root: str) -> Finding:
+    evidence = [("scan", rep.as_dict())]
+    if rep.files == 0:
+        return Finding.skipped(f"no Python files under {root}")
+    if rep.unguarded:
+        return Finding.failed(f"{len(rep.unguarded)} file/URI sink(s) take request data without a traversal guard: "
+                              f"{', '.join(h.file + ':' + str(h.line) for h in rep.unguarded[:5])}", evidence)
+    if not rep.request_functions:
+        return Finding.skipped(f"no function under {root} takes request data (a parameter named envelope, payload, "
+                               f"input, data, ...) among {rep.functions} in {rep.files} file(s): set "
+                               "targets[].source_dir to the handlers' code", evidence)
+    guards = f"; guards: {', '.join(h.what for h in rep.guards[:3])}" if rep.guards else ""
+    return Finding.passed(f"no unguarded file/URI sink fed from request data in {len(rep.request_functions)} "
+                          f"function(s) taking request data ({rep.functions} functions, {rep.files} file(s); "
+                          f"heuristic source scan){guards}", evidence)
+
+
 @check("SEC-HANDLER-2")
 async def path_traversal(ctx: CheckContext) -> Finding:
     """Static (source): file/URI sinks fed from request data need FilePart or a resolve()/is_relative_to guard.
@@ -903,23 +927,32 @@ async def path_traversal(ctx: CheckContext) -> Finding:
     root = ctx.target.source_dir
     if root is None:
         return Finding.skipped(f"targets[{ctx.target.name}].source_dir is not set")
-    rep = await asyncio.to_thread(_source_scan.file_sinks, root)
-    evidence = [("unguarded sinks", [h.as_dict() for h in rep.unguarded]),
-                ("guarded sinks", [h.as_dict() for h in rep.guarded]),
-                ("functions with a traversal guard", [h.as_dict() for h in rep.guards])]
-    if rep.broken:
-        evidence.append(("files that did not parse", rep.broken))
-    if rep.files == 0:
-        return Finding.skipped(f"no Python files under {root}")
-    if rep.unguarded:
-        return Finding.failed(f"{len(rep.unguarded)} file/URI sink(s) take request data without a traversal guard: "
-                              f"{', '.join(h.file + ':' + str(h.line) for h in rep.unguarded[:5])}", evidence)
-    guards = f"; guards: {', '.join(h.what for h in rep.guards[:3])}" if rep.guards else ""
-    return Finding.passed(f"no unguarded file/URI sink fed from request data in {rep.files} file(s) "
-                          f"(heuristic source scan){guards}", evidence)
+    return judge_path_traversal(await asyncio.to_thread(_source_scan.file_sinks, root), str(root))
 
 
 _DEBUG_ENV = re.compile(r"\bASAP_DEBUG(_LOG)?\s*[=:]\s*[\"']?(1|true|yes|on)\b", re.I)
+
+
+def judge_logs_sanitized(rep: _source_scan.LogReport, debug: list[str], root: str) -> Finding:
+    evidence = [("scan", rep.as_dict()), ("ASAP_DEBUG / ASAP_DEBUG_LOG switched on in deployment files", debug)]
+    if rep.files == 0:
+        return Finding.skipped(f"no Python files under {root}")
+    problems = []
+    if rep.unsanitized:
+        problems.append(f"{len(rep.unsanitized)} log call(s) pass request data without sanitize_for_logging: "
+                        f"{', '.join(h.file + ':' + str(h.line) for h in rep.unsanitized[:5])}")
+    if debug:
+        problems.append(f"debug logging switched on ({'; '.join(debug)}): it logs full bodies and stops redaction")
+    if problems:
+        return Finding.failed("; ".join(problems), evidence)
+    if not rep.request_functions or not rep.log_calls:
+        what = "no function taking request data" if not rep.request_functions else "no logging call"
+        return Finding.skipped(f"{what} under {root} ({rep.functions} functions, {rep.log_calls} log calls in "
+                               f"{rep.files} file(s)): set targets[].source_dir to the handlers' code", evidence)
+    return Finding.passed(f"{len(rep.sanitized)} log call(s) with request data, all through sanitize_for_logging; "
+                          f"no f-string, %-style or argument passes request content ({rep.log_calls} log calls, "
+                          f"{len(rep.request_functions)} function(s) taking request data, {rep.files} file(s); "
+                          "heuristic source scan)", evidence)
 
 
 @check("SEC-HANDLER-3")
@@ -932,21 +965,7 @@ async def logs_sanitized(ctx: CheckContext) -> Finding:
     for p in [ctx.target.process_config, *ctx.target.k8s_manifests]:
         if p and p.exists() and p.is_file():
             debug += [f"{p.name}: {m.group(0)}" for m in _DEBUG_ENV.finditer(p.read_text(errors="replace"))]
-    evidence = [("log calls passing envelope/payload/input unsanitized", [h.as_dict() for h in rep.unsanitized]),
-                ("log calls wrapped in sanitize_for_logging", [h.as_dict() for h in rep.sanitized]),
-                ("ASAP_DEBUG / ASAP_DEBUG_LOG switched on in deployment files", debug)]
-    if rep.files == 0:
-        return Finding.skipped(f"no Python files under {root}")
-    problems = []
-    if rep.unsanitized:
-        problems.append(f"{len(rep.unsanitized)} log call(s) pass request data without sanitize_for_logging: "
-                        f"{', '.join(h.file + ':' + str(h.line) for h in rep.unsanitized[:5])}")
-    if debug:
-        problems.append(f"debug logging switched on ({'; '.join(debug)}): it logs full bodies and stops redaction")
-    if problems:
-        return Finding.failed("; ".join(problems), evidence)
-    return Finding.passed(f"{len(rep.sanitized)} log call(s) with request data, all through sanitize_for_logging "
-                          f"({rep.log_calls} log calls in {rep.files} file(s); heuristic source scan)", evidence)
+    return judge_logs_sanitized(rep, debug, str(root))
 
 
 async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
