@@ -21,6 +21,7 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from .. import _agentlog, _nginx, _source_scan, _tls
@@ -151,6 +152,18 @@ def _skill(manifest: dict, prefer: str = "echo") -> str:
 
 # ================================================================ TLS and HTTPS
 
+def _nginx_lines(ctx: CheckContext, directive: str, first_arg: str | None = None) -> list:
+    """Where the proxy's configuration (includes followed) sets `directive`: evidence beside what was seen."""
+    conf = ctx.target.nginx_conf
+    if conf is None:
+        return []
+    try:
+        lines = _nginx.uses(_nginx.load(conf), directive, first_arg)
+    except _nginx.NginxParseError as e:
+        return [(f"nginx configuration {conf}", f"could not parse: {e}")]
+    return [(f"nginx: {directive} {first_arg or ''} in {conf} and its includes".replace("  ", " "), lines or "none")]
+
+
 @check("SEC-TLS-1", needs=AGENT)
 async def https_only(ctx: CheckContext) -> Finding:
     """HTTPS everywhere: the target URL, the endpoints the manifest advertises, and no plain-HTTP agent."""
@@ -270,7 +283,7 @@ async def hsts(ctx: CheckContext) -> Finding:
     need = ctx.threshold("hsts_max_age_seconds")
     resp = await ctx.probe.get("/.well-known/asap/manifest.json")
     header = resp.headers.get("strict-transport-security")
-    evidence = [("GET manifest over HTTPS", resp.evidence)]
+    evidence = [("GET manifest over HTTPS", resp.evidence)] + _nginx_lines(ctx, "add_header", "Strict-Transport-Security")
     if header is None:
         return Finding.failed("no Strict-Transport-Security header on HTTPS responses "
                               "(asap-protocol never sends one; set it at the proxy)", evidence)
@@ -317,6 +330,7 @@ async def http_redirect(ctx: CheckContext) -> Finding:
     else:
         return Finding.failed(f"more than 3 redirects from {start}", evidence)
     first = evidence[0][1]["response"]
+    evidence += _nginx_lines(ctx, "return")
     kind = "permanent" if first["status"] in (301, 308) else "temporary (prefer 301/308)"
     return Finding.passed(f"{start} answers {first['status']} ({kind}) to {first['headers'].get('location')} "
                           f"on the same host, which answers over HTTPS", evidence)
@@ -682,7 +696,9 @@ async def rate_limit_shared(ctx: CheckContext) -> Finding:
                          storage.raw[:300] if storage else "none found"))
     if ctx.target.nginx_conf:
         try:
-            proxy = _nginx.uses(_nginx.load(ctx.target.nginx_conf), "limit_req")
+            conf = _nginx.load(ctx.target.nginx_conf)
+            proxy = _nginx.uses(conf, "limit_req")
+            evidence.append(("nginx files read (includes followed)", conf.files))
         except _nginx.NginxParseError as e:
             evidence.append(("nginx", f"could not parse {ctx.target.nginx_conf}: {e}"))
         evidence.append(("nginx limit_req lines", proxy))
@@ -815,6 +831,24 @@ async def request_size_limited(ctx: CheckContext) -> Finding:
                           f"(intended limit {limit}){log_note}", evidence, **details)
 
 
+def judge_proxy_body_limit(limits: list[_nginx.BodyLimit], files: list[str], agent: int, source: str) -> Finding:
+    rows = [{"where": b.where, "client_max_body_size": b.value or "(unset: nginx default 1m)", "bytes": b.bytes,
+             "line": b.line} for b in limits]
+    evidence = [("nginx files read (includes followed)", files), ("blocks that proxy to the agent", rows),
+                ("agent limit", f"{agent} bytes from {source}")]
+    if not limits:
+        return Finding.errored(f"no server/location in {', '.join(Path(f).name for f in files)} proxies to an "
+                               "upstream", evidence)
+    too_big = [b for b in limits if b.bytes == 0 or b.bytes > agent]
+    if too_big:
+        what = ", ".join(f"{b.where}: {b.value or '1m'}{' (unlimited)' if b.bytes == 0 else ''}" for b in too_big)
+        return Finding.failed(f"the proxy allows bodies over the agent's {agent}-byte limit ({what}); chunked "
+                              "bodies reach the agent, which buffers them whole before its 413", evidence)
+    return Finding.passed(f"client_max_body_size <= the agent's {agent} bytes in all {len(limits)} proxying block(s) "
+                          f"({', '.join(sorted({b.value or '1m' for b in limits}))}) across {len(files)} file(s)",
+                          evidence)
+
+
 @check("SEC-SIZE-2")
 async def proxy_body_limit(ctx: CheckContext) -> Finding:
     """nginx client_max_body_size (default 1m, 0 = unlimited) at most the agent's limit."""
@@ -822,8 +856,9 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
     if conf is None:
         return Finding.skipped(f"targets[{ctx.target.name}].nginx_conf is not set")
     try:
-        limits = [b for b in _nginx.body_limits(_nginx.load(conf)) if b.proxies]
-    except (_nginx.NginxParseError, OSError) as e:
+        root = _nginx.load(conf)
+        limits = [b for b in _nginx.body_limits(root) if b.proxies]
+    except _nginx.NginxParseError as e:
         return Finding.errored(f"could not read {conf}: {e}")
     fact = await _startup_fact(ctx, "asap.server.max_request_size")
     if fact and str(fact.fields.get("max_request_size", "")).isdigit():
@@ -831,18 +866,7 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
     else:
         t = ctx.threshold("max_request_size_bytes")
         agent, source = int(t.value), f"thresholds.max_request_size_bytes ({t.source})"
-    rows = [{"where": b.where, "client_max_body_size": b.value or "(unset: nginx default 1m)", "bytes": b.bytes,
-             "line": b.line} for b in limits]
-    evidence = [(f"{conf}: blocks that proxy to the agent", rows), ("agent limit", f"{agent} bytes from {source}")]
-    if not limits:
-        return Finding.errored(f"no server/location in {conf} proxies to an upstream", evidence)
-    too_big = [b for b in limits if b.bytes == 0 or b.bytes > agent]
-    if too_big:
-        what = ", ".join(f"{b.where}: {b.value or '1m'}{' (unlimited)' if b.bytes == 0 else ''}" for b in too_big)
-        return Finding.failed(f"the proxy allows bodies over the agent's {agent}-byte limit ({what}); chunked "
-                              "bodies reach the agent, which buffers them whole before its 413", evidence)
-    return Finding.passed(f"client_max_body_size <= the agent's {agent} bytes in all {len(limits)} proxying block(s) "
-                          f"({', '.join(sorted({b.value or '1m' for b in limits}))})", evidence)
+    return judge_proxy_body_limit(limits, root.files, agent, source)
 
 
 @check("SEC-SIZE-3", needs=(*AGENT, "prometheus"))
