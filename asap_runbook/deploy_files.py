@@ -221,3 +221,26 @@ def count_instances(declared: int, manifests: "Manifests | None", process: Any |
     if declared > low:
         return Instances(declared, declared, f"targets[].instances = {declared} (declared; the files give {how})")
     return Instances(low, low if exact_ok else None, how)
+
+
+def target_instances(target: Any) -> Instances:
+    """count_instances() for a params.Target, reading its k8s_manifests and process_config; a file that does
+    not read is left out and named in `how` (the count is then a lower bound)."""
+    from .source import read_process_config
+    notes = []
+    m = None
+    if target.k8s_manifests:
+        try:
+            m = load_manifests(list(target.k8s_manifests))
+        except (ManifestError, OSError) as e:
+            notes.append(f"k8s_manifests unreadable: {e}")
+    pc = None
+    if target.process_config is not None:
+        try:
+            pc = read_process_config(target.process_config)
+        except (OSError, SyntaxError, ValueError) as e:
+            notes.append(f"process_config unreadable: {e}")
+    n = count_instances(target.instances, m, pc, target.process_config.name if target.process_config else None)
+    if notes:
+        n = Instances(n.at_least, None, n.how + "; " + "; ".join(notes))
+    return n

@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ..deploy_files import Instances, Manifests, count_instances, load_manifests, memory_bytes
+from ..deploy_files import Instances, Manifests, load_manifests, memory_bytes, target_instances
 from ..errors import ProbeError, RateLimited
 from ..introspect import introspect_app
 from ..probe import envelope, rpc
@@ -76,10 +76,7 @@ def process(ctx: CheckContext) -> ProcessConfig | None:
 
 async def instances(ctx: CheckContext) -> Instances:
     """Processes serving the target, by the one rule (deploy_files.count_instances)."""
-    m = await manifests(ctx) if ctx.target.k8s_manifests else None
-    pc = ctx.target.process_config
-    return count_instances(ctx.target.instances, m if isinstance(m, Manifests) else None, process(ctx),
-                           pc.name if pc else None)
+    return await _once(ctx, "instances", lambda: asyncio.to_thread(target_instances, ctx.target))
 
 
 def _count(inst: Instances) -> tuple[int, str]:

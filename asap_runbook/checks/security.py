@@ -20,16 +20,17 @@ import json
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import _agentlog, _nginx, _source_scan, _tls
+from .. import _agentlog, _nginx, _source_scan, _tls, deploy_files
 from ..errors import ProbeError, RateLimited
+from ..introspect import IntrospectionError, introspect_app
 from ..pacing import parse_limits
 from ..probe import ProbeResponse, envelope, iso_ago, passed_gates, probe_envelope, rpc
 from ..results import Status
-from ..source import read_process_config
 from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
 
 _TRACEBACK = "Traceback (most recent call last)"
@@ -133,16 +134,9 @@ def _brief(resp: ProbeResponse) -> str:
 
 
 def _instances(ctx: CheckContext) -> tuple[int, str]:
-    """Processes sharing this target: max(targets[].instances, workers in process_config)."""
-    n, why = ctx.target.instances, f"targets[{ctx.target.name}].instances = {ctx.target.instances}"
-    if ctx.target.process_config and ctx.target.process_config.exists():
-        try:
-            cfg = read_process_config(ctx.target.process_config)
-        except (OSError, SyntaxError, ValueError):
-            cfg = None
-        if cfg and cfg.workers and cfg.workers > n:
-            n, why = cfg.workers, f"{ctx.target.process_config.name}: {cfg.workers} {cfg.server} workers"
-    return n, why
+    """Processes sharing this target, by the one rule (deploy_files.count_instances): at least this many."""
+    inst = deploy_files.target_instances(ctx.target)
+    return inst.at_least, inst.how + ("" if inst.exact is not None else f"; at least {inst.at_least}")
 
 
 def _skill(manifest: dict, prefer: str = "echo") -> str:
@@ -1128,47 +1122,87 @@ async def nonce_checked(ctx: CheckContext) -> Finding:
                           "fresh nonce got past every check to -32012, no handler)", evidence)
 
 
+@dataclass
+class NonceReplay:
+    """SEC-REPLAY-3's observation: one nonce sent on fresh connections, the process count, the store."""
+    sends: int
+    outcomes: list[str]                 # one phrase per send
+    accepted: int                       # got past the nonce check (read-only: -32012)
+    instances: dict                     # deploy_files.Instances.as_dict()
+    store: dict | None                  # {"class", "module", "kind"} from introspection; None: not looked at
+    store_note: str                     # how the store was (or was not) read
+    first_exchange: dict | None = None
+
+
+async def observe_nonce_replay(ctx: CheckContext) -> NonceReplay:
+    t = ctx.target
+    inst = await asyncio.to_thread(deploy_files.target_instances, t)
+    sends = min(2 * inst.at_least, 6) + 1
+    nonce = "rb-" + uuid.uuid4().hex
+    results = [await _post(ctx, probe_envelope(t.sender, nonce=nonce), headers={"Connection": "close"})
+               for _ in range(sends)]
+    store, note = None, f"targets[{t.name}].app is not set (module:attribute of the agent's app)"
+    if t.app is not None:
+        try:
+            cfg = await asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env,
+                                          max(10.0, ctx.params.probe.timeout_seconds * 5),
+                                          (t.token_env,) if t.token_env else ())
+            store = dict(cfg.get("nonce_store") or {"class": None}, kind=cfg.get("nonce_store_kind"))
+            note = f"introspected {t.app} in a separate process"
+        except IntrospectionError as e:
+            note = f"introspection of {t.app} failed: {e.message}"
+    return NonceReplay(sends, [_brief(r) for r in results], sum(1 for r in results if passed_gates(r)),
+                       inst.as_dict(), store, note, results[0].evidence)
+
+
+def judge_nonce_replay(obs: NonceReplay) -> Finding:
+    inst = obs.instances
+    n, exact, how = inst["at_least"], inst["exact"], inst["how"]
+    evidence = [("processes", inst), (f"one nonce sent {obs.sends} times, each on a new connection "
+                                      "(Connection: close)", obs.outcomes),
+                ("first response", obs.first_exchange), ("nonce store", obs.store or obs.store_note)]
+    several = n > 1
+    if obs.accepted == 0:
+        return Finding.errored(f"the envelope was never accepted ({obs.outcomes[0]}); cannot judge", evidence)
+    if obs.accepted == obs.sends:
+        if several:
+            return Finding.failed(f"the same nonce was accepted on all {obs.sends} connections across at least {n} "
+                                  "processes: no nonce check, or none that is shared", evidence)
+        return Finding.warned(f"the same nonce was accepted {obs.sends} times: the agent checks no nonces at all "
+                              "(see SEC-REPLAY-2), so there is no store to share", evidence)
+    if obs.accepted > 1:
+        return Finding.failed(f"the same nonce was accepted {obs.accepted} times over {obs.sends} connections: the "
+                              f"nonce store is per process ({how})", evidence)
+    kind = (obs.store or {}).get("kind")
+    name = (obs.store or {}).get("class")
+    if kind == "memory" and several:
+        return Finding.failed(f"{name} keeps nonces in process memory with at least {n} processes ({how}): a "
+                              "replayed envelope is accepted once per process (this probe was refused only because "
+                              "its connections reached the same one)", evidence)
+    if kind == "none":
+        return Finding.failed("the app has no nonce store, yet a repeated nonce was refused once: check "
+                              "SEC-REPLAY-2", evidence) if several else Finding.warned(
+            "the app has no nonce store", evidence)
+    if kind == "external":
+        return Finding.passed(f"the nonce was accepted once and refused on {obs.sends - 1} further connection(s); the "
+                              f"store is {name} (backed by {', '.join(obs.store.get('backed_by') or [])}), shared by "
+                              f"the {n if exact else f'{n}+'} process(es)", evidence)
+    if exact == 1:
+        return Finding.passed(f"the nonce was accepted once and refused on {obs.sends - 1} further connection(s); one "
+                              f"process ({how}), so any store is shared" + (f" ({name})" if name else ""), evidence)
+    if kind is None:
+        return Finding.skipped(f"the nonce was refused after its first use, but with "
+                               f"{'at least ' + str(n) if exact is None else n} process(es) a per-process store passes "
+                               f"this by chance: {obs.store_note}, so the store's kind is unknown", evidence)
+    if exact is None:
+        return Finding.skipped(f"{name} ({kind}) and the number of processes is not known ({how}): set "
+                               "targets[].k8s_manifests and process_config, or targets[].instances", evidence)
+    return Finding.warned(f"custom nonce store {name} with {n} processes: the runbook cannot tell whether it is "
+                          "shared; confirm it", evidence)
+
+
 @check("SEC-REPLAY-3", needs=AGENT_TOKEN)
 async def nonce_store_shared(ctx: CheckContext) -> Finding:
-    """One nonce sent on fresh connections (to reach other workers/replicas): accepted once at most.
-    Plus log evidence of the store's kind where the deployment logs it."""
-    t = ctx.target
-    n, why = _instances(ctx)
-    sends = min(2 * n, 6) + 1
-    nonce = "rb-" + uuid.uuid4().hex
-    results = []
-    for _ in range(sends):
-        resp = await _post(ctx, probe_envelope(t.sender, nonce=nonce), headers={"Connection": "close"})
-        results.append(resp)
-    accepted = sum(1 for r in results if passed_gates(r))  # got past the nonce check (read-only: -32012)
-    store = None
-    for e in reversed(_log_events(ctx) or []):
-        if "nonce_store" in e.event and e.fields.get("manifest_id") in (None, await _manifest_id(ctx)):
-            store = e
-            break
-    evidence = [("processes", why),
-                (f"one nonce sent {sends} times, each on a new connection (Connection: close)",
-                 [_brief(r) for r in results]),
-                ("first response", results[0].evidence),
-                ("agent log: nonce store", store.raw[:300] if store else "no nonce-store line")]
-    if accepted == 0:
-        return Finding.errored(f"the envelope was never accepted ({_brief(results[0])}); cannot judge", evidence)
-    if accepted == sends:
-        if n > 1:
-            return Finding.failed(f"the same nonce was accepted on all {sends} connections across {n} processes: "
-                                  "no nonce check, or none that is shared", evidence)
-        return Finding.warned(f"the same nonce was accepted {sends} times: the agent checks no nonces at all "
-                              "(see SEC-REPLAY-2), so there is no store to share", evidence)
-    if accepted > 1:
-        return Finding.failed(f"the same nonce was accepted {accepted} times over {sends} connections: the nonce "
-                              f"store is per process ({why})", evidence)
-    kind = (f"; the agent logs its store as {store.fields.get('store') or store.fields.get('backend')}"
-            if store else "")
-    shared = store is not None and str(store.fields.get("shared", "")).lower() == "true" or (
-        store is not None and "redis" in str(store.fields.get("backend", "")).lower())
-    if n > 1 and not shared:
-        return Finding.warned(f"the nonce was accepted once over {sends} connections, but the store's kind is "
-                              f"unknown with {n} processes; a per-process store can pass this by chance{kind}",
-                              evidence)
-    return Finding.passed(f"the nonce was accepted once and rejected on {sends - 1} further connection(s) "
-                          f"({n} process(es)){kind}", evidence)
+    """One nonce sent on fresh connections (to reach other workers/replicas): accepted once at most; the
+    store's kind from the app's introspection; the process count from the deployment files."""
+    return judge_nonce_replay(await observe_nonce_replay(ctx))
