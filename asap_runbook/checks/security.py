@@ -20,12 +20,12 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import _agentlog, _nginx, _source_scan, _tls, deploy_files
+from .. import _agentlog, _nginx, _source_scan, _tls, deploy_files, proxy_metrics
 from ..errors import ProbeError, RateLimited
 from ..introspect import IntrospectionError, introspect_app
 from ..pacing import parse_limits
@@ -715,49 +715,113 @@ async def rate_limit_shared(ctx: CheckContext) -> Finding:
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", re.M)
 
 
-async def _counter_monitored(ctx: CheckContext, pattern: str, what: str, stock_note: str) -> Finding:
-    """The counter is exported at /asap/metrics and Prometheus holds a series of it for the target's job."""
+@dataclass
+class RejectionCounting:
+    """SEC-RATE-4 / SEC-SIZE-3's observation: who counts the agent's 429 (or 413) responses."""
+    code: str                                   # "429" / "413"
+    agent_exported: list[str]                   # matching families at /asap/metrics
+    agent_unreadable: str | None                # why /asap/metrics could not be read
+    prometheus: bool                            # a Prometheus and the target's job are named
+    agent_in_prometheus: list[str]              # matching series names for the job
+    proxy_selector: str | None                  # targets[].proxy_requests
+    proxy_label: str | None                     # status label used (set, known, or found on the series)
+    proxy_label_combos: list[dict]              # status-like label values on the selector's series
+    proxy_error: str | None = None
+    candidates: list[str] = field(default_factory=list)  # common exporters' counters found in Prometheus
+    target: str = ""
+    exchanges: list = field(default_factory=list)
+
+
+async def observe_rejection_counting(ctx: CheckContext, pattern: str, code: str) -> RejectionCounting:
     from ..prom import prom_for
-    evidence, exported, unreadable = [], [], None
+    t = ctx.target
+    obs = RejectionCounting(code, [], None, False, [], t.proxy_requests, t.proxy_status_label, [], target=t.name)
     try:
         resp = await ctx.probe.get("/asap/metrics")
-        exported = sorted({m.group(1) for m in _METRIC_LINE.finditer(resp.text)
-                           if re.search(pattern, m.group(1))}) if resp.status == 200 else []
-        evidence.append((f"GET /asap/metrics: HTTP {resp.status}; families matching /{pattern}/", exported))
+        obs.agent_exported = sorted({m.group(1) for m in _METRIC_LINE.finditer(resp.text)
+                                     if re.search(pattern, m.group(1))}) if resp.status == 200 else []
+        obs.exchanges.append((f"GET /asap/metrics: HTTP {resp.status}; families matching /{pattern}/",
+                              obs.agent_exported))
     except ProbeError as e:
-        evidence.append(("GET /asap/metrics", e.message))
-        unreadable = f"/asap/metrics could not be read ({e.message})"
-    prom, job = prom_for(ctx.params), ctx.target.prometheus_job
-    if prom is None or not job:
-        if unreadable:
-            return Finding.errored(unreadable + " and no Prometheus/prometheus_job in the parameters to look at", evidence)
-        if exported:
-            return Finding.warned(f"{', '.join(exported)} exported at /asap/metrics, but no Prometheus/prometheus_job "
-                                  "in the parameters to confirm it is scraped", evidence)
-        return Finding.failed(f"no metric counts {what} at /asap/metrics; {stock_note}", evidence)
-    query = f'{{__name__=~"{pattern}", job="{job}"}}'
-    series = await prom.query(query)
-    evidence.append((f"Prometheus: {query}", [{"metric": s.get("metric"), "value": s.get("value")} for s in series]))
-    if series:
-        names = sorted({s["metric"].get("__name__") for s in series})
-        return Finding.passed(f"Prometheus holds {', '.join(names)} for job {job} ({len(series)} series); stock "
+        obs.agent_unreadable = e.message
+    prom, job = prom_for(ctx.params), t.prometheus_job
+    if prom is None:
+        return obs
+    obs.prometheus = bool(job)
+    if job:
+        query = f'{{__name__=~"{pattern}", job="{job}"}}'
+        series = await prom.query(query)
+        obs.agent_in_prometheus = sorted({s["metric"].get("__name__") for s in series})
+        obs.exchanges.append((f"Prometheus: {query}", [{"metric": s.get("metric"), "value": s.get("value")}
+                                                       for s in series][:20]))
+    if t.proxy_requests:
+        query = proxy_metrics.labels_query(t.proxy_requests)
+        try:
+            combos = await prom.query(query)
+        except Exception as e:  # noqa: BLE001 - a bad selector is the operator's input: say so, no traceback
+            obs.proxy_error = f"{type(e).__name__}: {str(e)[:200]}"
+        else:
+            obs.proxy_label_combos = [{k: v for k, v in c["metric"].items() if v} for c in combos][:50]
+            obs.exchanges.append((f"Prometheus: {query}", obs.proxy_label_combos))
+        if obs.proxy_label is None:
+            obs.proxy_label = proxy_metrics.known_label(t.proxy_requests) or next(
+                (lbl for lbl in proxy_metrics.STATUS_LABELS if any(lbl in c for c in obs.proxy_label_combos)), None)
+    elif not obs.agent_in_prometheus:
+        found = await prom.query(proxy_metrics.discovery_query())
+        obs.candidates = sorted({f"{s['metric'].get('__name__')}{{job=\"{s['metric'].get('job', '')}\"}}"
+                                 for s in found})
+    return obs
+
+
+def judge_rejection_counting(obs: RejectionCounting, what: str, stock_note: str) -> Finding:
+    evidence = list(obs.exchanges) + [("proxy counter", {"targets[].proxy_requests": obs.proxy_selector,
+                                                         "status label": obs.proxy_label,
+                                                         "error": obs.proxy_error,
+                                                         "exporters' counters found in Prometheus": obs.candidates})]
+    param = f"targets[{obs.target}].proxy_requests"
+    if obs.agent_in_prometheus:
+        return Finding.passed(f"Prometheus holds {', '.join(obs.agent_in_prometheus)} for the agent's job; stock "
                               "asap-protocol 2.5.10 exports no such counter, so it comes from this deployment "
                               "(a wrapper or the proxy)", evidence)
-    if exported:
-        return Finding.failed(f"{', '.join(exported)} is exported but Prometheus has no series for job {job} "
-                              "(is the scrape target up? see MON-METRICS-2)", evidence)
-    if unreadable:
-        return Finding.errored(f"Prometheus has no such series for job {job}, and {unreadable}", evidence)
-    return Finding.failed(f"nothing counts {what}: no such metric at /asap/metrics nor in Prometheus for job {job}; "
-                          f"{stock_note}", evidence)
+    if obs.proxy_selector:
+        if obs.proxy_error:
+            return Finding.errored(f"Prometheus refused {param} ({obs.proxy_selector}): {obs.proxy_error}", evidence)
+        if not obs.proxy_label_combos:
+            return Finding.skipped(f"{param} = {obs.proxy_selector} selects no series in Prometheus (is the proxy's "
+                                   "exporter scraped, is the selector right?), and the agent exports no counter of "
+                                   f"{what}", evidence)
+        label = obs.proxy_label
+        if label is None or not any(label in c for c in obs.proxy_label_combos):
+            return Finding.failed(f"{obs.proxy_selector} carries no status-code label "
+                                  f"({label or ', '.join(proxy_metrics.STATUS_LABELS)}): {what} cannot be told "
+                                  f"apart from other responses (set targets[{obs.target}].proxy_status_label if it "
+                                  "has another name)", evidence)
+        values = sorted({c[label] for c in obs.proxy_label_combos if label in c})
+        if all(re.fullmatch(r"\dxx", v) for v in values):
+            return Finding.failed(f"{obs.proxy_selector} counts status classes only ({label}: {', '.join(values)}): "
+                                  f"{what} are lumped with every other 4xx", evidence)
+        seen = f"; {obs.code} seen so far" if obs.code in values else f"; no {obs.code} yet (the series appears " \
+                                                                      "with the first one)"
+        return Finding.passed(f"{what} are counted at the proxy: {obs.proxy_selector} by {label} "
+                              f"({len(values)} status value(s): {', '.join(values[:8])}){seen}", evidence)
+    if obs.agent_exported:
+        if obs.prometheus:
+            return Finding.failed(f"{', '.join(obs.agent_exported)} is exported but Prometheus has no series for the "
+                                  "agent's job (is the scrape target up? see MON-METRICS-2)", evidence)
+        return Finding.warned(f"{', '.join(obs.agent_exported)} exported at /asap/metrics, but no Prometheus/"
+                              "prometheus_job in the parameters to confirm it is scraped", evidence)
+    found = f"; Prometheus has {', '.join(obs.candidates[:4])}" if obs.candidates else ""
+    unreadable = f" (/asap/metrics could not be read: {obs.agent_unreadable})" if obs.agent_unreadable else ""
+    return Finding.skipped(f"the agent counts no {what}{unreadable} ({stock_note}); {param} is not set (the PromQL "
+                           f"selector of the proxy's or ingress's request counter for this agent){found}", evidence)
 
 
 @check("SEC-RATE-4", needs=(*AGENT, "prometheus"))
 async def rate_limit_monitored(ctx: CheckContext) -> Finding:
-    return await _counter_monitored(
-        ctx, r".*(rate_limit.*(exceeded|hit|reject)|_429).*", "HTTP 429 responses",
-        "asap-protocol 2.5.10 has no asap_rate_limit_exceeded_total (only the log event asap.rate_limit.exceeded); "
-        "count 429s at the proxy or export the counter from a wrapper")
+    obs = await observe_rejection_counting(ctx, r".*(rate_limit.*(exceeded|hit|reject)|_429).*", "429")
+    return judge_rejection_counting(
+        obs, "HTTP 429 responses", "asap-protocol 2.5.10 has no asap_rate_limit_exceeded_total, only the log event "
+                                   "asap.rate_limit.exceeded")
 
 
 # ================================================================ Request Size Limits
@@ -865,10 +929,10 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
 
 @check("SEC-SIZE-3", needs=(*AGENT, "prometheus"))
 async def size_rejections_monitored(ctx: CheckContext) -> Finding:
-    return await _counter_monitored(
-        ctx, r".*(size_exceeded|too_large|_413).*", "HTTP 413 responses",
-        "asap-protocol 2.5.10 has no metric for 413 (only the log event asap.request.size_exceeded); count them "
-        "at the proxy or export a counter from a wrapper")
+    obs = await observe_rejection_counting(ctx, r".*(size_exceeded|too_large|_413).*", "413")
+    return judge_rejection_counting(
+        obs, "HTTP 413 responses", "asap-protocol 2.5.10 has no metric for 413, only the log event "
+                                   "asap.request.size_exceeded")
 
 
 # ================================================================ Handler Security
