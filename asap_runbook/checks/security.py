@@ -465,9 +465,54 @@ async def token_lifetime(ctx: CheckContext) -> Finding:
                           evidence, **details)
 
 
+def _client_auth(root) -> list[dict]:
+    """How the agent's own ASAPClients authenticate to the agents they call (auth_token= is sent as Bearer)."""
+    from ..source import UNKNOWN, client_usage
+    rows = []
+    for c in client_usage(root).clients:
+        value, explicit = c.setting("auth_token")
+        state = "set" if explicit and value not in (None, "None", "") else (
+            "unknown" if value == UNKNOWN else "absent")
+        rows.append({"client": c.where(), "auth_token": state,
+                     **({"settings not resolved": c.unresolved} if c.unresolved else {})})
+    return rows
+
+
+def judge_client_auth(t_sender: str, token_env: str, ok_outcome: str, ok_brief: str, basic_outcome: str,
+                      exchanges: list, clients: list[dict] | None) -> Finding:
+    """SEC-AUTH-5 over both halves of the item: this agent takes Bearer (the wire), and the clients it
+    builds send Authorization (the source, when targets[].source_dir is set)."""
+    evidence = list(exchanges) + [("the agent's own ASAPClients (auth_token= is sent as Authorization: Bearer)",
+                                   clients if clients is not None else "targets[].source_dir not set")]
+    if ok_outcome == "sender":
+        return Finding.failed(f"the token is valid but maps to another identity than sender {t_sender} "
+                              "(-32602 Sender does not match authenticated identity)", evidence)
+    if ok_outcome == "refused":
+        return Finding.failed(f"the configured token is refused as Bearer: {ok_brief}", evidence)
+    if ok_outcome == "unknown":
+        return Finding.errored(f"no JSON-RPC answer to the authenticated request ({ok_brief})", evidence)
+    bare = [c["client"] for c in clients or [] if c["auth_token"] == "absent"]
+    if bare:
+        return Finding.failed(f"ASAPClient(s) built without auth_token= at {', '.join(bare)}: the calls this agent "
+                              "makes carry no Authorization header", evidence)
+    if basic_outcome == "passed":
+        return Finding.warned("Bearer works, but the same token is also accepted as Basic", evidence)
+    open_ = [c["client"] for c in clients or [] if c["auth_token"] == "unknown"]
+    if open_:
+        return Finding._make(Status.MANUAL, f"Bearer accepted and Basic refused on the wire, but whether the clients "
+                             f"at {', '.join(open_)} pass auth_token= is not resolved from the source (settings "
+                             "through **kwargs): confirm they do", evidence)
+    clients_note = (f"; all {len(clients)} ASAPClient(s) in the source pass auth_token= (sent as Bearer)" if clients
+                    else "; the source builds no ASAPClient" if clients == [] else
+                    "; the agent's own clients are not checked (targets[].source_dir is not set)")
+    return Finding.passed(f"Authorization: Bearer with sender {t_sender} gets past authentication and the sender "
+                          f"check ({ok_brief}); the same token as Basic is refused{clients_note}", evidence)
+
+
 @check("SEC-AUTH-5", needs=AGENT_TOKEN)
 async def client_sends_bearer(ctx: CheckContext) -> Finding:
-    """The configured token works as Bearer (with the configured sender) and not as Basic."""
+    """The configured token works as Bearer (with the configured sender) and not as Basic; the agent's own
+    clients send Authorization (from the source)."""
     t = ctx.target
     if not t.token_env:
         manifest = await ctx.probe.manifest()
@@ -479,27 +524,16 @@ async def client_sends_bearer(ctx: CheckContext) -> Finding:
             return Finding.failed("the agent lets requests without an Authorization header past authentication, so "
                                   "clients need not send one", evidence)
         return Finding.errored(f"no token_env and the agent refused an anonymous request ({_brief(resp)})", evidence)
-    token = t.token
-    if not token:
+    if not t.token:
         return Finding.errored(f"the environment variable {t.token_env} is not set")
     ok = await _stale_authenticated(ctx)
     as_basic = await _as_basic(ctx)
-    evidence = [(f"POST /asap with Authorization: Bearer <token from {t.token_env}> (a read-only envelope, "
-                 f"10 min old): {_brief(ok)}", ok.evidence),
-                (f"POST /asap with the same token as Basic: {_brief(as_basic)}", as_basic.evidence)]
-    outcome = _auth_outcome(ok)
-    if outcome == "sender":
-        return Finding.failed(f"the token is valid but maps to another identity than sender {t.sender} "
-                              "(-32602 Sender does not match authenticated identity)", evidence)
-    if outcome == "refused":
-        return Finding.failed(f"the configured token is refused as Bearer: {_brief(ok)}", evidence)
-    if outcome == "unknown":
-        return Finding.errored(f"no JSON-RPC answer to the authenticated request ({_brief(ok)})", evidence)
-    if _auth_outcome(as_basic) == "passed":
-        return Finding.warned("Bearer works, but the same token is also accepted as Basic", evidence)
-    return Finding.passed(f"Authorization: Bearer with sender {t.sender} gets past authentication and the sender check "
-                          f"({_brief(ok)}); the same token as Basic is refused (asap-protocol 2.5.10 accepts only "
-                          "Bearer on the wire)", evidence)
+    exchanges = [(f"POST /asap with Authorization: Bearer <token from {t.token_env}> (a read-only envelope, "
+                  f"10 min old): {_brief(ok)}", ok.evidence),
+                 (f"POST /asap with the same token as Basic: {_brief(as_basic)}", as_basic.evidence)]
+    clients = await asyncio.to_thread(_client_auth, t.source_dir) if t.source_dir else None
+    return judge_client_auth(t.sender, t.token_env, _auth_outcome(ok), _brief(ok), _auth_outcome(as_basic),
+                             exchanges, clients)
 
 
 # ================================================================ Rate Limiting

@@ -127,3 +127,41 @@ def test_reference_handlers_are_told_apart():
     rep = _source_scan.unsanitized_logging(REPO / "asap_runbook" / "reference")
     assert [h.file for h in rep.unsanitized] == ["misconfigured_handlers.py"]
     assert any(h.file == "hardened_app.py" for h in rep.sanitized)
+
+
+# ---------------------------------------------------------------- SEC-AUTH-5: the clients half
+from asap_runbook.checks.security import _client_auth, judge_client_auth  # noqa: E402
+
+CLIENTS = """
+    import os
+    from asap.transport import ASAPClient
+
+    SETTINGS = {"timeout": 10.0}
+    signed = ASAPClient("https://billing.internal", auth_token=os.environ["BILLING_TOKEN"], **SETTINGS)
+    anonymous = ASAPClient("https://inventory.internal", timeout=5.0)
+"""
+
+
+def test_client_without_auth_token_fails_the_whole_item(tmp_path):
+    clients = _client_auth(write(tmp_path, CLIENTS))
+    assert [c["auth_token"] for c in clients] == ["set", "absent"]
+    r = judge_client_auth("urn:asap:agent:x", "T", "passed", "HTTP 200 -32012", "refused", [], clients)
+    assert r.status is Status.FAIL and "agent.py:7" in r.summary
+
+
+@pytest.mark.parametrize("clients,expected,needle", [
+    (None, Status.PASS, "not checked (targets[].source_dir is not set)"),
+    ([], Status.PASS, "builds no ASAPClient"),
+    ([{"client": "a.py:3", "auth_token": "set"}], Status.PASS, "pass auth_token="),
+    ([{"client": "a.py:3", "auth_token": "unknown"}], Status.MANUAL, "a.py:3"),
+])
+def test_client_auth_verdicts(clients, expected, needle):
+    r = judge_client_auth("urn:asap:agent:x", "T", "passed", "HTTP 200 -32012", "refused", [], clients)
+    assert r.status is expected and needle in r.summary, r.summary
+
+
+def test_wire_failures_come_first():
+    assert judge_client_auth("u", "T", "refused", "HTTP 200 -32600", "refused", [], None).status is Status.FAIL
+    assert judge_client_auth("u", "T", "sender", "x", "refused", [], None).status is Status.FAIL
+    assert judge_client_auth("u", "T", "unknown", "HTTP 502", "refused", [], None).status is Status.ERROR
+    assert judge_client_auth("u", "T", "passed", "x", "passed", [], None).status is Status.WARN
