@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import _agentlog, _nginx, _source_scan, _tls, deploy_files, proxy_metrics
+from .. import _agentlog, _nginx, _shell, _source_scan, _tls, deploy_files, proxy_metrics
 from ..errors import ProbeError, RateLimited
 from ..introspect import IntrospectionError, introspect_app
 from ..pacing import parse_limits
@@ -1091,14 +1091,10 @@ async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
             raise ProbeError(f"targets[{t.name}].log_file {t.log_file} does not exist")
         return await asyncio.to_thread(_agentlog.read_text, t.log_file, 4 * 1024 * 1024), str(t.log_file)
     if t.log_command:
-        proc = await asyncio.create_subprocess_shell(t.log_command, stdout=asyncio.subprocess.PIPE,
-                                                     stderr=asyncio.subprocess.STDOUT)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=ctx.params.probe.timeout_seconds * 3)
-        except asyncio.TimeoutError:
-            proc.kill()
-            raise ProbeError(f"log_command did not finish within {ctx.params.probe.timeout_seconds * 3:g} s") from None
-        return out[-4 * 1024 * 1024:].decode("utf-8", "replace"), f"output of log_command ({t.log_command[:60]})"
+        res = await _shell.run(t.log_command, ctx.params.probe.timeout_seconds * 3)
+        if (why := res.failure("log_command")) is not None:
+            raise ProbeError(why)
+        return res.output, f"output of log_command ({t.log_command[:60]})"
     return None, ""
 
 
