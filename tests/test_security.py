@@ -250,7 +250,8 @@ def test_burst_too_small_to_exceed_the_limit_is_skipped_not_failed(demo_params):
 
 
 def test_missing_log_file_is_one_sentence(demo_params, tmp_path):
-    params = one_target(demo_params, "hardened", log_file=tmp_path / "nope.log")
+    # without targets[].app (introspection), the limiter's configuration comes from the log alone
+    params = one_target(demo_params, "hardened", log_file=tmp_path / "nope.log", app=None)
     for item in ("SEC-RATE-2", "SEC-HANDLER-4"):
         r = run_check(item, params, "hardened")
         assert r.status is Status.ERROR and "does not exist" in r.summary, r.summary

@@ -270,27 +270,31 @@ async def tls_versions(ctx: CheckContext) -> Finding:
 _MAX_AGE = re.compile(r"max-age\s*=\s*\"?(\d+)\"?", re.I)
 
 
-@check("SEC-TLS-4", needs=("reach",))
-async def hsts(ctx: CheckContext) -> Finding:
-    if not ctx.target.base_url.startswith("https://"):
-        return Finding.failed("no HTTPS, so no HSTS: the target is plain HTTP")
-    need = ctx.threshold("hsts_max_age_seconds")
-    resp = await ctx.probe.get("/.well-known/asap/manifest.json")
-    header = resp.headers.get("strict-transport-security")
-    evidence = [("GET manifest over HTTPS", resp.evidence)] + _nginx_lines(ctx, "add_header", "Strict-Transport-Security")
+def judge_hsts(header: str | None, need: float, need_source: str, evidence: list) -> Finding:
+    """The Strict-Transport-Security header of an HTTPS response (None: absent)."""
     if header is None:
         return Finding.failed("no Strict-Transport-Security header on HTTPS responses "
                               "(asap-protocol never sends one; set it at the proxy)", evidence)
     m = _MAX_AGE.search(header)
     max_age = int(m.group(1)) if m else None
     subdomains = "includesubdomains" in header.lower().replace(" ", "")
-    details = {"header": header, "max_age": max_age, "threshold": need.value, "threshold_source": need.source}
-    if max_age is None or max_age < need.value:
-        return Finding.failed(f"HSTS max-age is {max_age} s, below {int(need.value)} s ({need.source})", evidence, **details)
+    details = {"header": header, "max_age": max_age, "threshold": need, "threshold_source": need_source}
+    if max_age is None or max_age < need:
+        return Finding.failed(f"HSTS max-age is {max_age} s, below {int(need)} s ({need_source})", evidence, **details)
     if not subdomains:
         return Finding.failed("HSTS lacks includeSubDomains", evidence, **details)
-    return Finding.passed(f"HSTS max-age={max_age} with includeSubDomains (threshold {int(need.value)} s: {need.source})",
+    return Finding.passed(f"HSTS max-age={max_age} with includeSubDomains (threshold {int(need)} s: {need_source})",
                           evidence, **details)
+
+
+@check("SEC-TLS-4", needs=("reach",))
+async def hsts(ctx: CheckContext) -> Finding:
+    if not ctx.target.base_url.startswith("https://"):
+        return Finding.failed("no HTTPS, so no HSTS: the target is plain HTTP")
+    need = ctx.threshold("hsts_max_age_seconds")
+    resp = await ctx.probe.get("/.well-known/asap/manifest.json")
+    evidence = [("GET manifest over HTTPS", resp.evidence)] + _nginx_lines(ctx, "add_header", "Strict-Transport-Security")
+    return judge_hsts(resp.headers.get("strict-transport-security"), need.value, need.source, evidence)
 
 
 @check("SEC-TLS-5", needs=("reach",))
@@ -332,10 +336,8 @@ async def http_redirect(ctx: CheckContext) -> Finding:
 
 # ================================================================ Authentication
 
-@check("SEC-AUTH-1", needs=AGENT)
-async def manifest_auth(ctx: CheckContext) -> Finding:
-    manifest = await ctx.probe.manifest()
-    auth = manifest.get("auth")
+def judge_manifest_auth(auth: dict | None) -> Finding:
+    """The manifest's `auth` block as served."""
     evidence = [("manifest auth", auth)]
     if not auth:
         return Finding.failed("the manifest declares no authentication (\"auth\": null): anyone may call every skill",
@@ -348,6 +350,11 @@ async def manifest_auth(ctx: CheckContext) -> Finding:
         return Finding.failed("the manifest declares only basic, which asap-protocol 2.5.10 never accepts on the wire: "
                               "every client is locked out", evidence)
     return Finding.failed(f"the manifest declares no usable scheme ({schemes})", evidence)
+
+
+@check("SEC-AUTH-1", needs=AGENT)
+async def manifest_auth(ctx: CheckContext) -> Finding:
+    return judge_manifest_auth((await ctx.probe.manifest()).get("auth"))
 
 
 _OPEN_ROUTES = ["/health", "/ready", "/.well-known/asap/manifest.json", "/.well-known/asap/health", "/asap/metrics",
@@ -448,21 +455,25 @@ async def token_lifetime(ctx: CheckContext) -> Finding:
         return Finding(Status.MANUAL, f"the token in {t.token_env} is opaque (not a JWT), so its lifetime cannot be "
                        "read: confirm who rotates it and how often, and attach the rotation policy",
                        details={"token_kind": "opaque", "length": len(token)})
+    return judge_token_lifetime(claims, lo.value, hi.value, hi.source, datetime.now(UTC).timestamp())
+
+
+def judge_token_lifetime(claims: dict, lo: float, hi: float, source: str, now: float) -> Finding:
+    """A JWT's claims (signature not checked; the token itself is never shown)."""
     exp, iat = claims.get("exp"), claims.get("iat")
     shown = {k: claims.get(k) for k in ("iss", "aud", "iat", "nbf", "exp") if k in claims}
     evidence = [("JWT claims (no signature check; the token itself is not shown)", shown)]
-    details = {"min_minutes": lo.value, "max_minutes": hi.value, "source": hi.source}
+    details = {"min_minutes": lo, "max_minutes": hi, "source": source}
     if not isinstance(exp, (int, float)):
         return Finding.failed("the JWT has no exp claim: it never expires", evidence, **details)
-    start = iat if isinstance(iat, (int, float)) else datetime.now(UTC).timestamp()
+    start = iat if isinstance(iat, (int, float)) else now
     minutes = (exp - start) / 60
-    if minutes > hi.value:
-        return Finding.failed(f"the JWT lives {minutes:.0f} min, over {hi.value:g} ({hi.source})", evidence, **details)
-    if minutes < lo.value:
-        return Finding.warned(f"the JWT lives {minutes:.0f} min, under {lo.value:g} ({lo.source}); "
+    if minutes > hi:
+        return Finding.failed(f"the JWT lives {minutes:.0f} min, over {hi:g} ({source})", evidence, **details)
+    if minutes < lo:
+        return Finding.warned(f"the JWT lives {minutes:.0f} min, under {lo:g} ({source}); "
                               "expect frequent refreshes", evidence, **details)
-    return Finding.passed(f"the JWT lives {minutes:.0f} min (within {lo.value:g}-{hi.value:g}: {hi.source})",
-                          evidence, **details)
+    return Finding.passed(f"the JWT lives {minutes:.0f} min (within {lo:g}-{hi:g}: {source})", evidence, **details)
 
 
 def _client_auth(root) -> list[dict]:
@@ -677,73 +688,143 @@ async def _xff_trusted_note(ctx: CheckContext, evidence: list) -> str:
             "limit would be bypassable" if seen else "")
 
 
-@check("SEC-RATE-2")
-async def rate_limit_tuned(ctx: CheckContext) -> Finding:
-    """The effective limit (from the agent's startup log) x processes, against the parameters' ceiling."""
-    if ctx.target.log_file is None:
-        return Finding.skipped(f"targets[{ctx.target.name}].log_file is not set (the agent logs "
-                               "asap.server.rate_limit_enabled at startup)")
-    if not ctx.target.log_file.is_file():
-        return Finding.errored(f"targets[{ctx.target.name}].log_file {ctx.target.log_file} does not exist")
-    fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
-    if fact is None:
-        return Finding.errored(f"{ctx.target.log_file} has no asap.server.rate_limit_enabled line for "
-                               f"{await _manifest_id(ctx)} (is it the agent's log, from its start?)")
-    text = str(fact.fields.get("rate_limit", ""))
-    limits = parse_limits(text)
-    storage = _agentlog.storage_backend_before(_log_events(ctx), fact)
-    shared = bool(storage and "redis" in storage.event)
-    n, why = _instances(ctx)
-    ceiling = ctx.threshold("rate_limit_max_per_second")
-    evidence = [("startup log line", fact.raw[:400]), ("storage", storage.event if storage else "unknown"),
-                ("processes", why)]
+@dataclass
+class LimiterConfig:
+    """SEC-RATE-2/3's observation: the limiter's configured limit and storage, where they were read, the
+    process count, and the proxy's limit_req lines."""
+    limit: str | None                # "10/second;100/minute" as the agent states it
+    storage: str | None              # "redis" / "memory" / another backend name; None: not known
+    read_from: str                   # the introspected app, the startup log line, or why neither
+    instances: dict                  # deploy_files.Instances.as_dict()
+    proxy_limit_req: list[str] = field(default_factory=list)
+    proxy_note: str | None = None    # nginx not set / could not parse
+    raw: str | None = None
+
+
+async def _introspected(ctx: CheckContext) -> dict | str:
+    """The app's configuration from introspection, or why there is none (one sentence)."""
+    t = ctx.target
+    if t.app is None:
+        return f"targets[{t.name}].app is not set"
+
+    async def look():
+        try:
+            return await asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env,
+                                           max(10.0, ctx.params.probe.timeout_seconds * 5),
+                                           (t.token_env,) if t.token_env else ())
+        except IntrospectionError as e:
+            return f"introspection of {t.app} failed: {e.message}"
+    return await ctx.once("introspection", look)
+
+
+async def observe_limiter(ctx: CheckContext) -> LimiterConfig:
+    t = ctx.target
+    inst = (await asyncio.to_thread(deploy_files.target_instances, t)).as_dict()
+    obs = LimiterConfig(None, None, "", inst)
+    cfg = await _introspected(ctx)
+    if isinstance(cfg, dict):
+        storage = str(cfg.get("rate_limit_storage") or "")
+        obs.limit = ";".join(cfg.get("rate_limits") or []) or None
+        obs.storage = ("memory" if cfg.get("rate_limit_storage_kind") == "memory" else
+                       "redis" if "redis" in storage.lower() else storage or None)
+        obs.read_from, obs.raw = f"introspected {t.app} (limiter storage {storage or 'none'})", storage
+    elif t.log_file and t.log_file.is_file():
+        fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
+        if fact is not None:
+            obs.limit = str(fact.fields.get("rate_limit", "")) or None
+            storage = _agentlog.storage_backend_before(_log_events(ctx) or [], fact)
+            obs.storage = None if storage is None else "redis" if "redis" in storage.event else \
+                "memory" if "memory" in storage.event else storage.event
+            obs.read_from = f"startup log {t.log_file.name}"
+            obs.raw = fact.raw[:400] + (("\n" + storage.raw[:300]) if storage else "")
+        else:
+            obs.read_from = (f"{t.log_file} has no asap.server.rate_limit_enabled line for "
+                             f"{await _manifest_id(ctx)} (is it the agent's log, from its start?)")
+    else:
+        obs.read_from = (f"{cfg}; targets[{t.name}].log_file is "
+                         + ("not set" if t.log_file is None else f"{t.log_file}, which does not exist"))
+    if t.nginx_conf:
+        try:
+            conf = _nginx.load(t.nginx_conf)
+            obs.proxy_limit_req = _nginx.uses(conf, "limit_req")
+            obs.proxy_note = f"{len(conf.files)} nginx file(s) read (includes followed)"
+        except _nginx.NginxParseError as e:
+            obs.proxy_note = f"could not parse {t.nginx_conf}: {e}"
+    return obs
+
+
+def _limiter_evidence(obs: LimiterConfig) -> list:
+    return [("limiter", {"limit": obs.limit, "storage": obs.storage, "read from": obs.read_from}),
+            ("as read", obs.raw), ("processes", obs.instances),
+            ("nginx limit_req lines", obs.proxy_limit_req or obs.proxy_note or "nginx_conf not set")]
+
+
+def judge_rate_limit_tuned(obs: LimiterConfig, ceiling: float, source: str) -> Finding:
+    evidence = _limiter_evidence(obs)
+    if obs.limit is None:
+        if obs.read_from.startswith(("introspected", "startup log")):
+            return Finding.failed(f"no rate limit configured ({obs.read_from})", evidence)
+        return Finding.skipped(f"the configured limit is not known: {obs.read_from} (set targets[].app or "
+                               "targets[].log_file)", evidence)
+    limits = parse_limits(obs.limit)
     if not limits:
-        return Finding.errored(f"could not read the limit {text!r}", evidence)
+        return Finding.errored(f"could not read the limit {obs.limit!r}", evidence)
+    n = obs.instances["at_least"]
+    shared = obs.storage == "redis"
     shortest = min(limits, key=lambda lw: lw[1])
     per_second = shortest[0] / shortest[1] * (1 if shared else n)
-    details = {"rate_limit": text, "effective_per_second": per_second, "ceiling": ceiling.value,
-               "ceiling_source": ceiling.source, "processes": n, "shared_storage": shared}
+    details = {"rate_limit": obs.limit, "effective_per_second": per_second, "ceiling": ceiling,
+               "ceiling_source": source, "processes": n, "shared_storage": shared}
     mult = "" if shared or n == 1 else f" x {n} processes (per-process storage)"
-    if per_second > ceiling.value:
-        return Finding.failed(f"rate_limit={text}{mult} allows ~{per_second:g} requests/s per client, over "
-                              f"{ceiling.value:g} ({ceiling.source})", evidence, **details)
-    return Finding.passed(f"rate_limit={text}{mult}: ~{per_second:g} requests/s per client, within "
-                          f"{ceiling.value:g} ({ceiling.source})", evidence, **details)
+    if per_second > ceiling:
+        return Finding.failed(f"rate_limit={obs.limit}{mult} allows ~{per_second:g} requests/s per client, over "
+                              f"{ceiling:g} ({source})", evidence, **details)
+    return Finding.passed(f"rate_limit={obs.limit}{mult}: ~{per_second:g} requests/s per client, within "
+                          f"{ceiling:g} ({source})", evidence, **details)
+
+
+@check("SEC-RATE-2")
+async def rate_limit_tuned(ctx: CheckContext) -> Finding:
+    """The configured limit (introspected, or from the startup log) x processes, against the ceiling."""
+    t = ctx.target
+    if t.app is None and t.log_file is not None and not t.log_file.is_file():
+        return Finding.errored(f"targets[{t.name}].log_file {t.log_file} does not exist")
+    ceiling = ctx.threshold("rate_limit_max_per_second")
+    return judge_rate_limit_tuned(await observe_limiter(ctx), ceiling.value, ceiling.source)
+
+
+def judge_rate_limit_shared(obs: LimiterConfig) -> Finding:
+    evidence = _limiter_evidence(obs)
+    n, exact, how = obs.instances["at_least"], obs.instances["exact"], obs.instances["how"]
+    note = "(slowapi is not used by asap-protocol 2.5.10; the knob is ASAP_RATE_LIMIT_BACKEND)"
+    if obs.storage == "redis":
+        return Finding.passed(f"rate limits are stored in Redis, shared by all {n}{'' if exact else '+'} process(es) "
+                              f"{note}", evidence)
+    if obs.proxy_limit_req:
+        return Finding.passed(f"the proxy enforces limit_req ({', '.join(obs.proxy_limit_req)}), shared by the "
+                              f"process(es) behind it", evidence)
+    if obs.storage is None:
+        return Finding.skipped(f"cannot tell the limiter's storage: {obs.read_from}; set targets[].app (introspection), "
+                               "targets[].log_file (the agent logs asap.rate_limit.memory_storage or ...redis_storage "
+                               "at startup) or targets[].nginx_conf", evidence)
+    if obs.storage != "memory":
+        return Finding._make(Status.MANUAL, f"rate-limit storage {obs.storage}: not one the runbook knows to be "
+                             "shared; confirm every process uses the same backend", evidence)
+    if n > 1:
+        return Finding.failed(f"per-process memory:// rate-limit storage with at least {n} processes ({how}): the "
+                              f"effective limit is {n}x the configured one {note}", evidence)
+    if exact is None:
+        return Finding.skipped(f"per-process memory:// rate-limit storage, and the number of processes is not known "
+                               f"({how}): set targets[].k8s_manifests and process_config, or targets[].instances",
+                               evidence)
+    return Finding.warned(f"per-process memory:// rate-limit storage: fine for this single process, but each added "
+                          f"worker or replica multiplies the limit {note}", evidence)
 
 
 @check("SEC-RATE-3")
 async def rate_limit_shared(ctx: CheckContext) -> Finding:
     """Memory vs shared storage for the limiter (slowapi is gone; the knob is ASAP_RATE_LIMIT_BACKEND)."""
-    n, why = _instances(ctx)
-    evidence = [("processes", why)]
-    storage, proxy = None, []
-    if ctx.target.log_file and ctx.target.log_file.is_file():
-        fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
-        storage = _agentlog.storage_backend_before(_log_events(ctx) or [], fact)
-        evidence.append(("agent log: storage event before its rate_limit_enabled line",
-                         storage.raw[:300] if storage else "none found"))
-    if ctx.target.nginx_conf:
-        try:
-            conf = _nginx.load(ctx.target.nginx_conf)
-            proxy = _nginx.uses(conf, "limit_req")
-            evidence.append(("nginx files read (includes followed)", conf.files))
-        except _nginx.NginxParseError as e:
-            evidence.append(("nginx", f"could not parse {ctx.target.nginx_conf}: {e}"))
-        evidence.append(("nginx limit_req lines", proxy))
-    if storage is None and not proxy:
-        return Finding.skipped("cannot tell the limiter's storage: set log_file (the agent logs "
-                               "asap.rate_limit.memory_storage or ...redis_storage at startup) or nginx_conf", evidence)
-    note = "(slowapi is not used by asap-protocol 2.5.10; the knob is ASAP_RATE_LIMIT_BACKEND)"
-    if storage is not None and "redis" in storage.event:
-        return Finding.passed(f"rate limits are stored in Redis, shared by all {n} process(es) {note}", evidence)
-    if proxy:
-        return Finding.passed(f"the proxy enforces limit_req (nginx lines {proxy}), shared by the {n} process(es) "
-                              "behind it", evidence)
-    if n > 1:
-        return Finding.failed(f"per-process memory:// rate-limit storage with {n} processes ({why}): the effective "
-                              f"limit is {n}x the configured one {note}", evidence)
-    return Finding.warned(f"per-process memory:// rate-limit storage: fine for this single process, but each added "
-                          f"worker or replica multiplies the limit {note}", evidence)
+    return judge_rate_limit_shared(await observe_limiter(ctx))
 
 
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", re.M)
@@ -1235,16 +1316,13 @@ async def observe_nonce_replay(ctx: CheckContext) -> NonceReplay:
     nonce = "rb-" + uuid.uuid4().hex
     results = [await _post(ctx, probe_envelope(t.sender, nonce=nonce), headers={"Connection": "close"})
                for _ in range(sends)]
-    store, note = None, f"targets[{t.name}].app is not set (module:attribute of the agent's app)"
-    if t.app is not None:
-        try:
-            cfg = await asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env,
-                                          max(10.0, ctx.params.probe.timeout_seconds * 5),
-                                          (t.token_env,) if t.token_env else ())
-            store = dict(cfg.get("nonce_store") or {"class": None}, kind=cfg.get("nonce_store_kind"))
-            note = f"introspected {t.app} in a separate process"
-        except IntrospectionError as e:
-            note = f"introspection of {t.app} failed: {e.message}"
+    store, note = None, ""
+    cfg = await _introspected(ctx)
+    if isinstance(cfg, dict):
+        store = dict(cfg.get("nonce_store") or {"class": None}, kind=cfg.get("nonce_store_kind"))
+        note = f"introspected {t.app} in a separate process"
+    else:
+        note = cfg + (" (module:attribute of the agent's app)" if t.app is None else "")
     return NonceReplay(sends, [_brief(r) for r in results], sum(1 for r in results if passed_gates(r)),
                        inst.as_dict(), store, note, results[0].evidence)
 
