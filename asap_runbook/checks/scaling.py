@@ -495,12 +495,8 @@ def _app_evidence(cfg: dict, n: int, how: str) -> list:
             ("instances", f"{n} ({how})")]
 
 
-@check("SCALE-STATE-1")
-async def persistent_snapshot_store(ctx: CheckContext) -> Finding:
-    cfg = await app_config(ctx)
-    if isinstance(cfg, Finding):
-        return cfg
-    n, how = _count(await instances(ctx))
+def judge_snapshot_store(cfg: dict, n: int, how: str) -> Finding:
+    """The introspected app configuration and the process count (at least n)."""
     ev = _app_evidence(cfg, n, how)
     snap, kind = cfg["snapshot_store"], cfg["snapshot_store_kind"]
     name = f"{snap['class']} ({snap['module']})" if snap else "none"
@@ -516,12 +512,13 @@ async def persistent_snapshot_store(ctx: CheckContext) -> Finding:
     return Finding.passed(f"snapshot store is {name}{backing}", ev)
 
 
-@check("SCALE-STATE-2")
-async def no_in_memory_snapshots(ctx: CheckContext) -> Finding:
+@check("SCALE-STATE-1")
+async def persistent_snapshot_store(ctx: CheckContext) -> Finding:
     cfg = await app_config(ctx)
-    if isinstance(cfg, Finding):
-        return cfg
-    n, how = _count(await instances(ctx))
+    return cfg if isinstance(cfg, Finding) else judge_snapshot_store(cfg, *_count(await instances(ctx)))
+
+
+def judge_no_in_memory_snapshots(cfg: dict, n: int, how: str) -> Finding:
     ev = _app_evidence(cfg, n, how)
     if cfg["snapshot_store_kind"] != "memory":
         return Finding.passed(f"snapshot store is {cfg['snapshot_store']['class'] if cfg['snapshot_store'] else 'none'}, "
@@ -532,6 +529,12 @@ async def no_in_memory_snapshots(ctx: CheckContext) -> Finding:
         return Finding.failed(f"InMemorySnapshotStore with {n} instances: each instance sees only its own snapshots, "
                               f"and a restart loses them ({lost})", ev)
     return Finding.warned(f"InMemorySnapshotStore on one instance: a restart loses every task snapshot ({lost})", ev)
+
+
+@check("SCALE-STATE-2")
+async def no_in_memory_snapshots(ctx: CheckContext) -> Finding:
+    cfg = await app_config(ctx)
+    return cfg if isinstance(cfg, Finding) else judge_no_in_memory_snapshots(cfg, *_count(await instances(ctx)))
 
 
 # ------------------------------------------------------------------------------------------ horizontal
@@ -625,8 +628,11 @@ async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
 @check("SCALE-HSCALE-3")
 async def autoscaling(ctx: CheckContext) -> Finding:
     m = await manifests(ctx)
-    if isinstance(m, Finding):
-        return m
+    return m if isinstance(m, Finding) else judge_autoscaling(m)
+
+
+def judge_autoscaling(m: Manifests) -> Finding:
+    """The first workload of the manifests and the HPA that targets it."""
     w = m.workloads[0]
     hpa = m.hpa_for(w)
     requests = {c.name: c.resources.get("requests") for c in w.containers}
