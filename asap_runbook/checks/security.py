@@ -1241,21 +1241,19 @@ async def no_secrets_in_logs(ctx: CheckContext) -> Finding:
 
 # ================================================================ Replay Protection
 
-@check("SEC-REPLAY-1", needs=AGENT_TOKEN)
-async def timestamp_window(ctx: CheckContext) -> Finding:
-    """Read-only envelopes 10 min old and 5 min ahead: -32002, not -32012 (which means they got past the check)."""
-    t = ctx.target
-    future = probe_envelope(t.sender, timestamp=iso_ago(minutes=-5))
-    cases = [("10 minutes old", lambda: _stale_authenticated(ctx)), ("5 minutes in the future", lambda: _post(ctx, future))]
-    evidence, problems = [], []
-    for label, exchange in cases:
-        resp = await exchange()
-        evidence.append((f"timestamp {label}: {_brief(resp)}", resp.evidence))
-        code = _code(resp)
-        if passed_gates(resp):
+def _seen(resp: ProbeResponse) -> dict:
+    """What a read-only envelope got: its phrase, its JSON-RPC code, whether it got past every gate (-32012)."""
+    return {"brief": _brief(resp), "code": _code(resp), "passed": passed_gates(resp)}
+
+
+def judge_timestamp_window(seen: dict[str, dict], evidence: list) -> Finding:
+    """seen: {"10 minutes old": _seen(...), "5 minutes in the future": _seen(...)}."""
+    problems = []
+    for label, got in seen.items():
+        if got["passed"]:
             problems.append(f"an envelope {label} was accepted")
-        elif code != -32002:
-            return Finding.errored(f"an envelope {label} was refused before the timestamp check ({_brief(resp)}); "
+        elif got["code"] != -32002:
+            return Finding.errored(f"an envelope {label} was refused before the timestamp check ({got['brief']}); "
                                    "cannot judge", evidence)
     if problems:
         return Finding.failed("; ".join(problems) + ": timestamp validation is off (asap-protocol's default window "
@@ -1264,37 +1262,54 @@ async def timestamp_window(ctx: CheckContext) -> Finding:
                           "a timestamp is always accepted; clients must send one)", evidence)
 
 
+@check("SEC-REPLAY-1", needs=AGENT_TOKEN)
+async def timestamp_window(ctx: CheckContext) -> Finding:
+    """Read-only envelopes 10 min old and 5 min ahead: -32002, not -32012 (which means they got past the check)."""
+    future = probe_envelope(ctx.target.sender, timestamp=iso_ago(minutes=-5))
+    cases = [("10 minutes old", lambda: _stale_authenticated(ctx)), ("5 minutes in the future", lambda: _post(ctx, future))]
+    seen, evidence = {}, []
+    for label, exchange in cases:
+        resp = await exchange()
+        evidence.append((f"timestamp {label}: {_brief(resp)}", resp.evidence))
+        seen[label] = _seen(resp)
+    return judge_timestamp_window(seen, evidence)
+
+
+def judge_nonce_checked(seen: dict[str, dict], claims_require_nonce: bool, evidence: list) -> Finding:
+    """seen: "fresh", "repeated", "empty" and, when the deployment claims to require nonces, "absent"."""
+    first, second, empty = seen["fresh"], seen["repeated"], seen["empty"]
+    if not first["passed"]:
+        return Finding.errored(f"a read-only envelope with a fresh nonce was refused before the nonce check "
+                               f"({first['brief']}, expected -32012 no handler); cannot judge", evidence)
+    problems = []
+    if second["code"] != -32003:
+        problems.append(f"a repeated nonce was not rejected ({second['brief']})")
+    if empty["code"] != -32003:
+        problems.append(f"an empty nonce was not rejected ({empty['brief']})")
+    if claims_require_nonce and seen.get("absent", {}).get("passed"):
+        problems.append("an envelope without a nonce was accepted although the deployment claims to require "
+                        "nonces (asap-protocol's require_nonce=True only checks nonces that are present)")
+    if problems:
+        if claims_require_nonce or second["code"] == -32003:
+            return Finding.failed("; ".join(problems), evidence)
+        return Finding.warned("no nonce checking (require_nonce is off): " + "; ".join(problems) +
+                              "; a captured envelope can be replayed for 300 s", evidence)
+    extra = " and a nonce-less envelope" if claims_require_nonce else ""
+    return Finding.passed(f"repeated and empty nonces{extra} rejected with -32003 (read-only envelopes: a "
+                          "fresh nonce got past every check to -32012, no handler)", evidence)
+
+
 @check("SEC-REPLAY-2", needs=AGENT_TOKEN)
 async def nonce_checked(ctx: CheckContext) -> Finding:
     t = ctx.target
     nonce = "rb-" + uuid.uuid4().hex
-    first = await _post(ctx, probe_envelope(t.sender, nonce=nonce))
-    second = await _post(ctx, probe_envelope(t.sender, nonce=nonce))
-    empty = await _post(ctx, probe_envelope(t.sender, nonce=""))
-    evidence = [(f"fresh nonce: {_brief(first)}", first.evidence), (f"same nonce again: {_brief(second)}", second.evidence),
-                (f"empty nonce: {_brief(empty)}", empty.evidence)]
-    if not passed_gates(first):
-        return Finding.errored(f"a read-only envelope with a fresh nonce was refused before the nonce check "
-                               f"({_brief(first)}, expected -32012 no handler); cannot judge", evidence)
-    problems = []
-    if _code(second) != -32003:
-        problems.append(f"a repeated nonce was not rejected ({_brief(second)})")
-    if _code(empty) != -32003:
-        problems.append(f"an empty nonce was not rejected ({_brief(empty)})")
-    if t.claims_require_nonce:
-        none = await _post(ctx, probe_envelope(t.sender, nonce=None))
-        evidence.append((f"no nonce at all: {_brief(none)}", none.evidence))
-        if passed_gates(none):
-            problems.append("an envelope without a nonce was accepted although the deployment claims to require "
-                            "nonces (asap-protocol's require_nonce=True only checks nonces that are present)")
-    if problems:
-        if t.claims_require_nonce or _code(second) == -32003:
-            return Finding.failed("; ".join(problems), evidence)
-        return Finding.warned("no nonce checking (require_nonce is off): " + "; ".join(problems) +
-                              "; a captured envelope can be replayed for 300 s", evidence)
-    extra = " and a nonce-less envelope" if t.claims_require_nonce else ""
-    return Finding.passed(f"repeated and empty nonces{extra} rejected with -32003 (read-only envelopes: a "
-                          "fresh nonce got past every check to -32012, no handler)", evidence)
+    sends = [("fresh", nonce), ("repeated", nonce), ("empty", "")] + ([("absent", None)] if t.claims_require_nonce else [])
+    seen, evidence = {}, []
+    for label, value in sends:
+        resp = await _post(ctx, probe_envelope(t.sender, nonce=value))
+        seen[label] = _seen(resp)
+        evidence.append((f"{label} nonce: {_brief(resp)}", resp.evidence))
+    return judge_nonce_checked(seen, t.claims_require_nonce, evidence)
 
 
 @dataclass

@@ -39,3 +39,33 @@ def test_nonce_replay_verdicts(case, o, expected):
 def test_unknown_store_names_the_input():
     r = judge_nonce_replay(obs(1, 7, 4, 4, None))
     assert "targets[x].app is not set" in r.summary
+
+
+# ---------------------------------------------------------------- SEC-REPLAY-1 / SEC-REPLAY-2
+from asap_runbook.checks.security import judge_nonce_checked, judge_timestamp_window  # noqa: E402
+
+PASSED = {"brief": "HTTP 200 JSON-RPC error -32012", "code": -32012, "passed": True}
+STALE = {"brief": "HTTP 200 JSON-RPC error -32002", "code": -32002, "passed": False}
+DUP = {"brief": "HTTP 200 JSON-RPC error -32003", "code": -32003, "passed": False}
+AUTH = {"brief": "HTTP 200 JSON-RPC error -32600", "code": -32600, "passed": False}
+
+
+@pytest.mark.parametrize("seen,expected", [
+    ({"old": STALE, "future": STALE}, Status.PASS),
+    ({"old": PASSED, "future": STALE}, Status.FAIL),
+    ({"old": AUTH, "future": STALE}, Status.ERROR),   # refused by auth: the timestamp check was never reached
+])
+def test_timestamp_window(seen, expected):
+    assert judge_timestamp_window(seen, []).status is expected
+
+
+@pytest.mark.parametrize("seen,claims,expected", [
+    ({"fresh": PASSED, "repeated": DUP, "empty": DUP}, False, Status.PASS),
+    ({"fresh": PASSED, "repeated": PASSED, "empty": PASSED}, False, Status.WARN),   # require_nonce off
+    ({"fresh": PASSED, "repeated": PASSED, "empty": PASSED}, True, Status.FAIL),
+    ({"fresh": PASSED, "repeated": DUP, "empty": DUP, "absent": PASSED}, True, Status.FAIL),
+    ({"fresh": PASSED, "repeated": DUP, "empty": PASSED}, False, Status.FAIL),
+    ({"fresh": AUTH, "repeated": AUTH, "empty": AUTH}, False, Status.ERROR),
+])
+def test_nonce_checked(seen, claims, expected):
+    assert judge_nonce_checked(seen, claims, []).status is expected
