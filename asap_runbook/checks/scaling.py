@@ -2,7 +2,7 @@
 
 Three kinds of evidence, each read once per target and run (kept in ``ctx.state``):
 the agent's source (``source.client_usage``: how it builds its ASAPClients, parsed, never
-imported), its deployment files (``deploy_files``: Kubernetes manifests, ``source``: process
+imported), its deployment files (``k8s``: Kubernetes manifests, ``source``: process
 configuration) and its app object (``introspect``: loaded in a separate process).
 """
 
@@ -15,7 +15,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ..deploy_files import Instances, Manifests, load_manifests, memory_bytes, target_instances
+from .. import k8s
+from ..k8s import Instances, Manifests, load_manifests, memory_bytes, target_instances
 from ..errors import ProbeError, RateLimited
 from ..introspect import introspect_app
 from ..probe import envelope, rpc
@@ -75,7 +76,7 @@ def process(ctx: CheckContext) -> ProcessConfig | None:
 
 
 async def instances(ctx: CheckContext) -> Instances:
-    """Processes serving the target, by the one rule (deploy_files.count_instances)."""
+    """Processes serving the target, by the one rule (k8s.count_instances)."""
     return await _once(ctx, "instances", lambda: asyncio.to_thread(target_instances, ctx.target))
 
 
@@ -297,17 +298,18 @@ async def multiple_workers(ctx: CheckContext) -> Finding:
 
 
 def judge_workers_per_core(cfg: ProcessConfig, w, lo: float, hi: float, source: str) -> Finding:
-    c = w.containers[0] if w.containers else None
+    cs = w.containers()
+    c = cs[0] if cs else None
+    res = k8s.resources(c) if c else {"requests": {}, "limits": {}}
     row = {"workload": f"{w.kind} {w.name} ({w.file})", "workers": cfg.describe(),
-           "cpu request": c.resources.get("requests", {}).get("cpu") if c else None,
-           "cpu limit": c.resources.get("limits", {}).get("cpu") if c else None,
-           "memory limit": c.resources.get("limits", {}).get("memory") if c else None,
+           "cpu request": res["requests"].get("cpu"), "cpu limit": res["limits"].get("cpu"),
+           "memory limit": res["limits"].get("memory"),
            "threshold": f"{lo:g}-{hi:g} workers per core ({source})"}
     ev = [("workers against the container's CPU", row)]
-    cores = (c.cpu_limit or c.cpu_request) if c else None
+    cores = k8s.cpu(c) if c else None
     if not cores:
-        return Finding.failed(f"{cfg.describe()}, but container {c.name if c else '?'} has no CPU limit or request: the "
-                              "worker count is not based on CPU", ev)
+        return Finding.failed(f"{cfg.describe()}, but container {c.get('name') if c else '?'} has no CPU limit or "
+                              "request: the worker count is not based on CPU", ev)
     if cfg.workers is None:
         # cpu_count() in a container is the node's core count (>= the limit), so the formula gives at least this
         low = cfg.workers_at(max(1, math.ceil(cores)))
@@ -320,12 +322,12 @@ def judge_workers_per_core(cfg: ProcessConfig, w, lo: float, hi: float, source: 
     n = cfg.workers
     ratio = n / cores
     row["workers per core"] = round(ratio, 2)
-    mem = memory_bytes(c.resources.get("limits", {}).get("memory"))
+    mem = memory_bytes(res["limits"].get("memory"))
     if not lo <= ratio <= hi:
         return Finding.failed(f"{n} worker(s) on {cores:g} CPU = {ratio:.2g} per core, outside {lo:g}-{hi:g}", ev)
     if mem is not None and mem < n * IDLE_WORKER_BYTES * 1.5:
         return Finding.warned(f"{ratio:.2g} workers per core, but {n} workers need ~{n * 80} MB idle against a "
-                              f"{c.resources['limits']['memory']} memory limit", ev)
+                              f"{res['limits']['memory']} memory limit", ev)
     return Finding.passed(f"{n} workers on a {cores:g}-CPU limit = {ratio:.2g} per core "
                           f"(within {lo:g}-{hi:g})", ev)
 
@@ -548,7 +550,7 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
     problems, warnings = [], []
     for w in m.workloads:
         local = [v.get("name") for v in w.volumes if "emptyDir" in v or "hostPath" in v]
-        env = {k: v for c in w.containers for k, v in c.env.items()}
+        env = {k: v for c in w.containers() for k, v in k8s.env(c).items()}
         ev.append(("workload", {"kind": w.kind, "name": w.name, "file": w.file, "replicas": w.effective_replicas,
                                 "local volumes": local, "ASAP_STORAGE_BACKEND": env.get("ASAP_STORAGE_BACKEND", "unset")}))
         if w.kind == "StatefulSet":
@@ -579,16 +581,22 @@ async def _shared_state_from_manifests(ctx: CheckContext, m: Manifests) -> Findi
     """Without the app object only the rate-limit storage is certain (ASAP_RATE_LIMIT_BACKEND is its
     only knob); snapshot and nonce stores can be set in code, so they are reported as unknown."""
     n, how = _count(await instances(ctx))
-    env = {k: v for c in m.workloads[0].containers for k, v in c.env.items()}
+    env = {k: v for c in m.workloads[0].containers() for k, v in k8s.env(c).items()}
     backend = env.get("ASAP_RATE_LIMIT_BACKEND", "")
     sticky = m.sticky()
     ev = [("container environment (plain values)", {k: env.get(k, "unset") for k in
                                                      ("ASAP_RATE_LIMIT_BACKEND", "ASAP_STORAGE_BACKEND")}),
           ("instances", f"{n} ({how})"), ("session affinity", sticky or "none")]
     unknown = "snapshot and nonce stores can be set in code: set targets[].app to see them"
-    if not backend.startswith(("redis://", "rediss://", "redis+")) and n > 1 and not sticky:
+    if backend.startswith("<from"):  # a Secret/ConfigMap reference: its value is not in the files
+        return Finding.skipped(f"ASAP_RATE_LIMIT_BACKEND comes {backend.strip('<>')}, whose value the manifests do not "
+                               f"show; {unknown}", ev)
+    if not backend and n > 1 and not sticky:
         return Finding.failed(f"{n} instances with rate limits in per-process memory (ASAP_RATE_LIMIT_BACKEND "
                               f"unset): the effective limit becomes {n} x the configured one; {unknown}", ev)
+    if backend and not backend.startswith(("redis://", "rediss://", "redis+")) and n > 1 and not sticky:
+        return Finding.failed(f"{n} instances with rate limits in {backend.split('@')[-1]} (ASAP_RATE_LIMIT_BACKEND), "
+                              f"not a shared store; {unknown}", ev)
     return Finding.warned(f"rate limits {'in ' + backend.split('@')[-1] if backend else 'per process'}; {unknown}", ev)
 
 
@@ -635,7 +643,7 @@ def judge_autoscaling(m: Manifests) -> Finding:
     """The first workload of the manifests and the HPA that targets it."""
     w = m.workloads[0]
     hpa = m.hpa_for(w)
-    requests = {c.name: c.resources.get("requests") for c in w.containers}
+    requests = {c.get("name"): k8s.resources(c)["requests"] or None for c in w.containers()}
     ev = [("workload", {"kind": w.kind, "name": w.name, "replicas": w.effective_replicas, "requests": requests}),
           ("autoscalers", [vars(a) for a in m.autoscalers] or "none")]
     if hpa is None:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import _agentlog, _nginx, _shell, _source_scan, _tls, deploy_files, proxy_metrics
+from .. import _agentlog, _nginx, _shell, _source_scan, _tls, k8s, proxy_metrics
 from ..errors import ProbeError, RateLimited
 from ..introspect import IntrospectionError, introspect_app
 from ..pacing import parse_limits
@@ -134,8 +134,8 @@ def _brief(resp: ProbeResponse) -> str:
 
 
 def _instances(ctx: CheckContext) -> tuple[int, str]:
-    """Processes sharing this target, by the one rule (deploy_files.count_instances): at least this many."""
-    inst = deploy_files.target_instances(ctx.target)
+    """Processes sharing this target, by the one rule (k8s.count_instances): at least this many."""
+    inst = k8s.target_instances(ctx.target)
     return inst.at_least, inst.how + ("" if inst.exact is not None else f"; at least {inst.at_least}")
 
 
@@ -695,7 +695,7 @@ class LimiterConfig:
     limit: str | None                # "10/second;100/minute" as the agent states it
     storage: str | None              # "redis" / "memory" / another backend name; None: not known
     read_from: str                   # the introspected app, the startup log line, or why neither
-    instances: dict                  # deploy_files.Instances.as_dict()
+    instances: dict                  # k8s.Instances.as_dict()
     proxy_limit_req: list[str] = field(default_factory=list)
     proxy_note: str | None = None    # nginx not set / could not parse
     raw: str | None = None
@@ -719,7 +719,7 @@ async def _introspected(ctx: CheckContext) -> dict | str:
 
 async def observe_limiter(ctx: CheckContext) -> LimiterConfig:
     t = ctx.target
-    inst = (await asyncio.to_thread(deploy_files.target_instances, t)).as_dict()
+    inst = (await asyncio.to_thread(k8s.target_instances, t)).as_dict()
     obs = LimiterConfig(None, None, "", inst)
     cfg = await _introspected(ctx)
     if isinstance(cfg, dict):
@@ -1318,7 +1318,7 @@ class NonceReplay:
     sends: int
     outcomes: list[str]                 # one phrase per send
     accepted: int                       # got past the nonce check (read-only: -32012)
-    instances: dict                     # deploy_files.Instances.as_dict()
+    instances: dict                     # k8s.Instances.as_dict()
     store: dict | None                  # {"class", "module", "kind"} from introspection; None: not looked at
     store_note: str                     # how the store was (or was not) read
     first_exchange: dict | None = None
@@ -1326,7 +1326,7 @@ class NonceReplay:
 
 async def observe_nonce_replay(ctx: CheckContext) -> NonceReplay:
     t = ctx.target
-    inst = await asyncio.to_thread(deploy_files.target_instances, t)
+    inst = await asyncio.to_thread(k8s.target_instances, t)
     sends = min(2 * inst.at_least, 6) + 1
     nonce = "rb-" + uuid.uuid4().hex
     results = [await _post(ctx, probe_envelope(t.sender, nonce=nonce), headers={"Connection": "close"})

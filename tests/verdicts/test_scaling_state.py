@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from asap_runbook.checks.scaling import judge_autoscaling, judge_no_in_memory_snapshots, judge_snapshot_store
-from asap_runbook.deploy_files import count_instances, load_manifests
+from asap_runbook.k8s import count_instances, load_manifests
 from asap_runbook.results import Status
 from asap_runbook.source import read_process_config
 
