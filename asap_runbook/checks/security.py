@@ -242,17 +242,21 @@ async def tls_versions(ctx: CheckContext) -> Finding:
     caps = await asyncio.to_thread(_tls.client_capabilities)
     host, port = _tls.host_port(t.base_url)
     seen = {v: await asyncio.to_thread(_tls.handshake, host, port, v, timeout) for v in _tls.VERSIONS}
+    return judge_tls_versions(seen, {v: h.ok for v, h in caps.items()}, f"{host}:{port}")
+
+
+def judge_tls_versions(seen: dict[str, "_tls.Handshake"], can_speak: dict[str, bool], where: str) -> Finding:
+    """One handshake pinned to each version, and whether this machine can complete each at all (self-test)."""
     evidence = [("handshakes pinned to one version each (client ciphers DEFAULT:@SECLEVEL=0)",
                  {v: h.as_dict() for v, h in seen.items()}),
-                ("client self-test against a local server (can this machine speak each version?)",
-                 {v: h.ok for v, h in caps.items()})]
+                ("client self-test against a local server (can this machine speak each version?)", can_speak)]
     accepted = [v for v, h in seen.items() if h.ok]
     if not accepted and all(not seen[v].ok and "Errno" in (seen[v].error or "") for v in seen):
-        return Finding.errored(f"no TLS handshake completed with {host}:{port}: {seen['TLSv1.2'].error}", evidence)
+        return Finding.errored(f"no TLS handshake completed with {where}: {seen['TLSv1.2'].error}", evidence)
     old_ok = [v for v in ("TLSv1.0", "TLSv1.1") if seen[v].ok]
     if old_ok:
         return Finding.failed(f"the server accepts {' and '.join(old_ok)} (accepted: {', '.join(accepted)})", evidence)
-    untestable = [v for v in ("TLSv1.0", "TLSv1.1") if not caps[v].ok]
+    untestable = [v for v in ("TLSv1.0", "TLSv1.1") if not can_speak[v]]
     if untestable:
         return Finding.errored(f"cannot test {' and '.join(untestable)} from this machine: its OpenSSL cannot "
                                f"complete such a handshake even locally, so a refusal proves nothing", evidence)
@@ -297,6 +301,32 @@ async def hsts(ctx: CheckContext) -> Finding:
     return judge_hsts(resp.headers.get("strict-transport-security"), need.value, need.source, evidence)
 
 
+def judge_http_redirect(start: str, hops: list[dict], evidence: list) -> Finding:
+    """hops: what each GET along the chain got, {"url", "status", "location"}, from the plain-HTTP URL on."""
+    start_host = urlsplit(start).hostname
+    for i, hop in enumerate(hops):
+        url, status, location = hop["url"], hop["status"], hop.get("location") or ""
+        if status not in (301, 302, 303, 307, 308):
+            if i == 0:
+                return Finding.failed(f"plain HTTP is answered with HTTP {status}, not a redirect to HTTPS", evidence)
+            if url.startswith("https://") and status < 400:
+                break
+            return Finding.failed(f"the redirect chain from {start} ends at {url} with HTTP {status}", evidence)
+        nxt = urlsplit(location)
+        if not location or not nxt.scheme:
+            return Finding.failed(f"HTTP {status} without an absolute Location ({location!r})", evidence)
+        if nxt.hostname != start_host:
+            return Finding.failed(f"the redirect leaves the host: {url} -> {location}", evidence)
+        if nxt.scheme != "https":
+            return Finding.failed(f"HTTP redirects to HTTP: {url} -> {location}", evidence)
+    else:
+        return Finding.failed(f"more than {len(hops) - 1} redirects from {start}", evidence)
+    first = hops[0]
+    kind = "permanent" if first["status"] in (301, 308) else "temporary (prefer 301/308)"
+    return Finding.passed(f"{start} answers {first['status']} ({kind}) to {first.get('location')} "
+                          f"on the same host, which answers over HTTPS", evidence)
+
+
 @check("SEC-TLS-5", needs=("reach",))
 async def http_redirect(ctx: CheckContext) -> Finding:
     """Plain HTTP answered by a redirect to HTTPS on the same host (not off-host, not 200, not HTTP->HTTP)."""
@@ -305,33 +335,18 @@ async def http_redirect(ctx: CheckContext) -> Finding:
         return Finding.skipped(f"targets[{t.name}].http_url is not set (the proxy's plain-HTTP listener); "
                                "if port 80 is closed, confirm it with the load-balancer listener list")
     start = t.http_url + "/health"
-    url, evidence = start, []
-    start_host = urlsplit(start).hostname
+    url, evidence, hops = start, [], []
     for hop in range(4):
         resp = await ctx.probe.get(url)
         evidence.append((f"hop {hop + 1}: GET {url}", resp.evidence))
-        if resp.status not in (301, 302, 303, 307, 308):
-            if hop == 0:
-                return Finding.failed(f"plain HTTP is answered with HTTP {resp.status}, not a redirect to HTTPS", evidence)
-            if url.startswith("https://") and resp.status < 400:
-                break
-            return Finding.failed(f"the redirect chain from {start} ends at {url} with HTTP {resp.status}", evidence)
         location = resp.headers.get("location", "")
+        hops.append({"url": url, "status": resp.status, "location": location})
         nxt = urlsplit(location)
-        if not location or not nxt.scheme:
-            return Finding.failed(f"HTTP {resp.status} without an absolute Location ({location!r})", evidence)
-        if nxt.hostname != start_host:
-            return Finding.failed(f"the redirect leaves the host: {url} -> {location}", evidence)
-        if nxt.scheme != "https":
-            return Finding.failed(f"HTTP redirects to HTTP: {url} -> {location}", evidence)
+        if resp.status not in (301, 302, 303, 307, 308) or not location or not nxt.scheme \
+                or nxt.hostname != urlsplit(start).hostname or nxt.scheme != "https":
+            break  # the judge says why the chain stops here
         url = location
-    else:
-        return Finding.failed(f"more than 3 redirects from {start}", evidence)
-    first = evidence[0][1]["response"]
-    evidence += _nginx_lines(ctx, "return")
-    kind = "permanent" if first["status"] in (301, 308) else "temporary (prefer 301/308)"
-    return Finding.passed(f"{start} answers {first['status']} ({kind}) to {first['headers'].get('location')} "
-                          f"on the same host, which answers over HTTPS", evidence)
+    return judge_http_redirect(start, hops, evidence + _nginx_lines(ctx, "return"))
 
 
 # ================================================================ Authentication
