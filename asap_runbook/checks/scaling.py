@@ -13,7 +13,7 @@ import gzip
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .. import k8s
 from ..k8s import Instances, Manifests, load_manifests, memory_bytes, target_instances
@@ -473,7 +473,10 @@ def judge_manifest_ttl(obs: ManifestFetches, ttl: float, ttl_source: str) -> Fin
 @check("SCALE-CACHE-2", needs=AGENT)
 async def manifest_cache_ttl(ctx: CheckContext) -> Finding:
     ttl = ctx.threshold("manifest_cache_ttl_seconds")
-    return judge_manifest_ttl(await observe_manifest_ttl(ctx), ttl.value, ttl.source)
+    obs = await observe_manifest_ttl(ctx)
+    f = judge_manifest_ttl(obs, ttl.value, ttl.source)
+    f.details["observation"] = {k: v for k, v in asdict(obs).items() if k != "exchanges"}
+    return f
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -609,9 +612,13 @@ async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
     if isinstance(cfg, Finding):
         return cfg
     n, how = _count(await instances(ctx))
-    ev = _app_evidence(cfg, n, how)
     m = await manifests(ctx) if ctx.target.k8s_manifests else None
-    sticky = m.sticky() if isinstance(m, Manifests) else []
+    return judge_shared_state(cfg, n, how, m.sticky() if isinstance(m, Manifests) else [])
+
+
+def judge_shared_state(cfg: dict, n: int, how: str, sticky: list[str]) -> Finding:
+    """The introspected app, at least n processes, and the session affinity the manifests set."""
+    ev = _app_evidence(cfg, n, how)
     ev.append(("session affinity", sticky or "none"))
     stores = _stores(cfg)
     split = {"rate limits": "the effective limit becomes N x the configured one",

@@ -20,7 +20,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict as asdataclass, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -137,6 +137,13 @@ def _instances(ctx: CheckContext) -> tuple[int, str]:
     """Processes sharing this target, by the one rule (k8s.count_instances): at least this many."""
     inst = k8s.target_instances(ctx.target)
     return inst.at_least, inst.how + ("" if inst.exact is not None else f"; at least {inst.at_least}")
+
+
+def _kept(finding: Finding, obs) -> Finding:
+    """The observation the verdict was judged from, kept with it (the exchanges are in the evidence already)."""
+    finding.details["observation"] = {k: v for k, v in asdataclass(obs).items()
+                                      if k not in ("exchanges", "first_exchange", "raw")}
+    return finding
 
 
 def _skill(manifest: dict, prefer: str = "echo") -> str:
@@ -805,7 +812,8 @@ async def rate_limit_tuned(ctx: CheckContext) -> Finding:
     if t.app is None and t.log_file is not None and not t.log_file.is_file():
         return Finding.errored(f"targets[{t.name}].log_file {t.log_file} does not exist")
     ceiling = ctx.threshold("rate_limit_max_per_second")
-    return judge_rate_limit_tuned(await observe_limiter(ctx), ceiling.value, ceiling.source)
+    obs = await observe_limiter(ctx)
+    return _kept(judge_rate_limit_tuned(obs, ceiling.value, ceiling.source), obs)
 
 
 def judge_rate_limit_shared(obs: LimiterConfig) -> Finding:
@@ -839,7 +847,8 @@ def judge_rate_limit_shared(obs: LimiterConfig) -> Finding:
 @check("SEC-RATE-3")
 async def rate_limit_shared(ctx: CheckContext) -> Finding:
     """Memory vs shared storage for the limiter (slowapi is gone; the knob is ASAP_RATE_LIMIT_BACKEND)."""
-    return judge_rate_limit_shared(await observe_limiter(ctx))
+    obs = await observe_limiter(ctx)
+    return _kept(judge_rate_limit_shared(obs), obs)
 
 
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", re.M)
@@ -949,9 +958,9 @@ def judge_rejection_counting(obs: RejectionCounting, what: str, stock_note: str)
 @check("SEC-RATE-4", needs=(*AGENT, "prometheus"))
 async def rate_limit_monitored(ctx: CheckContext) -> Finding:
     obs = await observe_rejection_counting(ctx, r".*(rate_limit.*(exceeded|hit|reject)|_429).*", "429")
-    return judge_rejection_counting(
+    return _kept(judge_rejection_counting(
         obs, "HTTP 429 responses", "asap-protocol 2.5.10 has no asap_rate_limit_exceeded_total, only the log event "
-                                   "asap.rate_limit.exceeded")
+                                   "asap.rate_limit.exceeded"), obs)
 
 
 # ================================================================ Request Size Limits
@@ -1060,9 +1069,9 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
 @check("SEC-SIZE-3", needs=(*AGENT, "prometheus"))
 async def size_rejections_monitored(ctx: CheckContext) -> Finding:
     obs = await observe_rejection_counting(ctx, r".*(size_exceeded|too_large|_413).*", "413")
-    return judge_rejection_counting(
+    return _kept(judge_rejection_counting(
         obs, "HTTP 413 responses", "asap-protocol 2.5.10 has no metric for 413, only the log event "
-                                   "asap.request.size_exceeded")
+                                   "asap.request.size_exceeded"), obs)
 
 
 # ================================================================ Handler Security
@@ -1407,4 +1416,5 @@ def judge_nonce_replay(obs: NonceReplay) -> Finding:
 async def nonce_store_shared(ctx: CheckContext) -> Finding:
     """One nonce sent on fresh connections (to reach other workers/replicas): accepted once at most; the
     store's kind from the app's introspection; the process count from the deployment files."""
-    return judge_nonce_replay(await observe_nonce_replay(ctx))
+    obs = await observe_nonce_replay(ctx)
+    return _kept(judge_nonce_replay(obs), obs)

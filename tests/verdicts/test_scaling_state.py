@@ -62,3 +62,20 @@ def test_hpa_without_requests_and_no_hpa(tmp_path):
     no_hpa.write_text(text.split("---\napiVersion: autoscaling/v2")[0])
     r = judge_autoscaling(load_manifests([no_hpa]))
     assert r.status is Status.FAIL and "replicas fixed at 2" in r.summary
+
+
+from asap_runbook.checks.scaling import judge_shared_state  # noqa: E402
+
+REDIS_ALL = REDIS_APP | {"rate_limit_storage": "RedisStorage", "rate_limit_storage_kind": "external",
+                         "nonce_store": {"class": "RedisNonceStore", "module": "app", "backed_by": ["redis"]},
+                         "nonce_store_kind": "external"}
+
+
+@pytest.mark.parametrize("cfg,n,sticky,expected", [
+    (STOCK_APP, 6, [], Status.FAIL),
+    (STOCK_APP, 6, ["Service stock-agent: sessionAffinity ClientIP"], Status.WARN),
+    (STOCK_APP, 1, [], Status.WARN),
+    (REDIS_ALL, 12, [], Status.PASS),
+])
+def test_shared_state(cfg, n, sticky, expected):
+    assert judge_shared_state(cfg, n, "test", sticky).status is expected
