@@ -389,15 +389,11 @@ async def auth_enforced(ctx: CheckContext) -> Finding:
     envelopes: one that gets past authentication is answered -32012 (no handler), never run."""
     attempts = [("no Authorization header", _anonymous), ("a wrong bearer token", _wrong_bearer),
                 ("Basic credentials", _as_basic)]
-    evidence, accepted, unclear = [], [], []
+    evidence, outcomes = [], {}
     for label, exchange in attempts:
         resp = await exchange(ctx)
         evidence.append((f"POST /asap with {label}: {_brief(resp)}", resp.evidence))
-        outcome = _auth_outcome(resp)
-        if outcome == "passed":
-            accepted.append(label)
-        elif outcome == "unknown":
-            unclear.append(f"{label} ({_brief(resp)})")
+        outcomes[label] = {"outcome": _auth_outcome(resp), "brief": _brief(resp)}
     open_routes = {}
     for path in _OPEN_ROUTES:
         try:
@@ -405,8 +401,15 @@ async def auth_enforced(ctx: CheckContext) -> Finding:
             open_routes[path] = r.status
         except ProbeError as e:
             open_routes[path] = e.message
+    return judge_auth_enforced(outcomes, open_routes, evidence)
+
+
+def judge_auth_enforced(outcomes: dict[str, dict], open_routes: dict, evidence: list) -> Finding:
+    """outcomes: per credential tried, how authentication treated it (_auth_outcome) and what came back."""
+    accepted = [label for label, o in outcomes.items() if o["outcome"] == "passed"]
+    unclear = [f"{label} ({o['brief']})" for label, o in outcomes.items() if o["outcome"] == "unknown"]
     answered = [p for p, s in open_routes.items() if s == 200]
-    evidence.append(("routes that answer HTTP 200 without credentials (GET)", answered))
+    evidence = evidence + [("routes that answer HTTP 200 without credentials (GET)", answered)]
     details = {"unauthenticated_routes": open_routes}
     if accepted:
         return Finding.failed(f"POST /asap got past authentication with {', '.join(accepted)}: requests are not "
