@@ -205,21 +205,27 @@ async def certificate(ctx: CheckContext) -> Finding:
     warn_days = ctx.threshold("cert_expiry_warn_days")
     max_life = ctx.threshold("cert_max_lifetime_days")
     trust = f"the CA file {t.ca_file}" if t.ca_file else "the system trust store"
-    evidence = [("certificate of " + t.base_url, rep.as_dict()),
-                ("verified against", trust)]
-    details = {"expiry_warn_days": warn_days.value, "expiry_warn_source": warn_days.source,
-               "max_lifetime_days": max_life.value, "max_lifetime_source": max_life.source}
+    return judge_certificate(rep, trust, _tls.host_port(t.base_url)[0], t.base_url, (warn_days.value, warn_days.source),
+                             (max_life.value, max_life.source), datetime.now(UTC))
+
+
+def judge_certificate(rep: "_tls.CertReport", trust: str, host: str, url: str, warn: tuple[float, str],
+                      max_life: tuple[float, str], now: datetime) -> Finding:
+    """The served certificate as analysed (_tls.certificate), against the expiry and lifetime thresholds."""
+    (warn_days, warn_source), (life_days, life_source) = warn, max_life
+    evidence = [("certificate of " + url, rep.as_dict()), ("verified against", trust)]
+    details = {"expiry_warn_days": warn_days, "expiry_warn_source": warn_source,
+               "max_lifetime_days": life_days, "max_lifetime_source": life_source}
     fails, warns = [], []
     # say which kind of bad certificate it is, with what shows it; OpenSSL's reason only when none explains it
-    left = rep.days_left()
-    host = _tls.host_port(t.base_url)[0]
+    left = rep.days_left(now)
     explained = []
     if left is not None and left < 0:
         fails.append(f"expired: valid {rep.not_before:%Y-%m-%d} to {rep.not_after:%Y-%m-%d %H:%M} UTC, "
                      f"{-left:.0f} days ago")
         explained.append("expired")
-    elif left is not None and left < warn_days.value:
-        warns.append(f"the certificate expires in {left:.0f} days (warn below {warn_days.value:g}: {warn_days.source})")
+    elif left is not None and left < warn_days:
+        warns.append(f"the certificate expires in {left:.0f} days (warn below {warn_days:g}: {warn_source})")
     if rep.self_signed:
         fails.append(f"self-signed: issued by itself ({rep.issuer}), so no CA vouches for it")
         explained.append("self")
@@ -229,8 +235,8 @@ async def certificate(ctx: CheckContext) -> Finding:
         explained.append("mismatch")
     if not rep.verified and not any(k in (rep.verify_error or "").lower() for k in explained):
         fails.append(f"from a CA not in {trust}: issued by {rep.issuer} ({rep.verify_error})")
-    if rep.lifetime_days and rep.lifetime_days > max_life.value:
-        warns.append(f"the certificate lives {rep.lifetime_days:.0f} days, over {max_life.value:g} ({max_life.source})")
+    if rep.lifetime_days and rep.lifetime_days > life_days:
+        warns.append(f"the certificate lives {rep.lifetime_days:.0f} days, over {life_days:g} ({life_source})")
     if fails:
         return Finding.failed("the certificate does not verify: " + "; ".join(fails + warns), evidence, **details)
     if warns:

@@ -50,3 +50,37 @@ def hop(url, status, location=""):
 def test_http_redirect(hops, expected, needle):
     r = judge_http_redirect(START, hops, [])
     assert r.status is expected and needle in r.summary, r.summary
+
+
+# ---------------------------------------------------------------- SEC-TLS-2
+import datetime as dt  # noqa: E402
+
+from asap_runbook._tls import CertReport  # noqa: E402
+from asap_runbook.checks.security import judge_certificate  # noqa: E402
+
+NOW = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+
+
+def cert(days_left: float = 60, life: float = 90, **kw) -> CertReport:
+    after = NOW + dt.timedelta(days=days_left)
+    base = dict(verified=True, verify_error=None, subject="CN=orders.example.com", issuer="CN=R11, O=Let's Encrypt",
+                self_signed=False, not_before=after - dt.timedelta(days=life), not_after=after, hostname_ok=True,
+                sans=["orders.example.com"])
+    return CertReport(**(base | kw))
+
+
+@pytest.mark.parametrize("rep,expected,needle", [
+    (cert(), Status.PASS, "60 days left of a 90-day lifetime"),
+    (cert(days_left=10), Status.WARN, "expires in 10 days"),
+    (cert(days_left=-3, verified=False, verify_error="certificate has expired"), Status.FAIL, "expired"),
+    (cert(self_signed=True, verified=False, verify_error="self-signed certificate", issuer="CN=orders"),
+     Status.FAIL, "self-signed"),
+    (cert(hostname_ok=False, sans=["other.example.com"], verified=False,
+          verify_error="Hostname mismatch, certificate is not valid"), Status.FAIL, "for another host"),
+    (cert(verified=False, verify_error="unable to get local issuer certificate"), Status.FAIL, "from a CA not in"),
+    (cert(life=825), Status.WARN, "lives 825 days"),
+])
+def test_certificate(rep, expected, needle):
+    r = judge_certificate(rep, "the system trust store", "orders.example.com", "https://orders.example.com",
+                          (30, "t"), (398, "t"), NOW)
+    assert r.status is expected and needle in r.summary, r.summary
