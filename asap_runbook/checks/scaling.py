@@ -549,6 +549,13 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
     if isinstance(m, Finding):
         return m
     cfg = await app_config(ctx)
+    if isinstance(cfg, dict):
+        return judge_stateless_pods(m, cfg, *_count(await instances(ctx)))
+    return judge_stateless_pods(m, cfg.summary, 0, "")
+
+
+def judge_stateless_pods(m: Manifests, cfg: dict | str, n: int, how: str) -> Finding:
+    """The manifests' workloads, and the introspected app (or why it was not introspected)."""
     ev = []
     problems, warnings = [], []
     for w in m.workloads:
@@ -563,19 +570,21 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
         if local:
             warnings.append(f"{w.name} mounts local volumes {local}")
     if isinstance(cfg, dict):
-        n, how = _count(await instances(ctx))
         ev += _app_evidence(cfg, n, how)
         stores = _stores(cfg)
         if stores:
             problems.append("state held in the process: " + "; ".join(stores.values()))
     else:
-        ev.append(("app introspection", cfg.summary))
+        ev.append(("app introspection", cfg))
     if problems:
         return Finding.failed("pods are not stateless: " + " | ".join(problems), ev)
     if warnings:
         return Finding.warned("; ".join(warnings), ev)
     if not isinstance(cfg, dict):
-        return Finding.passed(f"workloads keep no local state ({cfg.summary.rstrip('.')}; only the manifests were read)", ev)
+        # volumes are only half of it: snapshots, rate limits and nonces can live in the process
+        return _manual(f"the workloads mount no local state, but what the app keeps in its process is unseen "
+                       f"({cfg.rstrip('.')}): set targets[].app, or confirm snapshots, rate limits and nonces "
+                       "live in a shared store", ev)
     return Finding.passed("stateless pods: no local state volumes, and the app keeps snapshots, rate limits and nonces "
                           "outside the process", ev)
 

@@ -79,3 +79,15 @@ REDIS_ALL = REDIS_APP | {"rate_limit_storage": "RedisStorage", "rate_limit_stora
 ])
 def test_shared_state(cfg, n, sticky, expected):
     assert judge_shared_state(cfg, n, "test", sticky).status is expected
+
+
+from asap_runbook.checks.scaling import judge_stateless_pods  # noqa: E402
+
+
+def test_stateless_pods_from_manifest_and_app():
+    m = load_manifests([STOCK])
+    assert judge_stateless_pods(m, STOCK_APP, 2, "t").status is Status.FAIL       # in-memory stores
+    assert judge_stateless_pods(m, REDIS_ALL, 2, "t").status is Status.PASS
+    # without introspection the volumes alone are not a pass
+    r = judge_stateless_pods(m, "targets[stock].app is not set", 0, "")
+    assert r.status is Status.MANUAL and "targets[].app" in r.summary
