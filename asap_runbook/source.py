@@ -370,7 +370,8 @@ class _Walker(ast.NodeVisitor):
             fn = self.funcs[-1]
             once = bool(_decorator_names(fn) & _CACHING_DECORATORS) or any(
                 f.name.startswith(_LONG_LIVED_FUNCS) for f in self.funcs)
-            self.calls.append((name, fn.name, "once" if once else _caller_keeps(fn, node)))
+            # what the caller does with the result is worked out only for factories' calls (_resolve_factories)
+            self.calls.append((name, fn.name, "once" if once else (fn, node)))
         else:
             self.calls.append((name, "<module>", "once"))
         for k in node.keywords:  # a factory handed over by reference: make_client=factory / lambda
@@ -443,6 +444,11 @@ def _resolve_factories(walkers: list[_Walker]) -> None:
     """A client built in a factory is as long-lived as the factory's callers make it; a factory only handed
     over by reference (make_client=f) is followed to calls of that keyword's name (policy.make_client(...))."""
     calls = [c for w in walkers for c in w.calls]
+    wanted = {f for w in walkers for f, _ in w.factories}
+    wanted |= {how.removeprefix("passed as ").rstrip("=") for callee, _, how in calls
+               if isinstance(how, str) and how.startswith("passed as ") and callee in wanted}
+    calls = [(callee, caller, _caller_keeps(*how) if isinstance(how, tuple) and callee in wanted else how)
+             for callee, caller, how in calls if callee in wanted]
     for w in walkers:
         for fname, site in w.factories:
             names = {fname}
