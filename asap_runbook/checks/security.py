@@ -165,31 +165,42 @@ def _nginx_lines(ctx: CheckContext, directive: str, first_arg: str | None = None
     return [(f"nginx: {directive} {first_arg or ''} in {conf} and its includes".replace("  ", " "), lines or "none")]
 
 
+def judge_https_only(base_url: str, endpoints: dict[str, str], plain_status: int | str | None, http_url: str | None,
+                     evidence: list) -> Finding:
+    """The target URL, the endpoints its manifest advertises, and what its plain-HTTP listener (if named)
+    answered to a manifest GET (an HTTP status, or why it could not answer)."""
+    if not base_url.startswith("https://"):
+        return Finding.failed(f"the target is served over plain HTTP ({base_url})", evidence)
+    problems = [f"the manifest advertises {k} at {v}" for k, v in endpoints.items() if v.startswith(("http://", "ws://"))]
+    if http_url and plain_status == 200:
+        problems.append(f"{http_url} serves the agent over plain HTTP (HTTP 200)")
+    if problems:
+        return Finding.failed("; ".join(problems), evidence)
+    return Finding.passed(f"served over HTTPS; the manifest advertises only https/wss endpoints ({len(endpoints)})",
+                          evidence)
+
+
 @check("SEC-TLS-1", needs=AGENT)
 async def https_only(ctx: CheckContext) -> Finding:
     """HTTPS everywhere: the target URL, the endpoints the manifest advertises, and no plain-HTTP agent."""
     t = ctx.target
     if not t.base_url.startswith("https://"):
-        return Finding.failed(f"the target is served over plain HTTP ({t.base_url})")
+        return judge_https_only(t.base_url, {}, None, None, [])
     resp = await ctx.probe.get("/health")
     evidence = [("GET /health over HTTPS", resp.evidence)]
     manifest = await ctx.probe.manifest()
     endpoints = {k: v for k, v in (manifest.get("endpoints") or {}).items() if isinstance(v, str)}
     evidence.append(("manifest endpoints", endpoints))
-    plain = {k: v for k, v in endpoints.items() if v.startswith(("http://", "ws://"))}
-    problems = [f"the manifest advertises {k} at {v}" for k, v in plain.items()]
+    plain_status = None
     if t.http_url:
         try:
             plain_resp = await ctx.probe.get(t.http_url + "/.well-known/asap/manifest.json")
             evidence.append((f"GET {t.http_url} (plain HTTP)", plain_resp.evidence))
-            if plain_resp.status == 200:
-                problems.append(f"{t.http_url} serves the agent over plain HTTP (HTTP 200)")
+            plain_status = plain_resp.status
         except ProbeError as e:
             evidence.append((f"GET {t.http_url} (plain HTTP)", e.message))
-    if problems:
-        return Finding.failed("; ".join(problems), evidence)
-    return Finding.passed(f"served over HTTPS; the manifest advertises only https/wss endpoints ({len(endpoints)})",
-                          evidence)
+            plain_status = e.message
+    return judge_https_only(t.base_url, endpoints, plain_status, t.http_url, evidence)
 
 
 @check("SEC-TLS-2", needs=("reach",))

@@ -84,3 +84,20 @@ def test_certificate(rep, expected, needle):
     r = judge_certificate(rep, "the system trust store", "orders.example.com", "https://orders.example.com",
                           (30, "t"), (398, "t"), NOW)
     assert r.status is expected and needle in r.summary, r.summary
+
+
+# ---------------------------------------------------------------- SEC-TLS-1
+from asap_runbook.checks.security import judge_https_only  # noqa: E402
+
+HTTPS_EP = {"asap": "https://orders.example.com/asap", "events": "wss://orders.example.com/asap/ws"}
+
+
+@pytest.mark.parametrize("base,endpoints,plain,expected", [
+    ("https://orders.example.com", HTTPS_EP, 301, Status.PASS),
+    ("https://orders.example.com", HTTPS_EP, "connection refused", Status.PASS),
+    ("http://orders.example.com", HTTPS_EP, None, Status.FAIL),
+    ("https://orders.example.com", HTTPS_EP | {"asap": "http://10.0.0.7:8000/asap"}, 301, Status.FAIL),
+    ("https://orders.example.com", HTTPS_EP, 200, Status.FAIL),        # the plain listener serves the agent
+])
+def test_https_only(base, endpoints, plain, expected):
+    assert judge_https_only(base, endpoints, plain, "http://orders.example.com", []).status is expected
