@@ -1371,12 +1371,13 @@ class NonceReplay:
 async def observe_nonce_replay(ctx: CheckContext) -> NonceReplay:
     t = ctx.target
     inst = await asyncio.to_thread(k8s.target_instances, t)
+    introspection = asyncio.ensure_future(_introspected(ctx))  # a slow import overlaps the sends
     sends = min(2 * inst.at_least, 6) + 1
     nonce = "rb-" + uuid.uuid4().hex
     results = [await _post(ctx, probe_envelope(t.sender, nonce=nonce), headers={"Connection": "close"})
                for _ in range(sends)]
     store, note = None, ""
-    cfg = await _introspected(ctx)
+    cfg = await introspection
     if isinstance(cfg, dict):
         store = dict(cfg.get("nonce_store") or {"class": None}, kind=cfg.get("nonce_store_kind"))
         note = f"introspected {t.app} in a separate process"
