@@ -1035,16 +1035,22 @@ async def request_size_limited(ctx: CheckContext) -> Finding:
         except ProbeError as e:
             outcomes[label] = f"connection closed: {e.message}"
             evidence.append((label, e.message))
-    accepted = [k for k, v in outcomes.items() if v == 200 or (isinstance(v, int) and v < 400)]
+    return judge_request_size(outcomes, len(body), limit, logged, evidence, details)
+
+
+def judge_request_size(outcomes: dict[str, int | str], body_bytes: int, limit: int, logged: int | None,
+                       evidence: list, details: dict) -> Finding:
+    """outcomes: per way of sending the oversize body, the HTTP status or how the connection ended."""
+    accepted = [k for k, v in outcomes.items() if isinstance(v, int) and v < 400]
     log_note = f"; the agent's own limit is {logged} bytes (startup log)" if logged else ""
     if accepted:
-        return Finding.failed(f"a {len(body)}-byte body (intended limit {limit}) was accepted "
+        return Finding.failed(f"a {body_bytes}-byte body (intended limit {limit}) was accepted "
                               f"{' and '.join(accepted)}{log_note}", evidence, **details)
     not_413 = {k: v for k, v in outcomes.items() if v != 413}
     if not_413:
         return Finding.warned(f"oversize bodies were not accepted, but not answered 413 either: {not_413}", evidence,
                               **details)
-    return Finding.passed(f"a {len(body)}-byte body got HTTP 413 with Content-Length and chunked "
+    return Finding.passed(f"a {body_bytes}-byte body got HTTP 413 with Content-Length and chunked "
                           f"(intended limit {limit}){log_note}", evidence, **details)
 
 

@@ -98,3 +98,19 @@ def test_auth_enforced(outcomes, expected):
     r = judge_auth_enforced(outcomes, ROUTES, [])
     assert r.status is expected
     assert r.details["unauthenticated_routes"] == ROUTES
+
+
+from asap_runbook.checks.security import judge_request_size  # noqa: E402
+
+CL, CH = "with Content-Length", "chunked, no Content-Length"
+
+
+@pytest.mark.parametrize("outcomes,expected", [
+    ({CL: 413, CH: 413}, Status.PASS),
+    ({CL: 200, CH: 413}, Status.FAIL),
+    ({CL: 413, CH: 200}, Status.FAIL),            # chunked bodies slip past a Content-Length-only check
+    ({CL: 413, CH: "connection closed: reset"}, Status.WARN),
+    ({CL: 400, CH: 400}, Status.WARN),
+])
+def test_request_size(outcomes, expected):
+    assert judge_request_size(outcomes, 1049600, 1048576, None, [], {}).status is expected
