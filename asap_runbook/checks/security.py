@@ -1116,38 +1116,60 @@ async def payloads_validated(ctx: CheckContext) -> Finding:
         ("a task.request without skill_id", envelope(t.sender, timestamp=stale,
                                                      payload={"conversation_id": "conv_runbook", "input": {}})),
     ]
-    evidence, problems = [], []
+    evidence, malformed, skills_seen = [], {}, {}
     for label, env in bad:
         resp = await _post(ctx, env)
         evidence.append((f"{label}: {_brief(resp)}", resp.evidence))
-        code = _code(resp)
-        if _TRACEBACK in resp.text:
-            problems.append(f"{label} returned a traceback")
-        elif resp.rpc_result() is not None:
-            problems.append(f"{label} was accepted")
-        elif code == -32603:
-            problems.append(f"{label} crashed the server (-32603)")
-        elif code not in (-32602, -32600):
-            problems.append(f"{label} got {_brief(resp)}, not -32602/-32600")
+        malformed[label] = _answer(resp)
     skills = [s.get("id") for s in (manifest.get("capabilities") or {}).get("skills") or [] if isinstance(s, dict)][:5]
+    skip = ctx.require_active("handler_probes")
+    if skip is None and not any(_malformed_problem(label, a) for label, a in malformed.items()):
+        for skill in skills:
+            env = envelope(t.sender, payload={"conversation_id": "conv_runbook", "skill_id": skill,
+                                              "input": {"runbook_unexpected": [1, {"x": None}]}})
+            resp = await _post(ctx, env)
+            evidence.append((f"skill {skill!r} with unexpected input: {_brief(resp)}", resp.evidence))
+            skills_seen[skill] = _answer(resp)
+    return judge_payloads_validated(malformed, skills_seen, len(skills), skip.summary if skip else None, evidence)
+
+
+def _answer(resp: ProbeResponse) -> dict:
+    return {"brief": _brief(resp), "code": _code(resp), "traceback": _TRACEBACK in resp.text,
+            "result": resp.rpc_result() is not None}
+
+
+def _malformed_problem(label: str, a: dict) -> str | None:
+    if a["traceback"]:
+        return f"{label} returned a traceback"
+    if a["result"]:
+        return f"{label} was accepted"
+    if a["code"] == -32603:
+        return f"{label} crashed the server (-32603)"
+    if a["code"] not in (-32602, -32600):
+        return f"{label} got {a['brief']}, not -32602/-32600"
+    return None
+
+
+def judge_payloads_validated(malformed: dict[str, dict], skills: dict[str, dict], n_skills: int,
+                             handler_skip: str | None, evidence: list) -> Finding:
+    """malformed: what each malformed envelope got; skills: what each skill answered to unexpected input
+    (empty when handler_probes is off, `handler_skip` then says so)."""
+    problems = [p for label, a in malformed.items() if (p := _malformed_problem(label, a))]
     if problems:
         return Finding.failed("; ".join(problems), evidence)
-    if (skip := ctx.require_active("handler_probes")) is not None:
-        return Finding.skipped(f"3 malformed envelopes rejected as invalid params, but the {len(skills)} skill(s) were "
-                               f"not sent unexpected input (that runs their handlers): {skip.summary}", evidence)
-    for skill in skills:
-        env = envelope(t.sender, payload={"conversation_id": "conv_runbook", "skill_id": skill,
-                                          "input": {"runbook_unexpected": [1, {"x": None}]}})
-        resp = await _post(ctx, env)
-        evidence.append((f"skill {skill!r} with unexpected input: {_brief(resp)}", resp.evidence))
-        if _TRACEBACK in resp.text:
+    if handler_skip is not None:
+        return Finding.skipped(f"{len(malformed)} malformed envelopes rejected as invalid params, but the {n_skills} "
+                               f"skill(s) were not sent unexpected input (that runs their handlers): {handler_skip}",
+                               evidence)
+    for skill, a in skills.items():
+        if a["traceback"]:
             problems.append(f"skill {skill!r} returned a traceback on unexpected input")
-        elif _code(resp) == -32603:
+        elif a["code"] == -32603:
             problems.append(f"skill {skill!r} crashed on unexpected input (-32603): its handler does not validate")
     if problems:
         return Finding.failed("; ".join(problems), evidence)
-    return Finding.passed(f"3 malformed envelopes rejected as invalid params; {len(skills)} skill(s) handled "
-                          "unexpected input without crashing", evidence)
+    return Finding.passed(f"{len(malformed)} malformed envelopes rejected as invalid params; {len(skills)} skill(s) "
+                          "handled unexpected input without crashing", evidence)
 
 
 def judge_path_traversal(rep: _source_scan.SinkReport, root: str) -> Finding:

@@ -114,3 +114,25 @@ CL, CH = "with Content-Length", "chunked, no Content-Length"
 ])
 def test_request_size(outcomes, expected):
     assert judge_request_size(outcomes, 1049600, 1048576, None, [], {}).status is expected
+
+
+from asap_runbook.checks.security import judge_payloads_validated  # noqa: E402
+
+
+def ans(code=-32602, traceback=False, result=False):
+    return {"brief": f"HTTP 200 JSON-RPC error {code}", "code": code, "traceback": traceback, "result": result}
+
+
+GOOD = {"unknown field": ans(), "bad sender": ans(), "no skill_id": ans(-32600)}
+
+
+@pytest.mark.parametrize("malformed,skills,skip,expected", [
+    (GOOD, {"echo": ans(None, result=True), "lookup": ans(-32602)}, None, Status.PASS),
+    (GOOD, {}, "active probe not enabled: set targets[x].active_probes.handler_probes", Status.SKIP),
+    (GOOD | {"no skill_id": ans(None, result=True)}, {}, None, Status.FAIL),
+    (GOOD | {"bad sender": ans(-32603, traceback=True)}, {}, None, Status.FAIL),
+    (GOOD | {"unknown field": ans(-32012)}, {}, None, Status.FAIL),      # got past the schema
+    (GOOD, {"lookup": ans(-32603)}, None, Status.FAIL),                    # a handler that does not validate
+])
+def test_payloads_validated(malformed, skills, skip, expected):
+    assert judge_payloads_validated(malformed, skills, 2, skip, []).status is expected
