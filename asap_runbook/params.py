@@ -140,6 +140,12 @@ class Target(_Model):
     groups: dict[str, str] = Field(default_factory=dict, description="e.g. {environment: prod, team: payments}")
     instances: int = Field(1, ge=1, description="replicas x workers serving this target")
     prometheus_job: str | None = None
+    proxy_requests: str | None = Field(
+        None, description="PromQL selector of the proxy's or ingress's request counter for this agent, e.g. "
+                          "nginx_ingress_controller_requests{ingress=\"orders-agent\"}: where 429s and 413s are counted")
+    proxy_status_label: str | None = Field(None, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+                                           description="its status-code label (default: the exporter's own, "
+                                                       "e.g. status for ingress-nginx, code for Traefik)")
     app: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\(\))?$", description="module:attribute of the agent's app")
     app_path: Path | None = None
     app_env: dict[str, str] = Field(default_factory=dict, description="NON-secret environment the app needs to import (introspection)")
