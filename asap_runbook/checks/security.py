@@ -23,7 +23,7 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from .. import _agentlog, _nginx, _source_scan, _tls
+from .. import _nginx, _source_scan, _tls, logs
 from ..errors import ProbeError, RateLimited
 from ..pacing import parse_limits
 from ..probe import ProbeResponse, envelope, iso_ago, passed_gates, probe_envelope, rpc
@@ -40,21 +40,21 @@ async def _manifest_id(ctx: CheckContext) -> str:
     return str((await ctx.probe.manifest()).get("id"))
 
 
-def _log_events(ctx: CheckContext) -> list[_agentlog.LogEvent] | None:
+def _log_events(ctx: CheckContext) -> list[logs.LogEvent] | None:
     """The agent's log, parsed once per target (startup facts do not change during a run)."""
     path = ctx.target.log_file
     if path is None:
         return None
     if "log_events" not in ctx.state:
-        ctx.state["log_events"] = _agentlog.events(path) if path.exists() else []
+        ctx.state["log_events"] = logs.events(path) if path.exists() else []
     return ctx.state["log_events"]
 
 
-async def _startup_fact(ctx: CheckContext, event: str) -> _agentlog.LogEvent | None:
+async def _startup_fact(ctx: CheckContext, event: str) -> logs.LogEvent | None:
     evs = _log_events(ctx)
     if not evs:
         return None
-    return _agentlog.last_for_agent(evs, event, await _manifest_id(ctx))
+    return logs.last_for_agent(evs, event, await _manifest_id(ctx))
 
 
 async def _post(ctx: CheckContext, env: dict | None = None, **kw) -> ProbeResponse:
@@ -620,7 +620,7 @@ async def _xff_trusted_note(ctx: CheckContext, evidence: list) -> str:
     spoof = f"203.0.113.{uuid.uuid4().int % 250 + 1}"
     resp = await _post(ctx, probe_envelope(ctx.target.sender), headers={"X-Forwarded-For": spoof})
     await asyncio.sleep(0.3)
-    text = await asyncio.to_thread(_agentlog.read_text, ctx.target.log_file, 256 * 1024)
+    text = await asyncio.to_thread(logs.read_text, ctx.target.log_file, 256 * 1024)
     seen = [ln.strip()[:200] for ln in text.splitlines() if spoof in ln][-2:]
     evidence.append((f"POST /asap with X-Forwarded-For: {spoof}, then the agent log", {
         "response": _brief(resp), "log lines naming the spoofed address": seen}))
@@ -642,7 +642,7 @@ async def rate_limit_tuned(ctx: CheckContext) -> Finding:
                                f"{await _manifest_id(ctx)} (is it the agent's log, from its start?)")
     text = str(fact.fields.get("rate_limit", ""))
     limits = parse_limits(text)
-    storage = _agentlog.storage_backend_before(_log_events(ctx), fact)
+    storage = logs.storage_backend_before(_log_events(ctx), fact)
     shared = bool(storage and "redis" in storage.event)
     n, why = _instances(ctx)
     ceiling = ctx.threshold("rate_limit_max_per_second")
@@ -670,7 +670,7 @@ async def rate_limit_shared(ctx: CheckContext) -> Finding:
     storage, proxy = None, []
     if ctx.target.log_file and ctx.target.log_file.is_file():
         fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
-        storage = _agentlog.storage_backend_before(_log_events(ctx) or [], fact)
+        storage = logs.storage_backend_before(_log_events(ctx) or [], fact)
         evidence.append(("agent log: storage event before its rate_limit_enabled line",
                          storage.raw[:300] if storage else "none found"))
     if ctx.target.nginx_conf:
@@ -950,21 +950,8 @@ async def logs_sanitized(ctx: CheckContext) -> Finding:
 
 
 async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
-    t = ctx.target
-    if t.log_file:
-        if not t.log_file.is_file():
-            raise ProbeError(f"targets[{t.name}].log_file {t.log_file} does not exist")
-        return await asyncio.to_thread(_agentlog.read_text, t.log_file, 4 * 1024 * 1024), str(t.log_file)
-    if t.log_command:
-        proc = await asyncio.create_subprocess_shell(t.log_command, stdout=asyncio.subprocess.PIPE,
-                                                     stderr=asyncio.subprocess.STDOUT)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=ctx.params.probe.timeout_seconds * 3)
-        except asyncio.TimeoutError:
-            proc.kill()
-            raise ProbeError(f"log_command did not finish within {ctx.params.probe.timeout_seconds * 3:g} s") from None
-        return out[-4 * 1024 * 1024:].decode("utf-8", "replace"), f"output of log_command ({t.log_command[:60]})"
-    return None, ""
+    got = await logs.read_log(ctx.target, ctx.params.probe.timeout_seconds * 3, 4 * 1024 * 1024)
+    return (None, "") if got is None else (got[1], got[0])
 
 
 @check("SEC-HANDLER-4", needs=AGENT_TOKEN)
