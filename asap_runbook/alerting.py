@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .promql import Selector, expand, uses_histogram_quantile_on
+from .promql import Matcher, Selector, expand, selectors, uses_histogram_quantile_on
 
 
 def _status_is(sel: Selector, value: str) -> bool:
@@ -44,8 +44,41 @@ CONCERNS = {
     "rate_limit": Concern(
         "rate_limit", "MON-ALERT-4", "rate-limit hits",
         lambda s: bool(s.metric) and ("rate_limit" in s.metric or _status_is(s, "429")),
-        "asap_rate_limit_exceeded_total (or a proxy's 429 counter)"),
+        "asap_rate_limit_exceeded_total (or a 429 counter of the agent's job)"),
 }
+_STATUS_SENTINEL = "4290413"  # stands for {status} while the template is parsed
+
+
+@dataclass(frozen=True)
+class ProxyCounter:
+    """The proxy's (or ingress's) response counter for one target, from `prometheus.proxy_status_selector`."""
+    template: str
+    of_status: Selector  # responses with the status asked (e.g. 429)
+    every_status: Selector  # the same series, any status: does the proxy count this target at all?
+
+    @property
+    def fixed_labels(self) -> dict[str, str]:
+        """The label values the selector pins (the status apart): what a rule must admit to cover this target."""
+        return {m.label: m.value for m in self.every_status.matchers if m.op == "=" and m.label != "__name__"}
+
+
+def proxy_counter(template: str, target: str, status: str) -> ProxyCounter:
+    """Read the selector template: `{status}` becomes the status, `{target}` the target's name."""
+    text = template.replace("{target}", target)
+    sel = selectors(text.replace("{status}", _STATUS_SENTINEL))[0]
+    keep = tuple(m for m in sel.matchers if _STATUS_SENTINEL not in m.value)
+    status_m = tuple(Matcher(m.label, m.op, m.value.replace(_STATUS_SENTINEL, status))
+                     for m in sel.matchers if _STATUS_SENTINEL in m.value)
+    return ProxyCounter(template, Selector(sel.metric, keep + status_m), Selector(sel.metric, keep))
+
+
+def _proxy_reads(proxy: ProxyCounter, status: str) -> Callable[[Selector], bool]:
+    """A rule selector reads the proxy's `status` responses of this target: same metric, its matchers
+    admit the pinned labels and the status."""
+    status_labels = {m.label for m in proxy.of_status.matchers} - set(proxy.fixed_labels)
+    return lambda s: (s.metric == proxy.every_status.metric and s.selects(proxy.fixed_labels)
+                      and any(m.label in status_labels and m.op in ("=", "=~") and m.matches(status)
+                              for m in s.matchers))
 
 
 @dataclass
@@ -74,22 +107,34 @@ def alerting_rules(groups: list[dict]) -> list[tuple[str, dict]]:
     return [(g.get("name", "?"), r) for g in groups for r in g.get("rules", []) if r.get("type") == "alerting"]
 
 
-def coverage(groups: list[dict], job: str, concern: Concern) -> list[RuleCoverage]:
-    """Every loaded alerting rule that reads the concern's metric, with whether it admits `job`."""
+def coverage(groups: list[dict], job: str, concern: Concern, proxy: ProxyCounter | None = None,
+             ignore_metric: str | None = None) -> list[RuleCoverage]:
+    """Every loaded alerting rule that reads the concern's metric, with whether it admits `job`.
+    With `proxy`, the rules that read the proxy's counter for this target instead (the proxy's series
+    carry the proxy's job, so they are matched on the labels the selector pins, not on `job`).
+    `ignore_metric`: a metric read on the other side (the proxy's counter is not the agent's)."""
     recorded = recorded_exprs(groups)
+    if proxy is None:
+        reads, admits = concern.reads, (lambda s: s.selects({"job": job}))
+        mine = {"job": job}
+    else:
+        reads, admits = _proxy_reads(proxy, "429"), (lambda s: True)
+        mine = proxy.fixed_labels
     out = []
     for group, rule in alerting_rules(groups):
         try:
             sels = expand(rule.get("query", ""), recorded)
         except ValueError:
             continue  # an expression this reader cannot follow is not counted as coverage
-        relevant = [s for s in sels if concern.reads(s)]
+        relevant = [s for s in sels if reads(s) and s.metric != ignore_metric]
         if not relevant:
             continue
-        selecting = [s for s in relevant if s.selects({"job": job})]
+        selecting = [s for s in relevant if admits(s)]
         alerts = [{"state": a.get("state"), "labels": a.get("labels", {}), "activeAt": a.get("activeAt"),
                    "value": a.get("value")}
-                  for a in rule.get("alerts") or [] if (a.get("labels") or {}).get("job") == job]
+                  for a in rule.get("alerts") or []
+                  if all((a.get("labels") or {}).get(k, v) == v for k, v in mine.items())
+                  and (proxy is not None or (a.get("labels") or {}).get("job") == job)]
         out.append(RuleCoverage(
             group=group, name=rule.get("name", "?"), expr=rule.get("query", ""),
             for_seconds=float(rule.get("duration", 0) or 0),

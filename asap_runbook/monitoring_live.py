@@ -53,6 +53,17 @@ async def series_exist(prom: Prom, job: str, metrics: list[str]) -> dict[str, bo
     return out
 
 
+async def has_series(prom: Prom, selector: str) -> bool:
+    """Does Prometheus hold any series for this selector now?"""
+    return (_scalar(await prom.query(f"count({selector})")) or 0) > 0
+
+
+async def job_targets(prom: Prom, job: str) -> list[dict]:
+    """The job's scrape targets, kept small: url, health, last error."""
+    return [{k: t.get(k) for k in ("scrapeUrl", "health", "lastError")}
+            for t in await prom.targets() if (t.get("labels") or {}).get("job") == job]
+
+
 # error types a client causes: the JSON-RPC equivalent of 4xx (asap-agent-reference §2)
 CLIENT_ERROR_TYPES = ("auth_failed", "sender_mismatch", "invalid_timestamp", "invalid_nonce", "parse_error",
                       "invalid_request", "missing_envelope", "invalid_envelope", "handler_not_found", "invalid_params")

@@ -122,6 +122,9 @@ class Target(_Model):
     source_dir: Path | None = None
     nginx_conf: Path | None = None
     k8s_manifests: list[Path] = Field(default_factory=list)
+    readiness_path: str | None = Field(None, pattern=r"^/[^\s]*$",
+                                       description="the agent's readiness endpoint, when it is not the readinessProbe "
+                                       "path of k8s_manifests (or, without them, asap-protocol's /ready)")
     process_config: Path | None = None
     log_file: Path | None = None
     log_command: str | None = None
@@ -135,10 +138,36 @@ class Target(_Model):
         return os.environ.get(self.token_env) if self.token_env else None
 
 
+# ingress-nginx's request counter (its controller's own /metrics); other proxies' exporters name their
+# counter and status label differently, and the parameters say so
+DEFAULT_PROXY_STATUS_SELECTOR = 'nginx_ingress_controller_requests{status="{status}"}'
+
+
 class Prometheus(_Model):
     url: HttpUrl
     timeout_seconds: float = Field(5, gt=0, le=60)
     window: str = Field("5m", pattern=r"^\d+[smh]$")
+    proxy_status_selector: str = Field(
+        DEFAULT_PROXY_STATUS_SELECTOR,
+        description="PromQL selector of the proxy's or ingress's response counter, with {status} where the HTTP "
+                    "status goes (and optionally {target}, the target's name): where 429 and 413 are counted "
+                    "when the agent does not count them")
+
+    @field_validator("proxy_status_selector")
+    @classmethod
+    def _one_selector_with_status(cls, v: str) -> str:
+        from .promql import selectors  # promql imports nothing from here; late to keep params light
+        if "{status}" not in v:
+            raise ValueError("must contain {status} where the HTTP status code goes, e.g. "
+                             + DEFAULT_PROXY_STATUS_SELECTOR)
+        try:
+            sels = selectors(v.replace("{status}", "429").replace("{target}", "t"))
+        except ValueError as e:
+            raise ValueError(f"is not a PromQL selector: {e}") from None
+        if len(sels) != 1 or not sels[0].metric:
+            raise ValueError("must be one PromQL vector selector with a metric name, e.g. "
+                             + DEFAULT_PROXY_STATUS_SELECTOR)
+        return v
 
 
 class ProbeSettings(_Model):

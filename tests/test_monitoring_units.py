@@ -284,16 +284,16 @@ def test_alert_states_table(monkeypatch, state, expected):
     """Covered and quiet: pass. Pending (above the line right now): reported, still pass.
     Firing (held for the rule's `for`): warn, the agent has a live problem."""
     from asap_runbook.catalog import load_catalog
-    from asap_runbook.checks import monitoring
+    from asap_runbook.checks import mon_alerting
     from asap_runbook.checks._registry import CheckContext
     from asap_runbook.params import Params
 
     params = Params.model_validate({"prometheus": {"url": "http://127.0.0.1:9"},
                                     "targets": [{"name": "t", "base_url": "https://127.0.0.1:9", "prometheus_job": "orders"}]})
-    monkeypatch.setattr(monitoring, "prom_for", lambda _params: _CannedPrometheus(state))
+    monkeypatch.setattr(mon_alerting, "prom_for", lambda _params: _CannedPrometheus(state))
     ctx = CheckContext(item=load_catalog().get("MON-ALERT-1"), target=params.targets[0], params=params, probe=None,
                        run_dir=None)
-    finding = asyncio.run(monitoring.alert_error_rate(ctx))
+    finding = asyncio.run(mon_alerting.alert_error_rate(ctx))
     assert finding.status.value == expected, finding.summary
     assert "15.0% of 200 requests, above the 10% threshold" in finding.summary
     if state:
