@@ -138,13 +138,6 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
-def lines_with(sample: LogSample, needle: str) -> tuple[list[dict], list[str]]:
-    """(JSON events, unparsed lines) that mention `needle`."""
-    events = [d for d in sample.json_lines if needle in json.dumps(d)]
-    text = [line for line in sample.console_lines + sample.other_lines if needle in line]
-    return events, text
-
-
 # ------------------------------------------------------------------ events (startup facts, by name)
 @dataclass
 class LogEvent:

@@ -67,7 +67,11 @@ def test_real_scrape_is_double_cumulated_and_decumulates(deployment):
     exp = mt.parse_exposition(r.text, r.headers["content-type"])
     assert exp.claimed_format == "openmetrics" and exp.error and exp.other_format_ok  # §2.1
     series = mt.histogram_series(exp, "asap_request_duration_seconds")
-    buckets = mt.merge(list(series.values()))
+    acc: dict[float, float] = {}
+    for one in series.values():  # sum by (le)
+        for le, v in one:
+            acc[le] = acc.get(le, 0.0) + v
+    buckets = sorted(acc.items())
     assert mt.is_double_cumulated(buckets)
     fixed = mt.decumulate(buckets)
     assert not mt.histogram_problems(fixed)
@@ -152,8 +156,6 @@ def test_log_classification():
     s = logs.classify("test", lines)
     assert s.stats() == {"source": "test", "lines": 6, "json": 1, "console": 1, "uvicorn_plain": 1,
                          "python_warnings": 2, "other": 1}
-    events, text = logs.lines_with(s, "ab")
-    assert len(events) == 1 and len(text) == 1
 
 
 # ----------------------------------------------------------------------------------- edge case (mock)
