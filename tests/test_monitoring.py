@@ -207,3 +207,29 @@ def test_drill_commands_that_fail_are_errors(demo_params, check):
     r = check("MON-HEALTH-4", "hardened", params)
     assert r.status is Status.ERROR and "did not answer" in r.summary
     assert any("no such agent" in line for e in r.evidence if e.label == "agent output" for line in e.data)
+
+
+def test_stock_readiness_probe_path_is_the_one_probed(demo_params, check, tmp_path):
+    """A Deployment written the stock way probes /readyz; asap-protocol serves /ready. MON-HEALTH-1 GETs the
+    path the manifest names on the real agent and finds the pods could never become ready."""
+    manifest = tmp_path / "deployment.yaml"
+    manifest.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: orders}\nspec:\n  template:\n"
+                        "    spec:\n      containers:\n      - name: agent\n        image: orders:1\n"
+                        "        command: [uvicorn, orders.app:app]\n"
+                        "        livenessProbe: {httpGet: {path: /health, port: 8000}}\n"
+                        "        readinessProbe: {httpGet: {path: /readyz, port: 8000}}\n")
+    params = one_target(demo_params, "hardened", k8s_manifests=[manifest])
+    r = check("MON-HEALTH-1", "hardened", params)
+    assert r.status is Status.FAIL and "readiness /readyz (readinessProbe of deployment.yaml" in r.summary, r.summary
+    assert "HTTP 404" in r.summary
+    asked = [a["path"] for a in r.details["observation"]["answers"]]
+    assert asked == ["/health", "/readyz", "/.well-known/asap/health"]
+
+
+def test_no_429_counter_anywhere_is_a_skip_naming_the_selector(demo_params, check):
+    """A job no shipped rule selects, no agent 429 counter, and no series for the default proxy selector
+    (this Prometheus scrapes no ingress): nothing observed, so no verdict, and the parameter to set."""
+    params = one_target(demo_params, "hardened", prometheus_job="orders-agent")
+    r = check("MON-ALERT-4", "hardened", params)
+    assert r.status is Status.SKIP and "set prometheus.proxy_status_selector" in r.summary, r.summary
+    assert r.details["observation"]["proxy"]["has_series"] is False
