@@ -1,60 +1,66 @@
-"""Running an operator's shell command from the parameters (`log_command`, drill commands): one way,
-bounded in time and output, never raising for a command that fails (the caller judges the result)."""
+"""Running an operator's shell command (log_command, drill commands): one way, bounded.
+
+Shell semantics, since operators write pipelines (`kubectl logs deploy/agent --tail=500 | grep -v
+healthz`); `{python}` stands for the runbook's own interpreter. The command runs in its own
+session with no stdin, so a timeout kills the whole process group (a pipeline or a `kubectl` that
+spawned helpers), and its output is bounded (the tail is kept). Failures are one sentence.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
+import sys
 import time
 from dataclasses import dataclass
 
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass
 class CommandResult:
     command: str
-    exit_code: int | None  # None: killed at the timeout
-    stdout: str
-    stderr: str
+    returncode: int | None      # None: killed at the timeout
+    output: str                 # stdout (with stderr when merged), the last max_bytes, decoded
+    stderr: str                 # first lines of stderr when not merged
     seconds: float
     timeout: float
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0
+        return self.returncode == 0
 
-    def failure(self, what: str = "the command") -> str | None:
-        """One sentence saying why the command failed, or None when it succeeded."""
-        if self.exit_code is None:
+    def failure(self, what: str) -> str | None:
+        """One sentence saying why `what` (e.g. "log_command") failed, or None."""
+        if self.returncode is None:
             return f"{what} did not finish within {self.timeout:g} s"
-        if self.exit_code != 0:
-            first = (self.stderr.strip() or self.stdout.strip()).splitlines()[:1]
-            return f"{what} exited with {self.exit_code}" + (f": {first[0][:200]}" if first else "")
+        if self.returncode != 0:
+            first = (self.stderr or self.output).strip().splitlines()[:1]
+            return f"{what} exited with {self.returncode}" + (f": {first[0][:200]}" if first else "")
         return None
 
-    def brief(self) -> dict:
-        """What the evidence keeps: the command, its exit and the end of its output."""
-        out = (self.stdout + ("\n" + self.stderr if self.stderr else "")).strip()
-        return {"command": self.command, "exit_code": self.exit_code, "seconds": round(self.seconds, 2),
-                "output": out[-300:]}
+
+def expand(command: str) -> str:
+    return command.replace("{python}", shlex.quote(sys.executable))
 
 
-async def run_command(cmd: str, timeout: float, *, max_output: int = MAX_OUTPUT_BYTES) -> CommandResult:
-    """Run `cmd` through the shell in its own session; at the timeout the whole process group is killed
-    (a `kubectl logs -f` or a pipeline must not outlive the check)."""
-    t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_shell(cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+async def run(command: str, timeout: float, *, merge_stderr: bool = False,
+              max_bytes: int = MAX_OUTPUT_BYTES) -> CommandResult:
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_shell(
+        expand(command), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE, start_new_session=True)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+        code = proc.returncode
     except asyncio.TimeoutError:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: a pipeline's other members too
         except ProcessLookupError:
             pass
         await proc.wait()
-        return CommandResult(cmd, None, "", "", time.monotonic() - t0, timeout)
-    return CommandResult(cmd, proc.returncode, out[-max_output:].decode("utf-8", "replace"),
-                         err[-64 * 1024:].decode("utf-8", "replace"), time.monotonic() - t0, timeout)
+        out, err, code = b"", b"", None
+    return CommandResult(command, code, (out or b"")[-max_bytes:].decode("utf-8", "replace"),
+                         (err or b"")[:4096].decode("utf-8", "replace"), round(time.monotonic() - started, 3), timeout)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from . import proxy_metrics
 from .promql import Matcher, Selector, expand, selectors, uses_histogram_quantile_on
 
 
@@ -46,38 +47,39 @@ CONCERNS = {
         lambda s: bool(s.metric) and ("rate_limit" in s.metric or _status_is(s, "429")),
         "asap_rate_limit_exceeded_total (or a 429 counter of the agent's job)"),
 }
-_STATUS_SENTINEL = "4290413"  # stands for {status} while the template is parsed
-
-
 @dataclass(frozen=True)
 class ProxyCounter:
-    """The proxy's (or ingress's) response counter for one target, from `prometheus.proxy_status_selector`."""
-    template: str
-    of_status: Selector  # responses with the status asked (e.g. 429)
-    every_status: Selector  # the same series, any status: does the proxy count this target at all?
+    """The proxy's (or ingress's) request counter for one target: `targets[].proxy_requests`, its status
+    label `targets[].proxy_status_label`, else the exporter's own (proxy_metrics.KNOWN), else any usual one."""
+    selector: str
+    every_status: Selector  # the selector as given: every response of this target
+    status_labels: tuple[str, ...]
 
     @property
     def fixed_labels(self) -> dict[str, str]:
-        """The label values the selector pins (the status apart): what a rule must admit to cover this target."""
+        """The label values the selector pins: what a rule must admit to read this target's responses."""
         return {m.label: m.value for m in self.every_status.matchers if m.op == "=" and m.label != "__name__"}
 
+    def of_status(self, status: str) -> str:
+        return str(Selector(self.every_status.metric, self.every_status.matchers
+                            + (Matcher(self.status_labels[0], "=", status),)))
 
-def proxy_counter(template: str, target: str, status: str) -> ProxyCounter:
-    """Read the selector template: `{status}` becomes the status, `{target}` the target's name."""
-    text = template.replace("{target}", target)
-    sel = selectors(text.replace("{status}", _STATUS_SENTINEL))[0]
-    keep = tuple(m for m in sel.matchers if _STATUS_SENTINEL not in m.value)
-    status_m = tuple(Matcher(m.label, m.op, m.value.replace(_STATUS_SENTINEL, status))
-                     for m in sel.matchers if _STATUS_SENTINEL in m.value)
-    return ProxyCounter(template, Selector(sel.metric, keep + status_m), Selector(sel.metric, keep))
+
+def proxy_counter(selector: str, status_label: str | None = None) -> ProxyCounter:
+    """Read `targets[].proxy_requests`; ValueError when it is not one vector selector with a metric name."""
+    sels = selectors(selector)
+    if len(sels) != 1 or not sels[0].metric:
+        raise ValueError("it is not one PromQL vector selector with a metric name")
+    known = proxy_metrics.known_label(selector)
+    labels = (status_label,) if status_label else (known,) if known else proxy_metrics.STATUS_LABELS
+    return ProxyCounter(selector, sels[0], tuple(labels))
 
 
 def _proxy_reads(proxy: ProxyCounter, status: str) -> Callable[[Selector], bool]:
     """A rule selector reads the proxy's `status` responses of this target: same metric, its matchers
-    admit the pinned labels and the status."""
-    status_labels = {m.label for m in proxy.of_status.matchers} - set(proxy.fixed_labels)
+    admit the pinned labels and the status (a `4..` regex does)."""
     return lambda s: (s.metric == proxy.every_status.metric and s.selects(proxy.fixed_labels)
-                      and any(m.label in status_labels and m.op in ("=", "=~") and m.matches(status)
+                      and any(m.label in proxy.status_labels and m.op in ("=", "=~") and m.matches(status)
                               for m in s.matchers))
 
 
@@ -108,11 +110,11 @@ def alerting_rules(groups: list[dict]) -> list[tuple[str, dict]]:
 
 
 def coverage(groups: list[dict], job: str, concern: Concern, proxy: ProxyCounter | None = None,
-             ignore_metric: str | None = None) -> list[RuleCoverage]:
+             ignore_metrics: frozenset[str] = frozenset()) -> list[RuleCoverage]:
     """Every loaded alerting rule that reads the concern's metric, with whether it admits `job`.
     With `proxy`, the rules that read the proxy's counter for this target instead (the proxy's series
     carry the proxy's job, so they are matched on the labels the selector pins, not on `job`).
-    `ignore_metric`: a metric read on the other side (the proxy's counter is not the agent's)."""
+    `ignore_metrics`: metrics read on the other side (a proxy's counter is not the agent's)."""
     recorded = recorded_exprs(groups)
     if proxy is None:
         reads, admits = concern.reads, (lambda s: s.selects({"job": job}))
@@ -126,7 +128,7 @@ def coverage(groups: list[dict], job: str, concern: Concern, proxy: ProxyCounter
             sels = expand(rule.get("query", ""), recorded)
         except ValueError:
             continue  # an expression this reader cannot follow is not counted as coverage
-        relevant = [s for s in sels if reads(s) and s.metric != ignore_metric]
+        relevant = [s for s in sels if reads(s) and s.metric not in ignore_metrics]
         if not relevant:
             continue
         selecting = [s for s in relevant if admits(s)]

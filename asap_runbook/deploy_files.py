@@ -178,3 +178,69 @@ STATE_ENV = {
     "ASAP_STORAGE_BACKEND": "snapshots",
     "ASAP_STORAGE_PATH": "snapshots (SQLite file)",
 }
+
+
+# ------------------------------------------------------------------------------------ instances
+@dataclass
+class Instances:
+    """Processes serving one target: replicas x workers. `at_least` is always known (1 when nothing is
+    said); `exact` is None when the files leave a factor open (the gunicorn formula follows the node's CPU
+    count, an environment variable, no workers line)."""
+    at_least: int
+    exact: int | None
+    how: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at_least": self.at_least, "exact": self.exact, "how": self.how}
+
+
+def count_instances(declared: int, manifests: "Manifests | None", process: Any | None,
+                    process_name: str | None = None) -> Instances:
+    """The one rule both Security and Scaling use: replicas (the HPA's minimum if larger) x workers per pod
+    (process_config), and never fewer than `targets[].instances`, which the operator declares.
+
+    `process` is a source.ProcessConfig (or None when not given)."""
+    parts = []
+    replicas = 1
+    if manifests is not None and manifests.workloads:
+        w = manifests.workloads[0]
+        hpa = manifests.hpa_for(w)
+        replicas = max(w.effective_replicas, hpa.min_replicas if hpa else 0)
+        parts.append(f"{replicas} replica(s) of {w.kind} {w.name}" + (f" (HPA {hpa.min_replicas}-{hpa.max_replicas})"
+                                                                     if hpa else ""))
+    if process is None:
+        workers_low, workers = 1, None
+        parts.append("workers per pod unknown (process_config not set)")
+    else:
+        workers = process.workers
+        workers_low = workers if workers is not None else (process.workers_at(1) or 1)
+        parts.append(process.describe() + (f" ({process_name})" if process_name else ""))
+    exact_ok = workers is not None
+    low = replicas * workers_low
+    how = " x ".join(parts)
+    if declared > low:
+        return Instances(declared, declared, f"targets[].instances = {declared} (declared; the files give {how})")
+    return Instances(low, low if exact_ok else None, how)
+
+
+def target_instances(target: Any) -> Instances:
+    """count_instances() for a params.Target, reading its k8s_manifests and process_config; a file that does
+    not read is left out and named in `how` (the count is then a lower bound)."""
+    from .source import read_process_config
+    notes = []
+    m = None
+    if target.k8s_manifests:
+        try:
+            m = load_manifests(list(target.k8s_manifests))
+        except (ManifestError, OSError) as e:
+            notes.append(f"k8s_manifests unreadable: {e}")
+    pc = None
+    if target.process_config is not None:
+        try:
+            pc = read_process_config(target.process_config)
+        except (OSError, SyntaxError, ValueError) as e:
+            notes.append(f"process_config unreadable: {e}")
+    n = count_instances(target.instances, m, pc, target.process_config.name if target.process_config else None)
+    if notes:
+        n = Instances(n.at_least, None, n.how + "; " + "; ".join(notes))
+    return n

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._shell import run_command
+from . import _shell
 from .errors import RunbookError
 
 TAIL_BYTES = 512 * 1024  # the sample the logging checks judge
@@ -118,10 +118,10 @@ async def read_log(target, timeout: float = 10, max_bytes: int = MAX_BYTES) -> t
     if target.log_file:
         return str(target.log_file), await asyncio.to_thread(read_text, Path(target.log_file), max_bytes)
     if target.log_command:
-        res = await run_command(target.log_command, timeout, max_output=max_bytes)
+        res = await _shell.run(target.log_command, timeout, max_bytes=max_bytes)
         if (why := res.failure("log_command")) is not None:
             raise LogSourceError(why)
-        return f"$ {target.log_command}", res.stdout
+        return f"$ {target.log_command}", res.output
     return None
 
 

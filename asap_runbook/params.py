@@ -116,6 +116,12 @@ class Target(_Model):
     groups: dict[str, str] = Field(default_factory=dict, description="e.g. {environment: prod, team: payments}")
     instances: int = Field(1, ge=1, description="replicas x workers serving this target")
     prometheus_job: str | None = None
+    proxy_requests: str | None = Field(
+        None, description="PromQL selector of the proxy's or ingress's request counter for this agent, e.g. "
+                          "nginx_ingress_controller_requests{ingress=\"orders-agent\"}: where 429s and 413s are counted")
+    proxy_status_label: str | None = Field(None, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+                                           description="its status-code label (default: the exporter's own, "
+                                                       "e.g. status for ingress-nginx, code for Traefik)")
     app: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\(\))?$", description="module:attribute of the agent's app")
     app_path: Path | None = None
     app_env: dict[str, str] = Field(default_factory=dict, description="NON-secret environment the app needs to import (introspection)")
@@ -138,36 +144,10 @@ class Target(_Model):
         return os.environ.get(self.token_env) if self.token_env else None
 
 
-# ingress-nginx's request counter (its controller's own /metrics); other proxies' exporters name their
-# counter and status label differently, and the parameters say so
-DEFAULT_PROXY_STATUS_SELECTOR = 'nginx_ingress_controller_requests{status="{status}"}'
-
-
 class Prometheus(_Model):
     url: HttpUrl
     timeout_seconds: float = Field(5, gt=0, le=60)
     window: str = Field("5m", pattern=r"^\d+[smh]$")
-    proxy_status_selector: str = Field(
-        DEFAULT_PROXY_STATUS_SELECTOR,
-        description="PromQL selector of the proxy's or ingress's response counter, with {status} where the HTTP "
-                    "status goes (and optionally {target}, the target's name): where 429 and 413 are counted "
-                    "when the agent does not count them")
-
-    @field_validator("proxy_status_selector")
-    @classmethod
-    def _one_selector_with_status(cls, v: str) -> str:
-        from .promql import selectors  # promql imports nothing from here; late to keep params light
-        if "{status}" not in v:
-            raise ValueError("must contain {status} where the HTTP status code goes, e.g. "
-                             + DEFAULT_PROXY_STATUS_SELECTOR)
-        try:
-            sels = selectors(v.replace("{status}", "429").replace("{target}", "t"))
-        except ValueError as e:
-            raise ValueError(f"is not a PromQL selector: {e}") from None
-        if len(sels) != 1 or not sels[0].metric:
-            raise ValueError("must be one PromQL vector selector with a metric name, e.g. "
-                             + DEFAULT_PROXY_STATUS_SELECTOR)
-        return v
 
 
 class ProbeSettings(_Model):

@@ -51,55 +51,118 @@ class CallSite:
         return f"{self.file}:{self.line}"
 
 
-def find_calls(root: Path, names: set[str]) -> tuple[list[CallSite], list[str]]:
-    """Every call to one of `names` in the tree, with its keyword arguments; plus files that did not parse."""
-    sites, broken = [], []
-    for path in python_files(root):
-        try:
-            tree = ast.parse(path.read_text(errors="replace"), filename=str(path))
-        except SyntaxError:
-            broken.append(str(path))
-            continue
-        rel = str(path.relative_to(root)) if root.is_dir() else path.name
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and _name(node.func) in names:
-                sites.append(CallSite(rel, node.lineno, _name(node.func),
-                                      {k.arg: _literal(k.value) for k in node.keywords if k.arg}))
-    return sites, broken
+class Unresolved(ValueError):
+    """An expression whose value the file alone does not give (an environment variable, a call)."""
+
+
+_CPU_CALLS = {"cpu_count", "process_cpu_count"}  # multiprocessing.cpu_count(), os.cpu_count()
+
+
+def eval_workers(node: ast.AST, cpus: int) -> int:
+    """An integer expression such as `multiprocessing.cpu_count() * 2 + 1`, with the CPU count given."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv)):
+        a, b = eval_workers(node.left, cpus), eval_workers(node.right, cpus)
+        op = node.op
+        return a + b if isinstance(op, ast.Add) else a - b if isinstance(op, ast.Sub) else \
+            a * b if isinstance(op, ast.Mult) else a // b
+    if isinstance(node, ast.Call):
+        fn = _name(node.func)
+        if fn in _CPU_CALLS and not node.args:
+            return cpus
+        if fn == "len" and node.args and "sched_getaffinity" in ast.unparse(node.args[0]):
+            return cpus
+        if fn == "int" and len(node.args) == 1:
+            return eval_workers(node.args[0], cpus)
+        if fn in ("max", "min") and node.args:
+            vals = [eval_workers(a, cpus) for a in node.args]
+            return max(vals) if fn == "max" else min(vals)
+    raise Unresolved(ast.unparse(node))
 
 
 @dataclass
 class ProcessConfig:
+    """What the process configuration says about workers. `workers` is None when the file does not fix
+    it: then `workers_expr` is what was written and `per_cpu` says whether it follows the CPU count
+    (`workers_at(cpus)` computes it), never a guess."""
     server: str          # "gunicorn" | "uvicorn" | "unknown"
     workers: int | None
     worker_class: str | None
     source: str
+    workers_expr: str | None = None
+    per_cpu: bool = False
+    _node: Any = field(default=None, repr=False, compare=False)
+
+    def workers_at(self, cpus: int) -> int | None:
+        if self.workers is not None:
+            return self.workers
+        if self._node is None:
+            return None
+        try:
+            return eval_workers(self._node, cpus)
+        except (Unresolved, ZeroDivisionError):
+            return None
+
+    def describe(self) -> str:
+        if self.workers is not None:
+            return f"{self.workers} {self.server} worker(s)"
+        if self.per_cpu:
+            return (f"workers = {self.workers_expr}: the host's CPU count (in a container, the node's cores, not "
+                    f"the CPU limit), so at least {self.workers_at(1)} {self.server} workers")
+        if self.workers_expr:
+            return f"workers = {self.workers_expr}: not fixed in the file (unknown)"
+        return f"no worker count in the file ({self.server}): unknown"
+
+
+def _module_values(tree: ast.Module) -> dict[str, ast.AST]:
+    return {n.targets[0].id: n.value for n in tree.body
+            if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)}
 
 
 def read_process_config(path: Path) -> ProcessConfig:
     """A gunicorn config file (*.py) or a file holding the server's command line."""
     text = path.read_text()
     if path.suffix == ".py":
-        values: dict[str, Any] = {}
-        for node in ast.parse(text).body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                values[node.targets[0].id] = _literal(node.value)
-        workers = values.get("workers")
-        return ProcessConfig("gunicorn", workers if isinstance(workers, int) else None,
-                             values.get("worker_class"), f"{path.name}: workers = {workers!r}")
+        values = _module_values(ast.parse(text))
+        node = values.get("workers")
+        wc = values.get("worker_class")
+        worker_class = _literal(wc) if wc is not None else None
+        if node is None:
+            return ProcessConfig("gunicorn", None, worker_class, f"{path.name}: no workers = (gunicorn's default is 1, "
+                                 "overridable by GUNICORN_CMD_ARGS / WEB_CONCURRENCY)", None)
+        expr = ast.unparse(node)
+        try:
+            workers = eval_workers(node, cpus=-10_000)  # an expression that ignores the CPU count is a fixed number
+            eval_workers(node, cpus=1)
+        except (Unresolved, ZeroDivisionError):
+            workers = None
+        if workers is not None and workers != eval_workers(node, 1):
+            workers = None
+        per_cpu = workers is None and _resolves(node)
+        return ProcessConfig("gunicorn", workers, worker_class if isinstance(worker_class, str) else None,
+                             f"{path.name}: workers = {expr}", expr, per_cpu, node if per_cpu else None)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     argv = shlex.split(" ".join(ln.rstrip("\\") for ln in lines))
     server = next((s for s in ("gunicorn", "uvicorn") if any(a.endswith(s) for a in argv)), "unknown")
-    workers, worker_class = (1 if server == "uvicorn" else None), None
+    # uvicorn without --workers runs one process; gunicorn without -w: 1 too, unless WEB_CONCURRENCY is set
+    workers, worker_class, expr = (1 if server == "uvicorn" else None), None, None
     for i, a in enumerate(argv):
         for flag in ("--workers", "-w"):
-            if a == flag and i + 1 < len(argv) and argv[i + 1].isdigit():
-                workers = int(argv[i + 1])
-            elif a.startswith(flag + "=") and a.split("=", 1)[1].isdigit():
-                workers = int(a.split("=", 1)[1])
+            value = argv[i + 1] if a == flag and i + 1 < len(argv) else a.split("=", 1)[1] if a.startswith(flag + "=") else None
+            if value is not None:
+                workers, expr = (int(value), None) if value.isdigit() else (None, value)
         if a in ("-k", "--worker-class") and i + 1 < len(argv):
             worker_class = argv[i + 1]
-    return ProcessConfig(server, workers, worker_class, " ".join(argv))
+    return ProcessConfig(server, workers, worker_class, " ".join(argv), expr)
+
+
+def _resolves(node: ast.AST) -> bool:
+    try:
+        eval_workers(node, 1)
+        return True
+    except (Unresolved, ZeroDivisionError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,34 +184,43 @@ _CACHING_DECORATORS = {"cache", "lru_cache", "cached", "cached_property", "alru_
 _LONG_LIVED_FUNCS = ("__init__", "lifespan", "startup", "on_startup", "setup")
 
 
+UNKNOWN = "unknown"  # a setting the source passes through something it does not resolve (**kwargs from a call)
+
+
 @dataclass
 class ClientSite:
     """One `ASAPClient(...)` construction and where it lives."""
     file: str
     line: int
     kwargs: dict[str, Any]
-    scope: str             # "module" or "function <name>"
-    long_lived: bool       # built once (module level, cached factory, __init__/lifespan)
-    why: str               # how long_lived was decided
+    scope: str             # "module", "function <name>" or "lambda"
+    long_lived: bool | None  # built once (module level, cached factory, __init__/lifespan); None: not resolved
+    why: str               # how long_lived was decided, or what was found when it was not
     in_loop: bool
+    unresolved: list[str] = field(default_factory=list)  # `**expr` the settings come through, not resolved
 
     def where(self) -> str:
         return f"{self.file}:{self.line}"
 
     def setting(self, name: str) -> tuple[Any, bool]:
-        """(value, explicit): the effective value of a client setting and whether the code set it."""
+        """(value, explicit): the effective value of a client setting and whether the code set it.
+        UNKNOWN when the code passes settings through `**expr` it cannot resolve and does not name it."""
         rc = self.kwargs.get("retry_config")
         if isinstance(rc, dict) and rc.get("__call__") == "RetryConfig" and name in (
                 "max_retries", "base_delay", "max_delay", "jitter", "circuit_breaker_enabled",
                 "circuit_breaker_threshold", "circuit_breaker_timeout"):
-            return (rc[name], True) if name in rc else (CLIENT_DEFAULTS[name], False)
+            if name in rc:
+                return rc[name], True
+            return (UNKNOWN, False) if rc.get("**") else (CLIENT_DEFAULTS[name], False)
         if name in self.kwargs:
             return self.kwargs[name], True
+        if self.unresolved:
+            return UNKNOWN, False
         return CLIENT_DEFAULTS.get(name), False
 
     def summary(self) -> dict[str, Any]:
         return {"at": self.where(), "scope": self.scope, "long_lived": self.long_lived, "why": self.why,
-                "in_loop": self.in_loop, "kwargs": self.kwargs}
+                "in_loop": self.in_loop, "kwargs": self.kwargs, "settings not resolved": self.unresolved}
 
 
 @dataclass
@@ -161,6 +233,7 @@ class ClientUsage:
     private_constant_writes: list[dict] = field(default_factory=list)    # DEFAULT_POOL_* = ..., setattr(...)
     fallbacks: list[dict] = field(default_factory=list)                  # except CircuitOpenError/...: <not just raise>
     unparsed: list[str] = field(default_factory=list)
+    files: int = 0
 
 
 def _decorator_names(fn: ast.AST) -> set[str]:
@@ -179,11 +252,51 @@ def _exc_names(node: ast.AST | None) -> set[str]:
     return {_name(node)}
 
 
+def _call_kwargs(node: ast.Call, consts: dict[str, ast.AST]) -> tuple[dict[str, Any], list[str]]:
+    """Keyword arguments as values; `**SETTINGS` merged when SETTINGS is a module-level dict literal or
+    dict(...) call, `timeout=TIMEOUT` resolved when TIMEOUT is a module-level literal. What does not
+    resolve is returned as text (never guessed)."""
+    out: dict[str, Any] = {}
+    unresolved: list[str] = []
+    for k in node.keywords:
+        value = k.value
+        if isinstance(value, ast.Name) and value.id in consts:
+            value = consts[value.id]
+        if k.arg is None:
+            if isinstance(value, ast.Dict) and all(isinstance(key, ast.Constant) for key in value.keys):
+                out.update({key.value: _literal(v) for key, v in zip(value.keys, value.values)})
+            elif isinstance(value, ast.Call) and _name(value.func) == "dict" and not value.args:
+                sub, more = _call_kwargs(value, consts)
+                out.update(sub)
+                unresolved += more
+            else:
+                unresolved.append("**" + ast.unparse(k.value))
+        else:
+            if isinstance(value, ast.Call):
+                sub, more = _call_kwargs(value, consts)
+                out[k.arg] = {"__call__": _name(value.func), **sub, **({"**": more} if more else {})}
+            else:
+                out[k.arg] = _literal(value)
+    return out, unresolved
+
+
+def _constants(tree: ast.Module) -> dict[str, ast.AST]:
+    """Module-level names bound once to a literal, a dict literal or a dict(...) call."""
+    out: dict[str, ast.AST] = {}
+    for name, value in _module_values(tree).items():
+        if isinstance(value, (ast.Dict, ast.Constant)) or (isinstance(value, ast.Call) and _name(value.func) == "dict"):
+            out[name] = value
+    return out
+
+
 class _Walker(ast.NodeVisitor):
-    def __init__(self, rel: str, usage: ClientUsage):
-        self.rel, self.usage = rel, usage
+    def __init__(self, rel: str, usage: ClientUsage, consts: dict[str, ast.AST]):
+        self.rel, self.usage, self.consts = rel, usage, consts
         self.funcs: list[ast.AST] = []
         self.loops = 0
+        self.lambdas: list[ast.Lambda] = []
+        self.factories: list[tuple[str, ClientSite]] = []  # (function name, site): built and returned to callers
+        self.calls: list[tuple[str, str, str]] = []  # (callee name, caller "module"/function name, what happens)
 
     def _visit_func(self, node):
         self.funcs.append(node)
@@ -194,6 +307,11 @@ class _Walker(ast.NodeVisitor):
 
     visit_FunctionDef = visit_AsyncFunctionDef = _visit_func
 
+    def visit_Lambda(self, node):
+        self.lambdas.append(node)
+        self.generic_visit(node)
+        self.lambdas.pop()
+
     def _visit_loop(self, node):
         self.loops += 1
         self.generic_visit(node)
@@ -201,23 +319,43 @@ class _Walker(ast.NodeVisitor):
 
     visit_For = visit_AsyncFor = visit_While = _visit_loop
 
+    def _returned(self, fn: ast.AST, call: ast.Call) -> bool:
+        """`return ASAPClient(...)`, or `c = ASAPClient(...)` ... `return c`, in fn."""
+        names = set()
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Assign) and n.value is call:
+                names |= {t.id for t in n.targets if isinstance(t, ast.Name)}
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Return) and n.value is not None and (
+                    n.value is call or (isinstance(n.value, ast.Name) and n.value.id in names)):
+                return True
+        return False
+
     def visit_Call(self, node: ast.Call):
         name = _name(node.func)
-        kwargs = {k.arg: _literal(k.value) for k in node.keywords if k.arg}
+        kwargs, unresolved = _call_kwargs(node, self.consts)
         if name == "ASAPClient":
-            if not self.funcs:
-                long_lived, why, scope = True, "built at module level", "module"
-            else:
+            site = ClientSite(self.rel, node.lineno, kwargs, "module", True, "built at module level",
+                              self.loops > 0, unresolved)
+            if self.lambdas:
+                site.scope, site.long_lived = "lambda", None
+                site.why = "built in a lambda: a new client each time it is called"
+                self.factories.append((_lambda_key(self.rel, self.lambdas[-1]), site))
+            elif self.funcs:
                 fn = self.funcs[-1]
-                scope = f"function {fn.name}"
+                site.scope = f"function {fn.name}"
                 cached = _decorator_names(fn) & _CACHING_DECORATORS
                 if cached:
-                    long_lived, why = True, f"built in {fn.name}(), which is memoised (@{sorted(cached)[0]})"
+                    site.why = f"built in {fn.name}(), which is memoised (@{sorted(cached)[0]})"
                 elif any(f.name.startswith(_LONG_LIVED_FUNCS) for f in self.funcs):
-                    long_lived, why = True, f"built in {fn.name}(), run once at start-up"
+                    site.why = f"built in {fn.name}(), run once at start-up"
+                elif self._returned(fn, node):
+                    site.long_lived, site.why = None, f"built and returned by {fn.name}(): a new client per call of it"
+                    self.factories.append((fn.name, site))
                 else:
-                    long_lived, why = False, f"built inside {fn.name}(): a new client (pool, manifest cache) per call"
-            self.usage.clients.append(ClientSite(self.rel, node.lineno, kwargs, scope, long_lived, why, self.loops > 0))
+                    site.long_lived = False
+                    site.why = f"built inside {fn.name}(): a new client (pool, manifest cache) per call"
+            self.usage.clients.append(site)
         elif name == "ManifestCache":
             self.usage.manifest_caches.append(CallSite(self.rel, node.lineno, name, kwargs))
         elif name in ("get_manifest", "discover") and isinstance(node.func, ast.Attribute):
@@ -227,6 +365,18 @@ class _Walker(ast.NodeVisitor):
             if attr in PRIVATE_CLIENT_CONSTANTS:
                 self.usage.private_constant_writes.append(
                     {"at": f"{self.rel}:{node.lineno}", "name": attr, "code": ast.unparse(node)})
+        # who calls what, for factories: at module level or in a start-up/memoised function it runs once
+        if self.funcs:
+            fn = self.funcs[-1]
+            once = bool(_decorator_names(fn) & _CACHING_DECORATORS) or any(
+                f.name.startswith(_LONG_LIVED_FUNCS) for f in self.funcs)
+            self.calls.append((name, fn.name, "once" if once else _caller_keeps(fn, node)))
+        else:
+            self.calls.append((name, "<module>", "once"))
+        for k in node.keywords:  # a factory handed over by reference: make_client=factory / lambda
+            if k.arg and isinstance(k.value, (ast.Name, ast.Lambda)):
+                ref = k.value.id if isinstance(k.value, ast.Name) else _lambda_key(self.rel, k.value)
+                self.calls.append((ref, f"{name}(...) at {self.rel}:{node.lineno}", f"passed as {k.arg}="))
         self.generic_visit(node)
 
     def _assign_targets(self, targets, node):
@@ -259,15 +409,75 @@ class _Walker(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+def _lambda_key(rel: str, node: ast.Lambda) -> str:
+    return f"<lambda {rel}:{node.lineno}:{node.col_offset}>"
+
+
+def _caller_keeps(fn: ast.AST, call: ast.Call) -> str:
+    """What a function does with a factory's result: 'per call' (uses it and drops it), 'kept' (stores it in a
+    global, a module-level dict or an attribute), 'kept if ...' (stores it under a condition)."""
+    local = {t.id for n in ast.walk(fn) if isinstance(n, ast.Assign) and n.value is call
+             for t in n.targets if isinstance(t, ast.Name)}
+    globals_ = {g for n in ast.walk(fn) if isinstance(n, ast.Global) for g in n.names}
+
+    def stores(n: ast.AST) -> bool:
+        if not isinstance(n, ast.Assign):
+            return False
+        from_call = n.value is call or (isinstance(n.value, ast.Name) and n.value.id in local)
+        kept = any(isinstance(t, (ast.Subscript, ast.Attribute)) or (isinstance(t, ast.Name) and t.id in globals_)
+                   for t in n.targets)
+        return from_call and kept
+
+    if not any(stores(n) for n in ast.walk(fn)):
+        return "per call"
+    guards = [n for n in ast.walk(fn) if isinstance(n, ast.If) and any(stores(m) for s in n.body for m in ast.walk(s))]
+    inner = max(guards, key=lambda n: (n.lineno, n.col_offset), default=None)
+    lazy = inner is not None and (  # `if client is None:` / `if not client:` is lazy initialisation: kept
+        (isinstance(inner.test, ast.Compare) and isinstance(inner.test.ops[0], ast.Is)
+         and isinstance(inner.test.comparators[0], ast.Constant) and inner.test.comparators[0].value is None)
+        or (isinstance(inner.test, ast.UnaryOp) and isinstance(inner.test.op, ast.Not)))
+    return "kept" if inner is None or lazy else f"kept if {ast.unparse(inner.test)}"
+
+
+def _resolve_factories(walkers: list[_Walker]) -> None:
+    """A client built in a factory is as long-lived as the factory's callers make it; a factory only handed
+    over by reference (make_client=f) is followed to calls of that keyword's name (policy.make_client(...))."""
+    calls = [c for w in walkers for c in w.calls]
+    for w in walkers:
+        for fname, site in w.factories:
+            names = {fname}
+            passed = [(caller, how) for callee, caller, how in calls if how.startswith("passed as ") and callee == fname]
+            names |= {how.removeprefix("passed as ").rstrip("=") for _, how in passed}
+            uses = [(callee, caller, how) for callee, caller, how in calls if callee in names
+                    and not how.startswith("passed as ")]
+            found = [f"{how} {caller}" for caller, how in passed] + \
+                    [f"{callee}() called in {caller} ({how})" for callee, caller, how in uses]
+            kinds = {how if not how.startswith("kept if") else "conditional" for _, _, how in uses}
+            if uses and kinds <= {"once", "kept"}:
+                site.long_lived = True
+                site.why += "; its callers keep the result: " + "; ".join(found)
+            elif uses and kinds == {"per call"}:
+                site.long_lived = False
+                site.why += "; called per request: " + "; ".join(found)
+            else:
+                site.why += ("; how often it is called is not resolved from the source: "
+                             + ("; ".join(found) if found else "no call found"))
+
+
 def client_usage(root: Path) -> ClientUsage:
     """Parse (never import) every Python file under `root` and collect how ASAPClients are built and used."""
     usage = ClientUsage(str(root))
+    walkers = []
     for path in python_files(root):
         try:
             tree = ast.parse(path.read_text(errors="replace"), filename=str(path))
         except SyntaxError:
             usage.unparsed.append(str(path))
             continue
+        usage.files += 1
         rel = str(path.relative_to(root)) if root.is_dir() else path.name
-        _Walker(rel, usage).visit(tree)
+        w = _Walker(rel, usage, _constants(tree))
+        w.visit(tree)
+        walkers.append(w)
+    _resolve_factories(walkers)
     return usage

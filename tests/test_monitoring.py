@@ -227,9 +227,13 @@ def test_stock_readiness_probe_path_is_the_one_probed(demo_params, check, tmp_pa
 
 
 def test_no_429_counter_anywhere_is_a_skip_naming_the_selector(demo_params, check):
-    """A job no shipped rule selects, no agent 429 counter, and no series for the default proxy selector
-    (this Prometheus scrapes no ingress): nothing observed, so no verdict, and the parameter to set."""
+    """A job no shipped rule selects and no agent 429 counter: without targets[].proxy_requests no verdict,
+    the parameter to set; with one that selects nothing in the real Prometheus, still none."""
     params = one_target(demo_params, "hardened", prometheus_job="orders-agent")
     r = check("MON-ALERT-4", "hardened", params)
-    assert r.status is Status.SKIP and "set prometheus.proxy_status_selector" in r.summary, r.summary
+    assert r.status is Status.SKIP and "targets[hardened].proxy_requests is not set" in r.summary, r.summary
+    params = one_target(demo_params, "hardened", prometheus_job="orders-agent",
+                        proxy_requests='nginx_ingress_controller_requests{ingress="orders-agent"}')
+    r = check("MON-ALERT-4", "hardened", params)
+    assert r.status is Status.SKIP and "selects no series in Prometheus" in r.summary, r.summary
     assert r.details["observation"]["proxy"]["has_series"] is False

@@ -252,20 +252,6 @@ def test_log_command_sample_and_failure():
         asyncio.run(logs.read_sample(bad))
 
 
-def test_operator_command_runner_bounds_and_explains():
-    """One runner for log_command and the drill commands: a timeout kills the whole process group
-    (a pipeline or `kubectl logs -f` must not outlive the check), a failure is one sentence."""
-    from asap_runbook._shell import run_command
-
-    ok = asyncio.run(run_command("echo out; echo err >&2", 5))
-    assert ok.ok and ok.stdout == "out\n" and ok.stderr == "err\n" and ok.failure() is None
-    bad = asyncio.run(run_command("echo 'no such deployment' >&2; exit 3", 5))
-    assert bad.failure("log_command") == "log_command exited with 3: no such deployment"
-    slow = asyncio.run(run_command("sleep 30.4242 | cat", 0.5))
-    assert slow.exit_code is None and slow.failure("dependency_stop") == "dependency_stop did not finish within 0.5 s"
-    assert subprocess.run(["pgrep", "-f", "^sleep 30.4242$"], capture_output=True).returncode == 1  # nothing left behind
-
-
 class _CannedPrometheus:
     """Prometheus answers for one job `orders`: 200 requests, 30 of them server-side errors, and
     the error-rate rule in the given alert state. The check's judgement of states, not the network."""

@@ -19,6 +19,8 @@ from conftest import REPO, one_target
 AUTOMATED = [i.id for i in load_catalog().section("security") if i.verification is not Verification.MANUAL]
 # SEC-AUTH-4 reads a JWT's lifetime; the reference token is opaque, so it is proven below with JWTs
 BOTH_WAYS = [i for i in AUTOMATED if i != "SEC-AUTH-4"]
+# nothing counts 429/413 for the misconfigured agent and its params name no proxy counter: skip, never fail
+SKIP_ON_MISCONFIGURED = {"SEC-RATE-4", "SEC-SIZE-3"}
 
 
 def test_security_coverage_is_at_least_20_of_25():
@@ -39,8 +41,23 @@ def test_passes_on_hardened(check, item_id):
 @pytest.mark.parametrize("item_id", BOTH_WAYS)
 def test_fails_or_warns_on_misconfigured(check, item_id):
     r = check(item_id, "misconfigured")
+    if item_id in SKIP_ON_MISCONFIGURED:
+        assert r.status is Status.SKIP and "targets[misconfigured].proxy_requests is not set" in r.summary, r.summary
+        return
     assert r.status in (Status.FAIL, Status.WARN), f"{r.status}: {r.summary}"
     assert r.remediation, "a failure carries its remediation"
+
+
+@pytest.mark.parametrize("item_id", sorted(SKIP_ON_MISCONFIGURED))
+def test_proxy_counter_is_read_from_prometheus(check, demo_params, item_id):
+    """A named proxy counter is queried in the real Prometheus: `up` has no status label, so 429s/413s could
+    not be told apart there (fail); a selector that matches nothing is a skip naming the parameter."""
+    no_label = one_target(demo_params, "misconfigured", proxy_requests='up{job="asap-misconfigured"}')
+    r = check(item_id, "misconfigured", no_label)
+    assert r.status is Status.FAIL and "carries no status-code label" in r.summary, r.summary
+    nothing = one_target(demo_params, "misconfigured", proxy_requests='nginx_ingress_controller_requests{ingress="x"}')
+    r = check(item_id, "misconfigured", nothing)
+    assert r.status is Status.SKIP and "selects no series" in r.summary, r.summary
 
 
 # ---------------------------------------------------------------- what the findings say
@@ -233,7 +250,8 @@ def test_burst_too_small_to_exceed_the_limit_is_skipped_not_failed(demo_params):
 
 
 def test_missing_log_file_is_one_sentence(demo_params, tmp_path):
-    params = one_target(demo_params, "hardened", log_file=tmp_path / "nope.log")
+    # without targets[].app (introspection), the limiter's configuration comes from the log alone
+    params = one_target(demo_params, "hardened", log_file=tmp_path / "nope.log", app=None)
     for item in ("SEC-RATE-2", "SEC-HANDLER-4"):
         r = run_check(item, params, "hardened")
         assert r.status is Status.ERROR and "does not exist" in r.summary, r.summary

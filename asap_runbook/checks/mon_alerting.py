@@ -2,7 +2,8 @@
 what fires and the live numbers; judge purely (alerting.coverage reads the rules by what they select).
 
 429s are often counted at the proxy or ingress, not by the agent (asap-protocol 2.5.10 has no 429
-metric): MON-ALERT-4 also reads the counter `prometheus.proxy_status_selector` names.
+metric): MON-ALERT-4 also reads the counter `targets[].proxy_requests` names (proxy_metrics.py, the
+definition SEC-RATE-4 and SEC-SIZE-3 use).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .. import alerting
+from .. import alerting, proxy_metrics
 from .. import monitoring_live as live
 from ..prom import prom_for
 from ._observe import judged
@@ -28,7 +29,8 @@ class AlertObservation:
     groups: list[dict]  # Prometheus /api/v1/rules groups, as loaded
     series: dict[str, bool] = field(default_factory=dict)  # input metric -> the job has series of it
     scrape_targets: list[dict] = field(default_factory=list)  # the job's targets: scrapeUrl, health, lastError
-    proxy: dict | None = None  # rate_limit: {template, of_status, every_status, has_series}
+    proxy: dict | None = None  # rate_limit with targets[].proxy_requests: {selector, status_label, of_status, has_series}
+    target: str = ""
     down_now: list[str] | None = None  # down: instances of the job with up == 0 now
     error_rate: dict | None = None  # monitoring_live.error_rate
     latency: dict | None = None  # monitoring_live.latency
@@ -37,14 +39,24 @@ class AlertObservation:
 def _proxy(obs: AlertObservation) -> alerting.ProxyCounter | None:
     if not obs.proxy:
         return None
-    return alerting.proxy_counter(obs.proxy["template"], obs.proxy["target"], "429")
+    return alerting.proxy_counter(obs.proxy["selector"], obs.proxy.get("status_label"))
 
 
 def _coverage(obs: AlertObservation) -> tuple[list, list]:
-    """(rules reading the concern on the agent's job, rules reading the proxy's 429 counter for the target)."""
+    """(rules reading the concern on the agent's job, rules reading the proxy's 429 counter for the target).
+    The common proxies' counters carry the proxy's job, never the agent's: they are not agent-side."""
     concern, proxy = alerting.CONCERNS[obs.concern], _proxy(obs)
-    agent = alerting.coverage(obs.groups, obs.job, concern, ignore_metric=proxy and proxy.every_status.metric)
+    not_agent = frozenset(proxy_metrics.KNOWN) | ({proxy.every_status.metric} if proxy else set())
+    agent = alerting.coverage(obs.groups, obs.job, concern,
+                              ignore_metrics=not_agent if obs.concern == "rate_limit" else frozenset())
     return agent, (alerting.coverage(obs.groups, obs.job, concern, proxy=proxy) if proxy else [])
+
+
+def _proxy_rules_unmatched(obs: AlertObservation) -> list[str]:
+    """Rules on a common proxy's 429s that cannot be tied to this target (no targets[].proxy_requests)."""
+    return sorted({c.name for c in alerting.coverage(obs.groups, obs.job, alerting.CONCERNS["rate_limit"])
+                   if set(c.metrics) & set(proxy_metrics.KNOWN) or any(
+                       sel.split("{")[0] in proxy_metrics.KNOWN for sel in c.selectors)})
 
 
 async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Finding:
@@ -55,11 +67,15 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
     if not job:
         return Finding.skipped(f"targets[{ctx.target.name}].prometheus_job is not set")
     window = ctx.params.prometheus.window
-    obs = AlertObservation(key, job, window, await prom.rules())
-    if key == "rate_limit":
-        p = alerting.proxy_counter(ctx.params.prometheus.proxy_status_selector, ctx.target.name, "429")
-        obs.proxy = {"template": p.template, "target": ctx.target.name, "of_status": str(p.of_status),
-                     "every_status": str(p.every_status), "has_series": await live.has_series(prom, str(p.every_status))}
+    t = ctx.target
+    obs = AlertObservation(key, job, window, await prom.rules(), target=t.name)
+    if key == "rate_limit" and t.proxy_requests:
+        try:
+            p = alerting.proxy_counter(t.proxy_requests, t.proxy_status_label)
+        except ValueError as e:
+            return Finding.errored(f"targets[{t.name}].proxy_requests {t.proxy_requests!r}: {e}")
+        obs.proxy = {"selector": t.proxy_requests, "status_label": t.proxy_status_label,
+                     "of_status": p.of_status("429"), "has_series": await live.has_series(prom, t.proxy_requests)}
     agent_cov, _ = _coverage(obs)
     metrics = sorted({m for c in agent_cov if c.selects_job for m in c.metrics}
                      | ({AGENT_429_COUNTER} if key == "rate_limit" else set()))
@@ -88,7 +104,7 @@ def judge_alert(obs: AlertObservation, threshold: float | None = None, threshold
     ev = [(f"loaded alerting rules reading {concern.hint}", [c.row() for c in agent_cov] or "none"),
           (f"alerts pending or firing now for job {job}", alerting.active_alerts(obs.groups, job) or "none")]
     if proxy:
-        ev.append((f"proxy 429 counter (prometheus.proxy_status_selector): {proxy['of_status']}",
+        ev.append((f"proxy 429 counter (targets[].proxy_requests): {proxy['of_status']}",
                    {"series for this target": proxy["has_series"], "rules reading it": [c.row() for c in proxy_cov]
                     or "none"}))
     if obs.series:
@@ -150,26 +166,33 @@ def _not_covered(obs: AlertObservation, agent_cov: list, covering: list, proxy_c
         names = ", ".join(c.name for c in covering)
         missing = ", ".join(m for c in covering for m in c.metrics if not obs.series.get(m))
         if proxy and not proxy["has_series"] and [c for c in proxy_cov if c.selects_job]:
-            missing += f" (nor {proxy['every_status']})"
+            missing += f" (nor {proxy['selector']})"
         why = next((f"its scrape fails: {t.get('lastError')}" for t in obs.scrape_targets if t.get("health") != "up"),
                    "the agent does not export it")
         return Finding.failed(f"{names} select(s) job {job!r} but Prometheus has no {missing} series for it "
                               f"({why}): the rule can never fire for this agent", ev)
-    if proxy is not None:  # 429s: the agent, or the proxy in front of it, may be where they are counted
+    if obs.concern == "rate_limit":  # 429s: the agent, or the proxy in front of it, may be where they are counted
+        param = f"targets[{obs.target}].proxy_requests"
         counted = ([f"{AGENT_429_COUNTER} for job {job!r}"] if obs.series.get(AGENT_429_COUNTER) else []) \
-            + ([proxy["every_status"]] if proxy["has_series"] else [])
+            + ([proxy["selector"]] if proxy and proxy["has_series"] else [])
         proxy_rules = [c for c in proxy_cov if c.selects_job]
         if proxy_rules and not proxy["has_series"]:
             return Finding.failed(f"{', '.join(c.name for c in proxy_rules)} read(s) {proxy['of_status']} but "
-                                  "Prometheus has no series of it: the rule can never fire for this agent", ev)
-        if not counted:
-            others = f" ({', '.join(c.name for c in agent_cov)} read 429s of other jobs)" if agent_cov else ""
-            return Finding.skipped(
-                f"no 429 counter for this agent in Prometheus: no {AGENT_429_COUNTER} series for job {job!r} and "
-                f"prometheus.proxy_status_selector ({proxy['template']}) selects no series{others}; set "
-                "prometheus.proxy_status_selector to the proxy's or ingress's response counter for this agent", ev)
-        return Finding.failed(f"429s are counted ({' and '.join(counted)}) but no loaded alerting rule reads them "
-                              f"for this agent", ev)
+                                  f"Prometheus has no series of {param} = {proxy['selector']}: the rule can never "
+                                  "fire for this agent", ev)
+        if counted:
+            return Finding.failed(f"429s are counted ({' and '.join(counted)}) but no loaded alerting rule reads "
+                                  "them for this agent", ev)
+        if proxy:
+            return Finding.skipped(f"{param} = {proxy['selector']} selects no series in Prometheus (is the proxy's "
+                                   f"exporter scraped, is the selector right?), and the agent's job {job!r} has no "
+                                   f"{AGENT_429_COUNTER}: no 429 counter to alert on was found", ev)
+        unmatched = _proxy_rules_unmatched(obs)
+        rules = f"; {', '.join(unmatched)} read(s) a proxy's 429s, which only that parameter ties to this agent" \
+            if unmatched else ""
+        return Finding.skipped(f"the agent's job {job!r} has no {AGENT_429_COUNTER} (asap-protocol 2.5.10 counts no "
+                               f"429) and {param} is not set (the PromQL selector of the proxy's or ingress's "
+                               f"request counter for this agent){rules}", ev)
     others = f" ({', '.join(c.name for c in agent_cov)} read it but their matchers exclude job {job!r})" if agent_cov else ""
     return Finding.failed(f"no loaded alerting rule on {concern.title} selects job {job!r}: none reads "
                           f"{concern.hint} for it{others}", ev)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import k8s
-from .._shell import run_command
+from .. import _shell
 from ..errors import ProbeError
 from ._observe import judged
 from ._registry import AGENT, CheckContext, Finding, check
@@ -30,6 +30,13 @@ NOT_HEALTH = {"/asap": "the JSON-RPC endpoint (POST only: a GET answers 405)",
 DRILL_COMMAND_TIMEOUT = 15.0
 READINESS_REACTION_SECONDS = 5.0  # how long readiness may take to notice the outage (one probe period)
 _DRILL_LOCK = threading.Lock()  # one dependency drill at a time in this process, whatever the event loop
+
+
+async def _run(cmd: str) -> tuple[bool, dict]:
+    """A drill command through the one runner; (succeeded, what the evidence keeps)."""
+    res = await _shell.run(cmd, DRILL_COMMAND_TIMEOUT, merge_stderr=True)
+    return res.ok, {"command": cmd, "exit_code": res.returncode, "seconds": res.seconds,
+                    "output": res.output.strip()[-300:]}
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ class ReadinessDrillObservation:
     path: str
     source: str
     before: dict  # {status, body} of readiness before the stop
-    stop: dict | None = None  # _shell.CommandResult.brief()
+    stop: dict | None = None  # {command, exit_code, seconds, output}
     start: dict | None = None
     failed_at_s: float | None = None  # after the stop returned, when readiness turned non-200
     recovered_at_s: float | None = None  # after the start returned, when it was 200 again
@@ -168,10 +175,9 @@ async def observe_readiness_drill(ctx: CheckContext) -> ReadinessDrillObservatio
     await asyncio.to_thread(_DRILL_LOCK.acquire)
     t0 = time.monotonic()  # after the lock: another target's drill may have held it
     try:
-        stop = await run_command(d.dependency_stop, DRILL_COMMAND_TIMEOUT)
-        obs.stop = stop.brief()
+        stopped, obs.stop = await _run(d.dependency_stop)
         mark("dependency_stop", **obs.stop)
-        if stop.ok:
+        if stopped:
             t_stop = time.monotonic()  # the window starts when the stop command has returned
             while True:
                 obs.polls += 1
@@ -186,12 +192,11 @@ async def observe_readiness_drill(ctx: CheckContext) -> ReadinessDrillObservatio
                     break
                 await asyncio.sleep(0.2)
     finally:
-        start = await run_command(d.dependency_start, DRILL_COMMAND_TIMEOUT)
-        obs.start = start.brief()
+        started, obs.start = await _run(d.dependency_start)
         mark("dependency_start", **obs.start)
         _DRILL_LOCK.release()
     t_start = time.monotonic()
-    if start.ok:
+    if started:
         while time.monotonic() - t_start < obs.recovery_window_s and obs.polls < obs.max_polls:
             obs.polls += 1
             status, body = await _ready_status(ctx, ep.path)

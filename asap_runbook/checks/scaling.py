@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import math
 import re
+from dataclasses import dataclass, field
 
-from ..deploy_files import Manifests, load_manifests, memory_bytes
+from ..deploy_files import Instances, Manifests, load_manifests, memory_bytes, target_instances
 from ..errors import ProbeError, RateLimited
 from ..introspect import introspect_app
 from ..probe import envelope, rpc
-from ..source import CLIENT_DEFAULTS, ClientUsage, client_usage, read_process_config
+from ..results import Status
+from ..source import CLIENT_DEFAULTS, UNKNOWN, ClientUsage, ProcessConfig, client_usage, read_process_config
 from ._registry import AGENT, CheckContext, Finding, check
 
 IDLE_WORKER_BYTES = 80 * 2**20  # reference §3.2: ~80 MB RSS per idle asap-protocol worker
@@ -66,24 +69,27 @@ async def app_config(ctx: CheckContext) -> dict | Finding:
                        lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout, drop))
 
 
-def workers(ctx: CheckContext) -> tuple[int, str]:
-    if ctx.target.process_config is None:
-        return 1, "process_config not set: assumed 1 worker per instance"
-    cfg = read_process_config(ctx.target.process_config)
-    return (cfg.workers or 1), f"{cfg.workers or 1} {cfg.server} worker(s) ({ctx.target.process_config.name})"
+def process(ctx: CheckContext) -> ProcessConfig | None:
+    path = ctx.target.process_config
+    return read_process_config(path) if path is not None else None
 
 
-async def instances(ctx: CheckContext) -> tuple[int, str]:
-    """Processes serving the target: replicas x workers from the files, else targets[].instances."""
-    m = await manifests(ctx) if ctx.target.k8s_manifests else None
-    if isinstance(m, Manifests):
-        w = m.workloads[0]
-        hpa = m.hpa_for(w)
-        replicas = max(w.effective_replicas, hpa.min_replicas if hpa else 0)
-        n_workers, how = workers(ctx)
-        scale = f", HPA up to {hpa.max_replicas}" if hpa else ""
-        return max(replicas * n_workers, ctx.target.instances), f"{replicas} replica(s){scale} x {how}"
-    return ctx.target.instances, f"targets[{ctx.target.name}].instances = {ctx.target.instances}"
+async def instances(ctx: CheckContext) -> Instances:
+    """Processes serving the target, by the one rule (deploy_files.count_instances)."""
+    return await _once(ctx, "instances", lambda: asyncio.to_thread(target_instances, ctx.target))
+
+
+def _count(inst: Instances) -> tuple[int, str]:
+    """(at least this many processes, how it was counted): a lower bound is enough to say "several"."""
+    return inst.at_least, inst.how + ("" if inst.exact is not None else f"; at least {inst.at_least}")
+
+
+def _manual(summary: str, evidence=None) -> Finding:
+    return Finding._make(Status.MANUAL, summary, evidence)
+
+
+def _unknown(v) -> bool:
+    return v == UNKNOWN
 
 
 def _settings_table(u: ClientUsage, names: list[str]) -> list[dict]:
@@ -92,26 +98,39 @@ def _settings_table(u: ClientUsage, names: list[str]) -> list[dict]:
         row = {"client": s.where(), "built": s.why}
         for n in names:
             value, explicit = s.setting(n)
-            row[n] = f"{value} ({'set' if explicit else 'library default'})"
+            row[n] = ("unknown (settings passed through " + ", ".join(s.unresolved) + ")" if _unknown(value)
+                      else f"{value} ({'set' if explicit else 'library default'})")
         rows.append(row)
     return rows
 
 
+def _scanned(u: ClientUsage) -> str:
+    return f"{len(u.clients)} ASAPClient construction(s) in {u.files} file(s) under {u.root}"
+
+
 # ------------------------------------------------------------------------------------------ client
-@check("SCALE-CLIENT-1")
-async def connection_pooling(ctx: CheckContext) -> Finding:
-    u = await usage(ctx)
-    if isinstance(u, Finding):
-        return u
+def judge_connection_pooling(u: ClientUsage) -> Finding:
     ev = [("ASAPClient pooling (default pool_connections=100, pool_maxsize=100 per client)",
            _settings_table(u, ["pool_connections", "pool_maxsize", "pool_timeout"]))]
-    per_call = [s for s in u.clients if not s.long_lived or s.in_loop]
+    per_call = [s for s in u.clients if s.long_lived is False or s.in_loop]
     if per_call:
         return Finding.failed(f"{len(per_call)} of {len(u.clients)} ASAPClient(s) built per call, so their pool is "
                               f"never reused (a TCP/TLS handshake per call): "
                               + "; ".join(f"{s.where()} ({s.why})" for s in per_call), ev)
+    open_ = [s for s in u.clients if s.long_lived is None]
+    if open_:
+        return _manual(f"{len(open_)} of {len(u.clients)} ASAPClient(s) come from a factory whose reuse the source "
+                       "does not settle: " + "; ".join(f"{s.where()} ({s.why})" for s in open_)
+                       + ". Confirm each client is built once per process (module level, a cache, or start-up) "
+                         "and reused for every call", ev)
     return Finding.passed(f"all {len(u.clients)} ASAPClient(s) are long-lived ("
                           + "; ".join(s.why for s in u.clients) + "), so connections are pooled and reused", ev)
+
+
+@check("SCALE-CLIENT-1")
+async def connection_pooling(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    return u if isinstance(u, Finding) else judge_connection_pooling(u)
 
 
 async def _gzip_probe(ctx: CheckContext) -> dict:
@@ -141,15 +160,10 @@ async def _gzip_probe(ctx: CheckContext) -> dict:
             "exchange": r.evidence}
 
 
-@check("SCALE-CLIENT-2")
-async def compression(ctx: CheckContext) -> Finding:
-    u = await usage(ctx)
-    if isinstance(u, Finding):
-        return u
+def judge_compression(u: ClientUsage, probe: dict) -> Finding:
     ev = [("ASAPClient compression (default compression=True, compression_threshold=1024 bytes)",
-           _settings_table(u, ["compression", "compression_threshold"]))]
-    probe = await _gzip_probe(ctx)
-    ev.append(("server accepts compressed requests (probe)", probe))
+           _settings_table(u, ["compression", "compression_threshold"])),
+          ("server accepts compressed requests (probe)", probe)]
     off = [s for s in u.clients if s.setting("compression")[0] is False]
     if off:
         return Finding.failed(f"compression switched off (compression=False) on {', '.join(s.where() for s in off)}: "
@@ -161,60 +175,83 @@ async def compression(ctx: CheckContext) -> Finding:
            and s.setting("compression_threshold")[0] > 1024]
     if big:
         return Finding.warned(f"compression_threshold above 1 KB on {', '.join(s.where() for s in big)}", ev)
+    unknown = [s for s in u.clients if _unknown(s.setting("compression")[0])]
+    if unknown:
+        return _manual("compression is not set explicitly and the settings come through "
+                       + ", ".join(f"{', '.join(s.unresolved)} at {s.where()}" for s in unknown)
+                       + ": confirm they do not pass compression=False", ev)
     tail = ("; the agent accepted a gzip request body" if probe.get("accepted") else
             "; the gzip probe could not run (see evidence)")
     return Finding.passed(f"all {len(u.clients)} ASAPClient(s) compress bodies over 1 KB{tail} "
                           "(responses are never compressed by asap-protocol 2.5.10: compress at the proxy)", ev)
 
 
-@check("SCALE-CLIENT-3")
-async def retry_config(ctx: CheckContext) -> Finding:
+@check("SCALE-CLIENT-2")
+async def compression(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
     if isinstance(u, Finding):
         return u
-    names = ["max_retries", "base_delay", "max_delay", "jitter", "circuit_breaker_enabled",
-             "circuit_breaker_threshold", "circuit_breaker_timeout"]
-    ev = [("retry and circuit-breaker settings per ASAPClient", _settings_table(u, names)),
-          ("library defaults", {n: CLIENT_DEFAULTS[n] for n in names} | {
+    return judge_compression(u, await _gzip_probe(ctx))
+
+
+RETRY_NAMES = ["max_retries", "base_delay", "max_delay", "jitter", "circuit_breaker_enabled",
+               "circuit_breaker_threshold", "circuit_breaker_timeout"]
+
+
+def judge_retry_config(u: ClientUsage) -> Finding:
+    ev = [("retry and circuit-breaker settings per ASAPClient", _settings_table(u, RETRY_NAMES)),
+          ("library defaults", {n: CLIENT_DEFAULTS[n] for n in RETRY_NAMES} | {
               "note": "without retry_config an ASAPClient still retries (3 attempts, 1 s base backoff, honours "
                       "Retry-After) but its circuit breaker is off; the server ignores idempotency keys, so "
                       "retries are at-least-once"})]
-    bad = []
+    bad, unknown = [], []
     for s in u.clients:
         retries, cb = s.setting("max_retries")[0], s.setting("circuit_breaker_enabled")[0]
-        if isinstance(retries, int) and retries <= 1:
+        if isinstance(retries, int) and not isinstance(retries, bool) and retries <= 1:
             bad.append(f"{s.where()}: max_retries={retries} (no retry at all)")
-        if cb is not True:
+        if _unknown(cb) or _unknown(retries):
+            unknown.append(f"{s.where()} (settings through {', '.join(s.unresolved) or 'retry_config **kwargs'})")
+        elif cb is not True:
             bad.append(f"{s.where()}: circuit breaker off"
                        + ("" if "retry_config" in s.kwargs else " (no retry_config: default retries only)"))
     if bad:
         return Finding.failed("; ".join(bad), ev)
+    if unknown:
+        return _manual("retry and circuit-breaker settings not resolved from the source: " + "; ".join(unknown)
+                       + ". Confirm retry_config=RetryConfig(max_retries>=2, circuit_breaker_enabled=True)", ev)
     return Finding.passed(f"all {len(u.clients)} ASAPClient(s) retry with backoff and enable the circuit breaker", ev)
 
 
-@check("SCALE-CLIENT-4")
-async def timeouts(ctx: CheckContext) -> Finding:
+@check("SCALE-CLIENT-3")
+async def retry_config(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
-    if isinstance(u, Finding):
-        return u
-    limit = ctx.threshold("client_timeout_max_seconds")
+    return u if isinstance(u, Finding) else judge_retry_config(u)
+
+
+def judge_timeouts(u: ClientUsage, limit: float, limit_source: str) -> Finding:
     rows = _settings_table(u, ["timeout"])
     for row, s in zip(rows, u.clients):
         t = s.setting("timeout")[0]
-        row["manifest fetch timeout"] = f"min(timeout, MANIFEST_REQUEST_TIMEOUT=10) = {min(t, 10) if isinstance(t, (int, float)) else '?'} s"
+        row["manifest fetch timeout"] = (f"min(timeout, MANIFEST_REQUEST_TIMEOUT=10) = "
+                                         f"{min(t, 10) if isinstance(t, (int, float)) else '?'} s")
     ev = [("timeouts per ASAPClient (default 60 s)", rows),
-          ("threshold", f"timeout <= {limit.value:g} s ({limit.source})"),
+          ("threshold", f"timeout <= {limit:g} s ({limit_source})"),
           ("MANIFEST_REQUEST_TIMEOUT", PRIVATE_CONSTANTS_NOTE)]
     if u.private_constant_writes:
         ev.append(("assignments to private client constants", u.private_constant_writes))
-    missing = [s for s in u.clients if not s.setting("timeout")[1]]
+    missing = [s for s in u.clients if not s.setting("timeout")[1] and not _unknown(s.setting("timeout")[0])]
     if missing:
         return Finding.failed(f"no timeout= on {', '.join(s.where() for s in missing)}: each attempt may wait the "
                               "60 s default (x3 attempts)", ev)
     slow = [s for s in u.clients if isinstance(s.setting("timeout")[0], (int, float))
-            and s.setting("timeout")[0] > limit.value]
+            and s.setting("timeout")[0] > limit]
     if slow:
-        return Finding.warned(f"timeout above {limit.value:g} s on {', '.join(s.where() for s in slow)}", ev)
+        return Finding.warned(f"timeout above {limit:g} s on {', '.join(s.where() for s in slow)}", ev)
+    open_ = [s for s in u.clients if not isinstance(s.setting("timeout")[0], (int, float))]
+    if open_:
+        return _manual("timeout not resolved from the source on "
+                       + ", ".join(f"{s.where()} ({s.setting('timeout')[0]})" for s in open_)
+                       + f": confirm it is set and at most {limit:g} s", ev)
     mt = [w for w in u.private_constant_writes if w["name"] == "MANIFEST_REQUEST_TIMEOUT"]
     if mt:
         return Finding.warned(f"MANIFEST_REQUEST_TIMEOUT assigned at {mt[0]['at']}: a private constant", ev)
@@ -223,23 +260,74 @@ async def timeouts(ctx: CheckContext) -> Finding:
                           "fetches use min(timeout, 10 s)", ev)
 
 
+@check("SCALE-CLIENT-4")
+async def timeouts(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    if isinstance(u, Finding):
+        return u
+    limit = ctx.threshold("client_timeout_max_seconds")
+    return judge_timeouts(u, limit.value, limit.source)
+
+
 # ------------------------------------------------------------------------------------------ server
+def judge_multiple_workers(cfg: ProcessConfig, file: str) -> Finding:
+    evidence = [("process configuration", {"file": file, "server": cfg.server, "workers": cfg.workers,
+                                           "workers as written": cfg.workers_expr, "follows the CPU count": cfg.per_cpu,
+                                           "worker_class": cfg.worker_class, "read": cfg.source})]
+    caveat = ("per-process state (rate limiter, nonce store, metrics) is split across workers "
+              "unless it is shared (Redis)")
+    if cfg.workers is None:
+        low = cfg.workers_at(1)
+        if cfg.per_cpu and low and low >= 2:
+            return Finding.passed(f"{cfg.describe()} ({cfg.worker_class or 'default worker class'}); {caveat}", evidence)
+        return _manual(f"{cfg.describe()}: confirm the worker count the server really starts with (gunicorn -w, "
+                       "WEB_CONCURRENCY or GUNICORN_CMD_ARGS in the deployment)", evidence)
+    if cfg.workers < 2:
+        return Finding.failed(f"one {cfg.server} worker process: a single process serves every request", evidence)
+    return Finding.passed(f"{cfg.workers} {cfg.server} workers ({cfg.worker_class or 'default worker class'}); {caveat}",
+                          evidence)
+
+
 @check("SCALE-SERVER-1")
 async def multiple_workers(ctx: CheckContext) -> Finding:
     path = ctx.target.process_config
     if path is None:
         return Finding.skipped(f"targets[{ctx.target.name}].process_config is not set (gunicorn.conf.py or the server command line)")
-    cfg = read_process_config(path)
-    evidence = [("process configuration", {"file": str(path), "server": cfg.server, "workers": cfg.workers,
-                                           "worker_class": cfg.worker_class, "read": cfg.source})]
+    return judge_multiple_workers(read_process_config(path), str(path))
+
+
+def judge_workers_per_core(cfg: ProcessConfig, w, lo: float, hi: float, source: str) -> Finding:
+    c = w.containers[0] if w.containers else None
+    row = {"workload": f"{w.kind} {w.name} ({w.file})", "workers": cfg.describe(),
+           "cpu request": c.resources.get("requests", {}).get("cpu") if c else None,
+           "cpu limit": c.resources.get("limits", {}).get("cpu") if c else None,
+           "memory limit": c.resources.get("limits", {}).get("memory") if c else None,
+           "threshold": f"{lo:g}-{hi:g} workers per core ({source})"}
+    ev = [("workers against the container's CPU", row)]
+    cores = (c.cpu_limit or c.cpu_request) if c else None
+    if not cores:
+        return Finding.failed(f"{cfg.describe()}, but container {c.name if c else '?'} has no CPU limit or request: the "
+                              "worker count is not based on CPU", ev)
     if cfg.workers is None:
-        return Finding.errored(f"could not find a worker count in {path.name}", evidence)
-    if cfg.workers < 2:
-        return Finding.failed(f"one {cfg.server} worker process: a single process serves every request", evidence)
-    caveat = ("per-process state (rate limiter, nonce store, metrics) is split across workers "
-              "unless it is shared (Redis)")
-    return Finding.passed(f"{cfg.workers} {cfg.server} workers ({cfg.worker_class or 'default worker class'}); {caveat}",
-                          evidence)
+        # cpu_count() in a container is the node's core count (>= the limit), so the formula gives at least this
+        low = cfg.workers_at(max(1, math.ceil(cores)))
+        if cfg.per_cpu and low is not None and low / cores > hi:
+            return Finding.failed(f"{cfg.describe()}: on a {cores:g}-CPU limit that is at least {low} workers "
+                                  f"({low / cores:.2g} per core, over {hi:g}) since cpu_count() sees the node's cores",
+                                  ev)
+        return _manual(f"{cfg.describe()}: the ratio to the {cores:g}-CPU limit cannot be computed from the files; "
+                       f"confirm the started worker count is {lo:g}-{hi:g} per core", ev)
+    n = cfg.workers
+    ratio = n / cores
+    row["workers per core"] = round(ratio, 2)
+    mem = memory_bytes(c.resources.get("limits", {}).get("memory"))
+    if not lo <= ratio <= hi:
+        return Finding.failed(f"{n} worker(s) on {cores:g} CPU = {ratio:.2g} per core, outside {lo:g}-{hi:g}", ev)
+    if mem is not None and mem < n * IDLE_WORKER_BYTES * 1.5:
+        return Finding.warned(f"{ratio:.2g} workers per core, but {n} workers need ~{n * 80} MB idle against a "
+                              f"{c.resources['limits']['memory']} memory limit", ev)
+    return Finding.passed(f"{n} workers on a {cores:g}-CPU limit = {ratio:.2g} per core "
+                          f"(within {lo:g}-{hi:g})", ev)
 
 
 @check("SCALE-SERVER-2")
@@ -249,39 +337,20 @@ async def workers_per_core(ctx: CheckContext) -> Finding:
     m = await manifests(ctx)
     if isinstance(m, Finding):
         return m
-    n, how = workers(ctx)
     lo, hi = ctx.threshold("workers_per_core_min"), ctx.threshold("workers_per_core_max")
-    w = m.workloads[0]
-    c = w.containers[0] if w.containers else None
-    row = {"workload": f"{w.kind} {w.name} ({w.file})", "workers": how,
-           "cpu request": c.resources.get("requests", {}).get("cpu") if c else None,
-           "cpu limit": c.resources.get("limits", {}).get("cpu") if c else None,
-           "memory limit": c.resources.get("limits", {}).get("memory") if c else None,
-           "threshold": f"{lo.value:g}-{hi.value:g} workers per core ({lo.source})"}
-    ev = [("workers against the container's CPU", row)]
-    cores = (c.cpu_limit or c.cpu_request) if c else None
-    if not cores:
-        return Finding.failed(f"{how}, but container {c.name if c else '?'} has no CPU limit or request: the worker "
-                              "count is not based on CPU", ev)
-    ratio = n / cores
-    row["workers per core"] = round(ratio, 2)
-    mem = memory_bytes(c.resources.get("limits", {}).get("memory"))
-    if not lo.value <= ratio <= hi.value:
-        return Finding.failed(f"{n} worker(s) on {cores:g} CPU = {ratio:.2g} per core, outside {lo.value:g}-{hi.value:g}", ev)
-    if mem is not None and mem < n * IDLE_WORKER_BYTES * 1.5:
-        return Finding.warned(f"{ratio:.2g} workers per core, but {n} workers need ~{n * 80} MB idle against a "
-                              f"{c.resources['limits']['memory']} memory limit", ev)
-    return Finding.passed(f"{n} worker(s) on a {cores:g}-CPU limit = {ratio:.2g} per core "
-                          f"(within {lo.value:g}-{hi.value:g})", ev)
+    return judge_workers_per_core(process(ctx), m.workloads[0], lo.value, hi.value, lo.source)
 
 
-@check("SCALE-SERVER-3")
-async def pool_constants(ctx: CheckContext) -> Finding:
-    u = await usage(ctx)
-    if isinstance(u, Finding):
-        return u
+SERVER3_MANUAL = ("What this verifies: the source does not assign the private client constants and each ASAPClient's "
+                  "pool size as written. What it cannot: that the pool fits the load. Manual part: compare the peak "
+                  "concurrent downstream calls per process (e.g. max of in-flight lookups) with pool_maxsize, and "
+                  "check for httpx PoolTimeout errors in the logs")
+
+
+def judge_pool_constants(u: ClientUsage) -> Finding:
     ev = [("what these names are", PRIVATE_CONSTANTS_NOTE),
-          ("pool settings per ASAPClient", _settings_table(u, ["pool_connections", "pool_maxsize", "pool_timeout"]))]
+          ("pool settings per ASAPClient", _settings_table(u, ["pool_connections", "pool_maxsize", "pool_timeout"])),
+          ("what this check verifies and what it leaves to you", SERVER3_MANUAL)]
     if u.private_constant_writes:
         ev.append(("assignments to private client constants", u.private_constant_writes))
         pool = [w for w in u.private_constant_writes if w["name"].startswith("DEFAULT_POOL")]
@@ -289,73 +358,120 @@ async def pool_constants(ctx: CheckContext) -> Finding:
             return Finding.failed(
                 f"{pool[0]['code']} at {pool[0]['at']} changes nothing: ASAPClient imported its own copy of the "
                 "private constant at import time; pass pool_maxsize=/pool_connections= to ASAPClient instead", ev)
-    per_call = [s for s in u.clients if not s.long_lived]
+    per_call = [s for s in u.clients if s.long_lived is False]
     if per_call:
         return Finding.warned("pool sizes do not matter for clients built per call: "
                               + ", ".join(s.where() for s in per_call), ev)
-    explicit = [s for s in u.clients if s.setting("pool_maxsize")[1] or s.setting("pool_connections")[1]]
     sizes = "; ".join(f"{s.where()}: {s.setting('pool_connections')[0]}/{s.setting('pool_maxsize')[0]}" for s in u.clients)
-    return Finding.passed(("pool sized on the client constructor" if explicit else "library default pools (100/100)")
-                          + f" ({sizes}); these are client-side settings, not server ones", ev)
+    unset = [s for s in u.clients if not (s.setting("pool_maxsize")[1] and s.setting("pool_connections")[1])]
+    if unset:
+        return _manual(f"no private pool constant is assigned, but the pool is not sized on "
+                       f"{', '.join(s.where() for s in unset)} (pool_connections/pool_maxsize: {sizes}; unknown = "
+                       "passed through **kwargs): " + SERVER3_MANUAL, ev)
+    return Finding.passed(f"pools sized on the ASAPClient constructor, the knob that works ({sizes}), no private "
+                          "constant assigned; that the size fits the peak load is not verified (evidence: scope)", ev)
+
+
+@check("SCALE-SERVER-3")
+async def pool_constants(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    return u if isinstance(u, Finding) else judge_pool_constants(u)
 
 
 # ------------------------------------------------------------------------------------------ caching
-@check("SCALE-CACHE-1")
-async def manifest_caching(ctx: CheckContext) -> Finding:
-    u = await usage(ctx)
-    if isinstance(u, Finding):
-        return u
+def judge_manifest_caching(u: ClientUsage) -> Finding:
     ev = [("ASAPClients", [s.summary() for s in u.clients]),
           ("ManifestCache(...)", [{"at": c.where(), "kwargs": c.kwargs} for c in u.manifest_caches]),
           ("get_manifest()/discover() calls", [c.where() for c in u.manifest_lookups]),
           ("manifest URL literals", u.raw_manifest_fetches)]
-    per_call = [s for s in u.clients if not s.long_lived]
+    per_call = [s for s in u.clients if s.long_lived is False]
     if per_call and (u.manifest_lookups or u.raw_manifest_fetches):
         return Finding.failed("manifests are fetched through clients built per call, whose ManifestCache is thrown away "
                               "each time: " + ", ".join(s.where() for s in per_call), ev)
     if per_call:
         return Finding.warned("clients built per call keep no manifest cache: " + ", ".join(s.where() for s in per_call), ev)
+    open_ = [s for s in u.clients if s.long_lived is None]
+    if open_ and not u.manifest_caches:
+        return _manual("each ASAPClient caches manifests for its own lifetime, and the lifetime of "
+                       + ", ".join(f"{s.where()} ({s.why})" for s in open_)
+                       + " is not settled by the source: confirm the client is reused (see SCALE-CLIENT-1)", ev)
     how = (f"a shared ManifestCache ({', '.join(c.where() for c in u.manifest_caches)})" if u.manifest_caches
            else "each long-lived client's own ManifestCache")
     return Finding.passed(f"downstream manifests are cached: {how}", ev)
 
 
-@check("SCALE-CACHE-2", needs=AGENT)
-async def manifest_cache_ttl(ctx: CheckContext) -> Finding:
-    ttl = ctx.threshold("manifest_cache_ttl_seconds")
+@check("SCALE-CACHE-1")
+async def manifest_caching(ctx: CheckContext) -> Finding:
+    u = await usage(ctx)
+    return u if isinstance(u, Finding) else judge_manifest_caching(u)
+
+
+@dataclass
+class ManifestFetches:
+    """SCALE-CACHE-2's observation: the agent's own manifest, fetched plainly then conditionally."""
+    status: int
+    cache_control: str | None
+    etag: str | None
+    conditional_status: int | None
+    source_ttls: list[dict] | None  # ManifestCache(default_ttl=) in the agent's source; None: source not read
+    exchanges: list = field(default_factory=list)
+
+
+async def observe_manifest_ttl(ctx: CheckContext) -> ManifestFetches:
     r1 = await ctx.probe.get("/.well-known/asap/manifest.json")
-    cc, etag = r1.headers.get("cache-control"), r1.headers.get("etag")
-    m = re.search(r"max-age=(\d+)", cc or "")
-    max_age = int(m.group(1)) if m else None
-    ev = [("manifest fetch", r1.evidence)]
-    conditional = None
-    if etag:
-        r2 = await ctx.probe.get("/.well-known/asap/manifest.json", headers={"If-None-Match": etag})
-        conditional = r2.status
-        ev.append(("conditional fetch (If-None-Match)", r2.evidence))
+    obs = ManifestFetches(r1.status, r1.headers.get("cache-control"), r1.headers.get("etag"), None, None,
+                          [("manifest fetch", r1.evidence)])
+    if obs.etag:
+        r2 = await ctx.probe.get("/.well-known/asap/manifest.json", headers={"If-None-Match": obs.etag})
+        obs.conditional_status = r2.status
+        obs.exchanges.append(("conditional fetch (If-None-Match)", r2.evidence))
     u = ctx.target.source_dir and await usage(ctx)
     if isinstance(u, ClientUsage):
-        ev.append(("TTL set in the agent's source", [{"at": c.where(), "default_ttl": c.kwargs.get("default_ttl", 300)}
-                                                     for c in u.manifest_caches] or
-                   "none: ASAPClient.get_manifest() uses 300 s; discover() follows the server's max-age"))
-    ev.append(("recommendation", f"max-age around {ttl.value:g} s ({ttl.source})"))
-    if r1.status != 200:
-        return Finding.errored(f"the manifest answered HTTP {r1.status}", ev)
-    missing = [h for h, v in (("Cache-Control max-age", max_age), ("ETag", etag)) if v is None]
+        obs.source_ttls = [{"at": c.where(), "default_ttl": c.kwargs.get("default_ttl", 300)} for c in u.manifest_caches]
+    return obs
+
+
+CACHE2_SCOPE = ("What this verifies: the agent serves its own manifest with Cache-Control max-age, an ETag and 304 "
+                "on If-None-Match, so callers can cache it. What it does not: how long this agent's clients cache "
+                "the manifests of the agents it calls (ASAPClient.get_manifest() keeps them 300 s; a ManifestCache's "
+                "default_ttl is read from the source when one is built). Manual part: confirm with the downstream "
+                "agents' owners that their manifest max-age suits how often their capabilities change")
+
+
+def judge_manifest_ttl(obs: ManifestFetches, ttl: float, ttl_source: str) -> Finding:
+    m = re.search(r"max-age=(\d+)", obs.cache_control or "")
+    max_age = int(m.group(1)) if m else None
+    ev = list(obs.exchanges)
+    ev.append(("TTL set in the agent's source",
+               "source_dir not set" if obs.source_ttls is None else obs.source_ttls or
+               "none: ASAPClient.get_manifest() uses 300 s; discover() follows the server's max-age"))
+    ev.append(("recommendation", f"max-age around {ttl:g} s ({ttl_source})"))
+    ev.append(("scope", CACHE2_SCOPE))
+    if obs.status != 200:
+        return Finding.errored(f"the manifest answered HTTP {obs.status}", ev)
+    missing = [h for h, v in (("Cache-Control max-age", max_age), ("ETag", obs.etag)) if v is None]
     if missing:
-        return Finding.failed(f"the manifest is served without {' and '.join(missing)} (Cache-Control: {cc or 'absent'}): "
-                              "callers cannot cache it or revalidate it, so every discovery refetches it", ev)
-    if conditional != 304:
-        return Finding.failed(f"a conditional fetch with the ETag answered HTTP {conditional}, not 304", ev)
+        return Finding.failed(f"the manifest is served without {' and '.join(missing)} (Cache-Control: "
+                              f"{obs.cache_control or 'absent'}): callers cannot cache it or revalidate it, so every "
+                              "discovery refetches it", ev)
+    if obs.conditional_status != 304:
+        return Finding.failed(f"a conditional fetch with the ETag answered HTTP {obs.conditional_status}, not 304", ev)
     if max_age == 0 or max_age > 86400:
         return Finding.warned(f"manifest max-age={max_age} s: discover() callers cache it for that long "
                               "(capped at 86400 s)", ev)
-    long_ttl = [c for c in (u.manifest_caches if isinstance(u, ClientUsage) else [])
-                if isinstance(c.kwargs.get("default_ttl"), (int, float)) and c.kwargs["default_ttl"] > 86400]
+    long_ttl = [c for c in obs.source_ttls or []
+                if isinstance(c["default_ttl"], (int, float)) and c["default_ttl"] > 86400]
     if long_ttl:
-        return Finding.warned(f"ManifestCache default_ttl over a day at {long_ttl[0].where()}", ev)
-    return Finding.passed(f"manifest cacheable for {max_age} s (Cache-Control: {cc}), ETag present, 304 on "
-                          "If-None-Match", ev)
+        return Finding.warned(f"ManifestCache default_ttl over a day at {long_ttl[0]['at']}", ev)
+    return Finding.passed(f"this agent's manifest is cacheable for {max_age} s (Cache-Control: {obs.cache_control}), "
+                          "ETag present, 304 on If-None-Match; how long callers keep it is theirs to set "
+                          "(see evidence: scope)", ev)
+
+
+@check("SCALE-CACHE-2", needs=AGENT)
+async def manifest_cache_ttl(ctx: CheckContext) -> Finding:
+    ttl = ctx.threshold("manifest_cache_ttl_seconds")
+    return judge_manifest_ttl(await observe_manifest_ttl(ctx), ttl.value, ttl.source)
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -379,12 +495,8 @@ def _app_evidence(cfg: dict, n: int, how: str) -> list:
             ("instances", f"{n} ({how})")]
 
 
-@check("SCALE-STATE-1")
-async def persistent_snapshot_store(ctx: CheckContext) -> Finding:
-    cfg = await app_config(ctx)
-    if isinstance(cfg, Finding):
-        return cfg
-    n, how = await instances(ctx)
+def judge_snapshot_store(cfg: dict, n: int, how: str) -> Finding:
+    """The introspected app configuration and the process count (at least n)."""
     ev = _app_evidence(cfg, n, how)
     snap, kind = cfg["snapshot_store"], cfg["snapshot_store_kind"]
     name = f"{snap['class']} ({snap['module']})" if snap else "none"
@@ -400,12 +512,13 @@ async def persistent_snapshot_store(ctx: CheckContext) -> Finding:
     return Finding.passed(f"snapshot store is {name}{backing}", ev)
 
 
-@check("SCALE-STATE-2")
-async def no_in_memory_snapshots(ctx: CheckContext) -> Finding:
+@check("SCALE-STATE-1")
+async def persistent_snapshot_store(ctx: CheckContext) -> Finding:
     cfg = await app_config(ctx)
-    if isinstance(cfg, Finding):
-        return cfg
-    n, how = await instances(ctx)
+    return cfg if isinstance(cfg, Finding) else judge_snapshot_store(cfg, *_count(await instances(ctx)))
+
+
+def judge_no_in_memory_snapshots(cfg: dict, n: int, how: str) -> Finding:
     ev = _app_evidence(cfg, n, how)
     if cfg["snapshot_store_kind"] != "memory":
         return Finding.passed(f"snapshot store is {cfg['snapshot_store']['class'] if cfg['snapshot_store'] else 'none'}, "
@@ -416,6 +529,12 @@ async def no_in_memory_snapshots(ctx: CheckContext) -> Finding:
         return Finding.failed(f"InMemorySnapshotStore with {n} instances: each instance sees only its own snapshots, "
                               f"and a restart loses them ({lost})", ev)
     return Finding.warned(f"InMemorySnapshotStore on one instance: a restart loses every task snapshot ({lost})", ev)
+
+
+@check("SCALE-STATE-2")
+async def no_in_memory_snapshots(ctx: CheckContext) -> Finding:
+    cfg = await app_config(ctx)
+    return cfg if isinstance(cfg, Finding) else judge_no_in_memory_snapshots(cfg, *_count(await instances(ctx)))
 
 
 # ------------------------------------------------------------------------------------------ horizontal
@@ -439,7 +558,7 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
         if local:
             warnings.append(f"{w.name} mounts local volumes {local}")
     if isinstance(cfg, dict):
-        n, how = await instances(ctx)
+        n, how = _count(await instances(ctx))
         ev += _app_evidence(cfg, n, how)
         stores = _stores(cfg)
         if stores:
@@ -459,7 +578,7 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
 async def _shared_state_from_manifests(ctx: CheckContext, m: Manifests) -> Finding:
     """Without the app object only the rate-limit storage is certain (ASAP_RATE_LIMIT_BACKEND is its
     only knob); snapshot and nonce stores can be set in code, so they are reported as unknown."""
-    n, how = await instances(ctx)
+    n, how = _count(await instances(ctx))
     env = {k: v for c in m.workloads[0].containers for k, v in c.env.items()}
     backend = env.get("ASAP_RATE_LIMIT_BACKEND", "")
     sticky = m.sticky()
@@ -481,7 +600,7 @@ async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
     cfg = await app_config(ctx)
     if isinstance(cfg, Finding):
         return cfg
-    n, how = await instances(ctx)
+    n, how = _count(await instances(ctx))
     ev = _app_evidence(cfg, n, how)
     m = await manifests(ctx) if ctx.target.k8s_manifests else None
     sticky = m.sticky() if isinstance(m, Manifests) else []
@@ -509,8 +628,11 @@ async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
 @check("SCALE-HSCALE-3")
 async def autoscaling(ctx: CheckContext) -> Finding:
     m = await manifests(ctx)
-    if isinstance(m, Finding):
-        return m
+    return m if isinstance(m, Finding) else judge_autoscaling(m)
+
+
+def judge_autoscaling(m: Manifests) -> Finding:
+    """The first workload of the manifests and the HPA that targets it."""
     w = m.workloads[0]
     hpa = m.hpa_for(w)
     requests = {c.name: c.resources.get("requests") for c in w.containers}

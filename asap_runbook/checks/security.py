@@ -20,15 +20,17 @@ import json
 import re
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import _nginx, _source_scan, _tls, logs
+from .. import _nginx, _source_scan, _tls, deploy_files, logs, proxy_metrics
 from ..errors import ProbeError, RateLimited
+from ..introspect import IntrospectionError, introspect_app
 from ..pacing import parse_limits
 from ..probe import ProbeResponse, envelope, iso_ago, passed_gates, probe_envelope, rpc
 from ..results import Status
-from ..source import read_process_config
 from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
 
 _TRACEBACK = "Traceback (most recent call last)"
@@ -132,16 +134,9 @@ def _brief(resp: ProbeResponse) -> str:
 
 
 def _instances(ctx: CheckContext) -> tuple[int, str]:
-    """Processes sharing this target: max(targets[].instances, workers in process_config)."""
-    n, why = ctx.target.instances, f"targets[{ctx.target.name}].instances = {ctx.target.instances}"
-    if ctx.target.process_config and ctx.target.process_config.exists():
-        try:
-            cfg = read_process_config(ctx.target.process_config)
-        except (OSError, SyntaxError, ValueError):
-            cfg = None
-        if cfg and cfg.workers and cfg.workers > n:
-            n, why = cfg.workers, f"{ctx.target.process_config.name}: {cfg.workers} {cfg.server} workers"
-    return n, why
+    """Processes sharing this target, by the one rule (deploy_files.count_instances): at least this many."""
+    inst = deploy_files.target_instances(ctx.target)
+    return inst.at_least, inst.how + ("" if inst.exact is not None else f"; at least {inst.at_least}")
 
 
 def _skill(manifest: dict, prefer: str = "echo") -> str:
@@ -150,6 +145,18 @@ def _skill(manifest: dict, prefer: str = "echo") -> str:
 
 
 # ================================================================ TLS and HTTPS
+
+def _nginx_lines(ctx: CheckContext, directive: str, first_arg: str | None = None) -> list:
+    """Where the proxy's configuration (includes followed) sets `directive`: evidence beside what was seen."""
+    conf = ctx.target.nginx_conf
+    if conf is None:
+        return []
+    try:
+        lines = _nginx.uses(_nginx.load(conf), directive, first_arg)
+    except _nginx.NginxParseError as e:
+        return [(f"nginx configuration {conf}", f"could not parse: {e}")]
+    return [(f"nginx: {directive} {first_arg or ''} in {conf} and its includes".replace("  ", " "), lines or "none")]
+
 
 @check("SEC-TLS-1", needs=AGENT)
 async def https_only(ctx: CheckContext) -> Finding:
@@ -263,27 +270,31 @@ async def tls_versions(ctx: CheckContext) -> Finding:
 _MAX_AGE = re.compile(r"max-age\s*=\s*\"?(\d+)\"?", re.I)
 
 
-@check("SEC-TLS-4", needs=("reach",))
-async def hsts(ctx: CheckContext) -> Finding:
-    if not ctx.target.base_url.startswith("https://"):
-        return Finding.failed("no HTTPS, so no HSTS: the target is plain HTTP")
-    need = ctx.threshold("hsts_max_age_seconds")
-    resp = await ctx.probe.get("/.well-known/asap/manifest.json")
-    header = resp.headers.get("strict-transport-security")
-    evidence = [("GET manifest over HTTPS", resp.evidence)]
+def judge_hsts(header: str | None, need: float, need_source: str, evidence: list) -> Finding:
+    """The Strict-Transport-Security header of an HTTPS response (None: absent)."""
     if header is None:
         return Finding.failed("no Strict-Transport-Security header on HTTPS responses "
                               "(asap-protocol never sends one; set it at the proxy)", evidence)
     m = _MAX_AGE.search(header)
     max_age = int(m.group(1)) if m else None
     subdomains = "includesubdomains" in header.lower().replace(" ", "")
-    details = {"header": header, "max_age": max_age, "threshold": need.value, "threshold_source": need.source}
-    if max_age is None or max_age < need.value:
-        return Finding.failed(f"HSTS max-age is {max_age} s, below {int(need.value)} s ({need.source})", evidence, **details)
+    details = {"header": header, "max_age": max_age, "threshold": need, "threshold_source": need_source}
+    if max_age is None or max_age < need:
+        return Finding.failed(f"HSTS max-age is {max_age} s, below {int(need)} s ({need_source})", evidence, **details)
     if not subdomains:
         return Finding.failed("HSTS lacks includeSubDomains", evidence, **details)
-    return Finding.passed(f"HSTS max-age={max_age} with includeSubDomains (threshold {int(need.value)} s: {need.source})",
+    return Finding.passed(f"HSTS max-age={max_age} with includeSubDomains (threshold {int(need)} s: {need_source})",
                           evidence, **details)
+
+
+@check("SEC-TLS-4", needs=("reach",))
+async def hsts(ctx: CheckContext) -> Finding:
+    if not ctx.target.base_url.startswith("https://"):
+        return Finding.failed("no HTTPS, so no HSTS: the target is plain HTTP")
+    need = ctx.threshold("hsts_max_age_seconds")
+    resp = await ctx.probe.get("/.well-known/asap/manifest.json")
+    evidence = [("GET manifest over HTTPS", resp.evidence)] + _nginx_lines(ctx, "add_header", "Strict-Transport-Security")
+    return judge_hsts(resp.headers.get("strict-transport-security"), need.value, need.source, evidence)
 
 
 @check("SEC-TLS-5", needs=("reach",))
@@ -317,6 +328,7 @@ async def http_redirect(ctx: CheckContext) -> Finding:
     else:
         return Finding.failed(f"more than 3 redirects from {start}", evidence)
     first = evidence[0][1]["response"]
+    evidence += _nginx_lines(ctx, "return")
     kind = "permanent" if first["status"] in (301, 308) else "temporary (prefer 301/308)"
     return Finding.passed(f"{start} answers {first['status']} ({kind}) to {first['headers'].get('location')} "
                           f"on the same host, which answers over HTTPS", evidence)
@@ -324,10 +336,8 @@ async def http_redirect(ctx: CheckContext) -> Finding:
 
 # ================================================================ Authentication
 
-@check("SEC-AUTH-1", needs=AGENT)
-async def manifest_auth(ctx: CheckContext) -> Finding:
-    manifest = await ctx.probe.manifest()
-    auth = manifest.get("auth")
+def judge_manifest_auth(auth: dict | None) -> Finding:
+    """The manifest's `auth` block as served."""
     evidence = [("manifest auth", auth)]
     if not auth:
         return Finding.failed("the manifest declares no authentication (\"auth\": null): anyone may call every skill",
@@ -340,6 +350,11 @@ async def manifest_auth(ctx: CheckContext) -> Finding:
         return Finding.failed("the manifest declares only basic, which asap-protocol 2.5.10 never accepts on the wire: "
                               "every client is locked out", evidence)
     return Finding.failed(f"the manifest declares no usable scheme ({schemes})", evidence)
+
+
+@check("SEC-AUTH-1", needs=AGENT)
+async def manifest_auth(ctx: CheckContext) -> Finding:
+    return judge_manifest_auth((await ctx.probe.manifest()).get("auth"))
 
 
 _OPEN_ROUTES = ["/health", "/ready", "/.well-known/asap/manifest.json", "/.well-known/asap/health", "/asap/metrics",
@@ -382,6 +397,23 @@ async def auth_enforced(ctx: CheckContext) -> Finding:
                           evidence, **details)
 
 
+def judge_no_hardcoded_tokens(scan: _source_scan.ScanResult, roots: list[str]) -> Finding:
+    evidence = [("scanned", roots), ("scan", scan.as_dict())]
+    if scan.files == 0:
+        return Finding.skipped(f"no source or config files under {', '.join(roots)}", evidence)
+    if scan.hits:
+        return Finding.failed(f"{len(scan.hits)} hard-coded credential(s): "
+                              f"{', '.join(h.file + ':' + str(h.line) for h in scan.hits[:5])}", evidence)
+    if scan.python_files == 0:
+        return Finding.skipped(f"only {scan.files} config file(s) scanned and no Python source: set "
+                               "targets[].source_dir to the agent's code (where tokens are read)", evidence)
+    reads = f"; credentials read from the environment: {', '.join(r.split(' ', 1)[1] for r in scan.env_reads[:4])}" \
+        if scan.env_reads else "; no credential variable read from the environment was found"
+    return Finding.passed(f"no hard-coded token, password or key in {scan.python_files} Python and "
+                          f"{scan.files - scan.python_files} config file(s) (heuristic scan: literals bound to "
+                          f"credential-like names, os.environ.get fallbacks, Bearer literals){reads}", evidence)
+
+
 @check("SEC-AUTH-3")
 async def no_hardcoded_tokens(ctx: CheckContext) -> Finding:
     t = ctx.target
@@ -389,17 +421,7 @@ async def no_hardcoded_tokens(ctx: CheckContext) -> Finding:
     if not roots:
         return Finding.skipped(f"targets[{t.name}].source_dir (or k8s_manifests) is not set: nothing to scan")
     scan = await asyncio.to_thread(_source_scan.hardcoded_credentials, roots)
-    evidence = [("scanned", [str(r) for r in roots]), ("hard-coded credential candidates (values not shown)",
-                                                      [h.as_dict() for h in scan.hits])]
-    if scan.broken:
-        evidence.append(("files that did not parse", scan.broken))
-    if scan.files == 0:
-        return Finding.skipped(f"no source or config files under {', '.join(map(str, roots))}", evidence)
-    if scan.hits:
-        return Finding.failed(f"{len(scan.hits)} hard-coded credential(s): "
-                              f"{', '.join(h.file + ':' + str(h.line) for h in scan.hits[:5])}", evidence)
-    return Finding.passed(f"no hard-coded token, password or key in {scan.files} file(s) "
-                          "(heuristic scan: literals bound to credential-like names, Bearer literals)", evidence)
+    return judge_no_hardcoded_tokens(scan, [str(r) for r in roots])
 
 
 def _jwt_claims(token: str) -> dict | None:
@@ -433,26 +455,75 @@ async def token_lifetime(ctx: CheckContext) -> Finding:
         return Finding(Status.MANUAL, f"the token in {t.token_env} is opaque (not a JWT), so its lifetime cannot be "
                        "read: confirm who rotates it and how often, and attach the rotation policy",
                        details={"token_kind": "opaque", "length": len(token)})
+    return judge_token_lifetime(claims, lo.value, hi.value, hi.source, datetime.now(UTC).timestamp())
+
+
+def judge_token_lifetime(claims: dict, lo: float, hi: float, source: str, now: float) -> Finding:
+    """A JWT's claims (signature not checked; the token itself is never shown)."""
     exp, iat = claims.get("exp"), claims.get("iat")
     shown = {k: claims.get(k) for k in ("iss", "aud", "iat", "nbf", "exp") if k in claims}
     evidence = [("JWT claims (no signature check; the token itself is not shown)", shown)]
-    details = {"min_minutes": lo.value, "max_minutes": hi.value, "source": hi.source}
+    details = {"min_minutes": lo, "max_minutes": hi, "source": source}
     if not isinstance(exp, (int, float)):
         return Finding.failed("the JWT has no exp claim: it never expires", evidence, **details)
-    start = iat if isinstance(iat, (int, float)) else datetime.now(UTC).timestamp()
+    start = iat if isinstance(iat, (int, float)) else now
     minutes = (exp - start) / 60
-    if minutes > hi.value:
-        return Finding.failed(f"the JWT lives {minutes:.0f} min, over {hi.value:g} ({hi.source})", evidence, **details)
-    if minutes < lo.value:
-        return Finding.warned(f"the JWT lives {minutes:.0f} min, under {lo.value:g} ({lo.source}); "
+    if minutes > hi:
+        return Finding.failed(f"the JWT lives {minutes:.0f} min, over {hi:g} ({source})", evidence, **details)
+    if minutes < lo:
+        return Finding.warned(f"the JWT lives {minutes:.0f} min, under {lo:g} ({source}); "
                               "expect frequent refreshes", evidence, **details)
-    return Finding.passed(f"the JWT lives {minutes:.0f} min (within {lo.value:g}-{hi.value:g}: {hi.source})",
-                          evidence, **details)
+    return Finding.passed(f"the JWT lives {minutes:.0f} min (within {lo:g}-{hi:g}: {source})", evidence, **details)
+
+
+def _client_auth(root) -> list[dict]:
+    """How the agent's own ASAPClients authenticate to the agents they call (auth_token= is sent as Bearer)."""
+    from ..source import UNKNOWN, client_usage
+    rows = []
+    for c in client_usage(root).clients:
+        value, explicit = c.setting("auth_token")
+        state = "set" if explicit and value not in (None, "None", "") else (
+            "unknown" if value == UNKNOWN else "absent")
+        rows.append({"client": c.where(), "auth_token": state,
+                     **({"settings not resolved": c.unresolved} if c.unresolved else {})})
+    return rows
+
+
+def judge_client_auth(t_sender: str, token_env: str, ok_outcome: str, ok_brief: str, basic_outcome: str,
+                      exchanges: list, clients: list[dict] | None) -> Finding:
+    """SEC-AUTH-5 over both halves of the item: this agent takes Bearer (the wire), and the clients it
+    builds send Authorization (the source, when targets[].source_dir is set)."""
+    evidence = list(exchanges) + [("the agent's own ASAPClients (auth_token= is sent as Authorization: Bearer)",
+                                   clients if clients is not None else "targets[].source_dir not set")]
+    if ok_outcome == "sender":
+        return Finding.failed(f"the token is valid but maps to another identity than sender {t_sender} "
+                              "(-32602 Sender does not match authenticated identity)", evidence)
+    if ok_outcome == "refused":
+        return Finding.failed(f"the configured token is refused as Bearer: {ok_brief}", evidence)
+    if ok_outcome == "unknown":
+        return Finding.errored(f"no JSON-RPC answer to the authenticated request ({ok_brief})", evidence)
+    bare = [c["client"] for c in clients or [] if c["auth_token"] == "absent"]
+    if bare:
+        return Finding.failed(f"ASAPClient(s) built without auth_token= at {', '.join(bare)}: the calls this agent "
+                              "makes carry no Authorization header", evidence)
+    if basic_outcome == "passed":
+        return Finding.warned("Bearer works, but the same token is also accepted as Basic", evidence)
+    open_ = [c["client"] for c in clients or [] if c["auth_token"] == "unknown"]
+    if open_:
+        return Finding._make(Status.MANUAL, f"Bearer accepted and Basic refused on the wire, but whether the clients "
+                             f"at {', '.join(open_)} pass auth_token= is not resolved from the source (settings "
+                             "through **kwargs): confirm they do", evidence)
+    clients_note = (f"; all {len(clients)} ASAPClient(s) in the source pass auth_token= (sent as Bearer)" if clients
+                    else "; the source builds no ASAPClient" if clients == [] else
+                    "; the agent's own clients are not checked (targets[].source_dir is not set)")
+    return Finding.passed(f"Authorization: Bearer with sender {t_sender} gets past authentication and the sender "
+                          f"check ({ok_brief}); the same token as Basic is refused{clients_note}", evidence)
 
 
 @check("SEC-AUTH-5", needs=AGENT_TOKEN)
 async def client_sends_bearer(ctx: CheckContext) -> Finding:
-    """The configured token works as Bearer (with the configured sender) and not as Basic."""
+    """The configured token works as Bearer (with the configured sender) and not as Basic; the agent's own
+    clients send Authorization (from the source)."""
     t = ctx.target
     if not t.token_env:
         manifest = await ctx.probe.manifest()
@@ -464,27 +535,16 @@ async def client_sends_bearer(ctx: CheckContext) -> Finding:
             return Finding.failed("the agent lets requests without an Authorization header past authentication, so "
                                   "clients need not send one", evidence)
         return Finding.errored(f"no token_env and the agent refused an anonymous request ({_brief(resp)})", evidence)
-    token = t.token
-    if not token:
+    if not t.token:
         return Finding.errored(f"the environment variable {t.token_env} is not set")
     ok = await _stale_authenticated(ctx)
     as_basic = await _as_basic(ctx)
-    evidence = [(f"POST /asap with Authorization: Bearer <token from {t.token_env}> (a read-only envelope, "
-                 f"10 min old): {_brief(ok)}", ok.evidence),
-                (f"POST /asap with the same token as Basic: {_brief(as_basic)}", as_basic.evidence)]
-    outcome = _auth_outcome(ok)
-    if outcome == "sender":
-        return Finding.failed(f"the token is valid but maps to another identity than sender {t.sender} "
-                              "(-32602 Sender does not match authenticated identity)", evidence)
-    if outcome == "refused":
-        return Finding.failed(f"the configured token is refused as Bearer: {_brief(ok)}", evidence)
-    if outcome == "unknown":
-        return Finding.errored(f"no JSON-RPC answer to the authenticated request ({_brief(ok)})", evidence)
-    if _auth_outcome(as_basic) == "passed":
-        return Finding.warned("Bearer works, but the same token is also accepted as Basic", evidence)
-    return Finding.passed(f"Authorization: Bearer with sender {t.sender} gets past authentication and the sender check "
-                          f"({_brief(ok)}); the same token as Basic is refused (asap-protocol 2.5.10 accepts only "
-                          "Bearer on the wire)", evidence)
+    exchanges = [(f"POST /asap with Authorization: Bearer <token from {t.token_env}> (a read-only envelope, "
+                  f"10 min old): {_brief(ok)}", ok.evidence),
+                 (f"POST /asap with the same token as Basic: {_brief(as_basic)}", as_basic.evidence)]
+    clients = await asyncio.to_thread(_client_auth, t.source_dir) if t.source_dir else None
+    return judge_client_auth(t.sender, t.token_env, _auth_outcome(ok), _brief(ok), _auth_outcome(as_basic),
+                             exchanges, clients)
 
 
 # ================================================================ Rate Limiting
@@ -628,119 +688,255 @@ async def _xff_trusted_note(ctx: CheckContext, evidence: list) -> str:
             "limit would be bypassable" if seen else "")
 
 
-@check("SEC-RATE-2")
-async def rate_limit_tuned(ctx: CheckContext) -> Finding:
-    """The effective limit (from the agent's startup log) x processes, against the parameters' ceiling."""
-    if ctx.target.log_file is None:
-        return Finding.skipped(f"targets[{ctx.target.name}].log_file is not set (the agent logs "
-                               "asap.server.rate_limit_enabled at startup)")
-    if not ctx.target.log_file.is_file():
-        return Finding.errored(f"targets[{ctx.target.name}].log_file {ctx.target.log_file} does not exist")
-    fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
-    if fact is None:
-        return Finding.errored(f"{ctx.target.log_file} has no asap.server.rate_limit_enabled line for "
-                               f"{await _manifest_id(ctx)} (is it the agent's log, from its start?)")
-    text = str(fact.fields.get("rate_limit", ""))
-    limits = parse_limits(text)
-    storage = logs.storage_backend_before(_log_events(ctx), fact)
-    shared = bool(storage and "redis" in storage.event)
-    n, why = _instances(ctx)
-    ceiling = ctx.threshold("rate_limit_max_per_second")
-    evidence = [("startup log line", fact.raw[:400]), ("storage", storage.event if storage else "unknown"),
-                ("processes", why)]
+@dataclass
+class LimiterConfig:
+    """SEC-RATE-2/3's observation: the limiter's configured limit and storage, where they were read, the
+    process count, and the proxy's limit_req lines."""
+    limit: str | None                # "10/second;100/minute" as the agent states it
+    storage: str | None              # "redis" / "memory" / another backend name; None: not known
+    read_from: str                   # the introspected app, the startup log line, or why neither
+    instances: dict                  # deploy_files.Instances.as_dict()
+    proxy_limit_req: list[str] = field(default_factory=list)
+    proxy_note: str | None = None    # nginx not set / could not parse
+    raw: str | None = None
+
+
+async def _introspected(ctx: CheckContext) -> dict | str:
+    """The app's configuration from introspection, or why there is none (one sentence)."""
+    t = ctx.target
+    if t.app is None:
+        return f"targets[{t.name}].app is not set"
+
+    async def look():
+        try:
+            return await asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env,
+                                           max(10.0, ctx.params.probe.timeout_seconds * 5),
+                                           (t.token_env,) if t.token_env else ())
+        except IntrospectionError as e:
+            return f"introspection of {t.app} failed: {e.message}"
+    return await ctx.once("introspection", look)
+
+
+async def observe_limiter(ctx: CheckContext) -> LimiterConfig:
+    t = ctx.target
+    inst = (await asyncio.to_thread(deploy_files.target_instances, t)).as_dict()
+    obs = LimiterConfig(None, None, "", inst)
+    cfg = await _introspected(ctx)
+    if isinstance(cfg, dict):
+        storage = str(cfg.get("rate_limit_storage") or "")
+        obs.limit = ";".join(cfg.get("rate_limits") or []) or None
+        obs.storage = ("memory" if cfg.get("rate_limit_storage_kind") == "memory" else
+                       "redis" if "redis" in storage.lower() else storage or None)
+        obs.read_from, obs.raw = f"introspected {t.app} (limiter storage {storage or 'none'})", storage
+    elif t.log_file and t.log_file.is_file():
+        fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
+        if fact is not None:
+            obs.limit = str(fact.fields.get("rate_limit", "")) or None
+            storage = logs.storage_backend_before(_log_events(ctx) or [], fact)
+            obs.storage = None if storage is None else "redis" if "redis" in storage.event else \
+                "memory" if "memory" in storage.event else storage.event
+            obs.read_from = f"startup log {t.log_file.name}"
+            obs.raw = fact.raw[:400] + (("\n" + storage.raw[:300]) if storage else "")
+        else:
+            obs.read_from = (f"{t.log_file} has no asap.server.rate_limit_enabled line for "
+                             f"{await _manifest_id(ctx)} (is it the agent's log, from its start?)")
+    else:
+        obs.read_from = (f"{cfg}; targets[{t.name}].log_file is "
+                         + ("not set" if t.log_file is None else f"{t.log_file}, which does not exist"))
+    if t.nginx_conf:
+        try:
+            conf = _nginx.load(t.nginx_conf)
+            obs.proxy_limit_req = _nginx.uses(conf, "limit_req")
+            obs.proxy_note = f"{len(conf.files)} nginx file(s) read (includes followed)"
+        except _nginx.NginxParseError as e:
+            obs.proxy_note = f"could not parse {t.nginx_conf}: {e}"
+    return obs
+
+
+def _limiter_evidence(obs: LimiterConfig) -> list:
+    return [("limiter", {"limit": obs.limit, "storage": obs.storage, "read from": obs.read_from}),
+            ("as read", obs.raw), ("processes", obs.instances),
+            ("nginx limit_req lines", obs.proxy_limit_req or obs.proxy_note or "nginx_conf not set")]
+
+
+def judge_rate_limit_tuned(obs: LimiterConfig, ceiling: float, source: str) -> Finding:
+    evidence = _limiter_evidence(obs)
+    if obs.limit is None:
+        if obs.read_from.startswith(("introspected", "startup log")):
+            return Finding.failed(f"no rate limit configured ({obs.read_from})", evidence)
+        return Finding.skipped(f"the configured limit is not known: {obs.read_from} (set targets[].app or "
+                               "targets[].log_file)", evidence)
+    limits = parse_limits(obs.limit)
     if not limits:
-        return Finding.errored(f"could not read the limit {text!r}", evidence)
+        return Finding.errored(f"could not read the limit {obs.limit!r}", evidence)
+    n = obs.instances["at_least"]
+    shared = obs.storage == "redis"
     shortest = min(limits, key=lambda lw: lw[1])
     per_second = shortest[0] / shortest[1] * (1 if shared else n)
-    details = {"rate_limit": text, "effective_per_second": per_second, "ceiling": ceiling.value,
-               "ceiling_source": ceiling.source, "processes": n, "shared_storage": shared}
+    details = {"rate_limit": obs.limit, "effective_per_second": per_second, "ceiling": ceiling,
+               "ceiling_source": source, "processes": n, "shared_storage": shared}
     mult = "" if shared or n == 1 else f" x {n} processes (per-process storage)"
-    if per_second > ceiling.value:
-        return Finding.failed(f"rate_limit={text}{mult} allows ~{per_second:g} requests/s per client, over "
-                              f"{ceiling.value:g} ({ceiling.source})", evidence, **details)
-    return Finding.passed(f"rate_limit={text}{mult}: ~{per_second:g} requests/s per client, within "
-                          f"{ceiling.value:g} ({ceiling.source})", evidence, **details)
+    if per_second > ceiling:
+        return Finding.failed(f"rate_limit={obs.limit}{mult} allows ~{per_second:g} requests/s per client, over "
+                              f"{ceiling:g} ({source})", evidence, **details)
+    return Finding.passed(f"rate_limit={obs.limit}{mult}: ~{per_second:g} requests/s per client, within "
+                          f"{ceiling:g} ({source})", evidence, **details)
+
+
+@check("SEC-RATE-2")
+async def rate_limit_tuned(ctx: CheckContext) -> Finding:
+    """The configured limit (introspected, or from the startup log) x processes, against the ceiling."""
+    t = ctx.target
+    if t.app is None and t.log_file is not None and not t.log_file.is_file():
+        return Finding.errored(f"targets[{t.name}].log_file {t.log_file} does not exist")
+    ceiling = ctx.threshold("rate_limit_max_per_second")
+    return judge_rate_limit_tuned(await observe_limiter(ctx), ceiling.value, ceiling.source)
+
+
+def judge_rate_limit_shared(obs: LimiterConfig) -> Finding:
+    evidence = _limiter_evidence(obs)
+    n, exact, how = obs.instances["at_least"], obs.instances["exact"], obs.instances["how"]
+    note = "(slowapi is not used by asap-protocol 2.5.10; the knob is ASAP_RATE_LIMIT_BACKEND)"
+    if obs.storage == "redis":
+        return Finding.passed(f"rate limits are stored in Redis, shared by all {n}{'' if exact else '+'} process(es) "
+                              f"{note}", evidence)
+    if obs.proxy_limit_req:
+        return Finding.passed(f"the proxy enforces limit_req ({', '.join(obs.proxy_limit_req)}), shared by the "
+                              f"process(es) behind it", evidence)
+    if obs.storage is None:
+        return Finding.skipped(f"cannot tell the limiter's storage: {obs.read_from}; set targets[].app (introspection), "
+                               "targets[].log_file (the agent logs asap.rate_limit.memory_storage or ...redis_storage "
+                               "at startup) or targets[].nginx_conf", evidence)
+    if obs.storage != "memory":
+        return Finding._make(Status.MANUAL, f"rate-limit storage {obs.storage}: not one the runbook knows to be "
+                             "shared; confirm every process uses the same backend", evidence)
+    if n > 1:
+        return Finding.failed(f"per-process memory:// rate-limit storage with at least {n} processes ({how}): the "
+                              f"effective limit is {n}x the configured one {note}", evidence)
+    if exact is None:
+        return Finding.skipped(f"per-process memory:// rate-limit storage, and the number of processes is not known "
+                               f"({how}): set targets[].k8s_manifests and process_config, or targets[].instances",
+                               evidence)
+    return Finding.warned(f"per-process memory:// rate-limit storage: fine for this single process, but each added "
+                          f"worker or replica multiplies the limit {note}", evidence)
 
 
 @check("SEC-RATE-3")
 async def rate_limit_shared(ctx: CheckContext) -> Finding:
     """Memory vs shared storage for the limiter (slowapi is gone; the knob is ASAP_RATE_LIMIT_BACKEND)."""
-    n, why = _instances(ctx)
-    evidence = [("processes", why)]
-    storage, proxy = None, []
-    if ctx.target.log_file and ctx.target.log_file.is_file():
-        fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
-        storage = logs.storage_backend_before(_log_events(ctx) or [], fact)
-        evidence.append(("agent log: storage event before its rate_limit_enabled line",
-                         storage.raw[:300] if storage else "none found"))
-    if ctx.target.nginx_conf:
-        try:
-            proxy = _nginx.uses(_nginx.load(ctx.target.nginx_conf), "limit_req")
-        except _nginx.NginxParseError as e:
-            evidence.append(("nginx", f"could not parse {ctx.target.nginx_conf}: {e}"))
-        evidence.append(("nginx limit_req lines", proxy))
-    if storage is None and not proxy:
-        return Finding.skipped("cannot tell the limiter's storage: set log_file (the agent logs "
-                               "asap.rate_limit.memory_storage or ...redis_storage at startup) or nginx_conf", evidence)
-    note = "(slowapi is not used by asap-protocol 2.5.10; the knob is ASAP_RATE_LIMIT_BACKEND)"
-    if storage is not None and "redis" in storage.event:
-        return Finding.passed(f"rate limits are stored in Redis, shared by all {n} process(es) {note}", evidence)
-    if proxy:
-        return Finding.passed(f"the proxy enforces limit_req (nginx lines {proxy}), shared by the {n} process(es) "
-                              "behind it", evidence)
-    if n > 1:
-        return Finding.failed(f"per-process memory:// rate-limit storage with {n} processes ({why}): the effective "
-                              f"limit is {n}x the configured one {note}", evidence)
-    return Finding.warned(f"per-process memory:// rate-limit storage: fine for this single process, but each added "
-                          f"worker or replica multiplies the limit {note}", evidence)
+    return judge_rate_limit_shared(await observe_limiter(ctx))
 
 
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", re.M)
 
 
-async def _counter_monitored(ctx: CheckContext, pattern: str, what: str, stock_note: str) -> Finding:
-    """The counter is exported at /asap/metrics and Prometheus holds a series of it for the target's job."""
+@dataclass
+class RejectionCounting:
+    """SEC-RATE-4 / SEC-SIZE-3's observation: who counts the agent's 429 (or 413) responses."""
+    code: str                                   # "429" / "413"
+    agent_exported: list[str]                   # matching families at /asap/metrics
+    agent_unreadable: str | None                # why /asap/metrics could not be read
+    prometheus: bool                            # a Prometheus and the target's job are named
+    agent_in_prometheus: list[str]              # matching series names for the job
+    proxy_selector: str | None                  # targets[].proxy_requests
+    proxy_label: str | None                     # status label used (set, known, or found on the series)
+    proxy_label_combos: list[dict]              # status-like label values on the selector's series
+    proxy_error: str | None = None
+    candidates: list[str] = field(default_factory=list)  # common exporters' counters found in Prometheus
+    target: str = ""
+    exchanges: list = field(default_factory=list)
+
+
+async def observe_rejection_counting(ctx: CheckContext, pattern: str, code: str) -> RejectionCounting:
     from ..prom import prom_for
-    evidence, exported, unreadable = [], [], None
+    t = ctx.target
+    obs = RejectionCounting(code, [], None, False, [], t.proxy_requests, t.proxy_status_label, [], target=t.name)
     try:
         resp = await ctx.probe.get("/asap/metrics")
-        exported = sorted({m.group(1) for m in _METRIC_LINE.finditer(resp.text)
-                           if re.search(pattern, m.group(1))}) if resp.status == 200 else []
-        evidence.append((f"GET /asap/metrics: HTTP {resp.status}; families matching /{pattern}/", exported))
+        obs.agent_exported = sorted({m.group(1) for m in _METRIC_LINE.finditer(resp.text)
+                                     if re.search(pattern, m.group(1))}) if resp.status == 200 else []
+        obs.exchanges.append((f"GET /asap/metrics: HTTP {resp.status}; families matching /{pattern}/",
+                              obs.agent_exported))
     except ProbeError as e:
-        evidence.append(("GET /asap/metrics", e.message))
-        unreadable = f"/asap/metrics could not be read ({e.message})"
-    prom, job = prom_for(ctx.params), ctx.target.prometheus_job
-    if prom is None or not job:
-        if unreadable:
-            return Finding.errored(unreadable + " and no Prometheus/prometheus_job in the parameters to look at", evidence)
-        if exported:
-            return Finding.warned(f"{', '.join(exported)} exported at /asap/metrics, but no Prometheus/prometheus_job "
-                                  "in the parameters to confirm it is scraped", evidence)
-        return Finding.failed(f"no metric counts {what} at /asap/metrics; {stock_note}", evidence)
-    query = f'{{__name__=~"{pattern}", job="{job}"}}'
-    series = await prom.query(query)
-    evidence.append((f"Prometheus: {query}", [{"metric": s.get("metric"), "value": s.get("value")} for s in series]))
-    if series:
-        names = sorted({s["metric"].get("__name__") for s in series})
-        return Finding.passed(f"Prometheus holds {', '.join(names)} for job {job} ({len(series)} series); stock "
+        obs.agent_unreadable = e.message
+    prom, job = prom_for(ctx.params), t.prometheus_job
+    if prom is None:
+        return obs
+    obs.prometheus = bool(job)
+    if job:
+        query = f'{{__name__=~"{pattern}", job="{job}"}}'
+        series = await prom.query(query)
+        obs.agent_in_prometheus = sorted({s["metric"].get("__name__") for s in series})
+        obs.exchanges.append((f"Prometheus: {query}", [{"metric": s.get("metric"), "value": s.get("value")}
+                                                       for s in series][:20]))
+    if t.proxy_requests:
+        query = proxy_metrics.labels_query(t.proxy_requests)
+        try:
+            combos = await prom.query(query)
+        except Exception as e:  # noqa: BLE001 - a bad selector is the operator's input: say so, no traceback
+            obs.proxy_error = f"{type(e).__name__}: {str(e)[:200]}"
+        else:
+            obs.proxy_label_combos = [{k: v for k, v in c["metric"].items() if v} for c in combos][:50]
+            obs.exchanges.append((f"Prometheus: {query}", obs.proxy_label_combos))
+        if obs.proxy_label is None:
+            obs.proxy_label = proxy_metrics.known_label(t.proxy_requests) or next(
+                (lbl for lbl in proxy_metrics.STATUS_LABELS if any(lbl in c for c in obs.proxy_label_combos)), None)
+    elif not obs.agent_in_prometheus:
+        found = await prom.query(proxy_metrics.discovery_query())
+        obs.candidates = sorted({f"{s['metric'].get('__name__')}{{job=\"{s['metric'].get('job', '')}\"}}"
+                                 for s in found})
+    return obs
+
+
+def judge_rejection_counting(obs: RejectionCounting, what: str, stock_note: str) -> Finding:
+    evidence = list(obs.exchanges) + [("proxy counter", {"targets[].proxy_requests": obs.proxy_selector,
+                                                         "status label": obs.proxy_label,
+                                                         "error": obs.proxy_error,
+                                                         "exporters' counters found in Prometheus": obs.candidates})]
+    param = f"targets[{obs.target}].proxy_requests"
+    if obs.agent_in_prometheus:
+        return Finding.passed(f"Prometheus holds {', '.join(obs.agent_in_prometheus)} for the agent's job; stock "
                               "asap-protocol 2.5.10 exports no such counter, so it comes from this deployment "
                               "(a wrapper or the proxy)", evidence)
-    if exported:
-        return Finding.failed(f"{', '.join(exported)} is exported but Prometheus has no series for job {job} "
-                              "(is the scrape target up? see MON-METRICS-2)", evidence)
-    if unreadable:
-        return Finding.errored(f"Prometheus has no such series for job {job}, and {unreadable}", evidence)
-    return Finding.failed(f"nothing counts {what}: no such metric at /asap/metrics nor in Prometheus for job {job}; "
-                          f"{stock_note}", evidence)
+    if obs.proxy_selector:
+        if obs.proxy_error:
+            return Finding.errored(f"Prometheus refused {param} ({obs.proxy_selector}): {obs.proxy_error}", evidence)
+        if not obs.proxy_label_combos:
+            return Finding.skipped(f"{param} = {obs.proxy_selector} selects no series in Prometheus (is the proxy's "
+                                   "exporter scraped, is the selector right?), and the agent exports no counter of "
+                                   f"{what}", evidence)
+        label = obs.proxy_label
+        if label is None or not any(label in c for c in obs.proxy_label_combos):
+            return Finding.failed(f"{obs.proxy_selector} carries no status-code label "
+                                  f"({label or ', '.join(proxy_metrics.STATUS_LABELS)}): {what} cannot be told "
+                                  f"apart from other responses (set targets[{obs.target}].proxy_status_label if it "
+                                  "has another name)", evidence)
+        values = sorted({c[label] for c in obs.proxy_label_combos if label in c})
+        if all(re.fullmatch(r"\dxx", v) for v in values):
+            return Finding.failed(f"{obs.proxy_selector} counts status classes only ({label}: {', '.join(values)}): "
+                                  f"{what} are lumped with every other 4xx", evidence)
+        seen = f"; {obs.code} seen so far" if obs.code in values else f"; no {obs.code} yet (the series appears " \
+                                                                      "with the first one)"
+        return Finding.passed(f"{what} are counted at the proxy: {obs.proxy_selector} by {label} "
+                              f"({len(values)} status value(s): {', '.join(values[:8])}){seen}", evidence)
+    if obs.agent_exported:
+        if obs.prometheus:
+            return Finding.failed(f"{', '.join(obs.agent_exported)} is exported but Prometheus has no series for the "
+                                  "agent's job (is the scrape target up? see MON-METRICS-2)", evidence)
+        return Finding.warned(f"{', '.join(obs.agent_exported)} exported at /asap/metrics, but no Prometheus/"
+                              "prometheus_job in the parameters to confirm it is scraped", evidence)
+    found = f"; Prometheus has {', '.join(obs.candidates[:4])}" if obs.candidates else ""
+    unreadable = f" (/asap/metrics could not be read: {obs.agent_unreadable})" if obs.agent_unreadable else ""
+    return Finding.skipped(f"the agent counts no {what}{unreadable} ({stock_note}); {param} is not set (the PromQL "
+                           f"selector of the proxy's or ingress's request counter for this agent){found}", evidence)
 
 
 @check("SEC-RATE-4", needs=(*AGENT, "prometheus"))
 async def rate_limit_monitored(ctx: CheckContext) -> Finding:
-    return await _counter_monitored(
-        ctx, r".*(rate_limit.*(exceeded|hit|reject)|_429).*", "HTTP 429 responses",
-        "asap-protocol 2.5.10 has no asap_rate_limit_exceeded_total (only the log event asap.rate_limit.exceeded); "
-        "count 429s at the proxy or export the counter from a wrapper")
+    obs = await observe_rejection_counting(ctx, r".*(rate_limit.*(exceeded|hit|reject)|_429).*", "429")
+    return judge_rejection_counting(
+        obs, "HTTP 429 responses", "asap-protocol 2.5.10 has no asap_rate_limit_exceeded_total, only the log event "
+                                   "asap.rate_limit.exceeded")
 
 
 # ================================================================ Request Size Limits
@@ -808,6 +1004,24 @@ async def request_size_limited(ctx: CheckContext) -> Finding:
                           f"(intended limit {limit}){log_note}", evidence, **details)
 
 
+def judge_proxy_body_limit(limits: list[_nginx.BodyLimit], files: list[str], agent: int, source: str) -> Finding:
+    rows = [{"where": b.where, "client_max_body_size": b.value or "(unset: nginx default 1m)", "bytes": b.bytes,
+             "line": b.line} for b in limits]
+    evidence = [("nginx files read (includes followed)", files), ("blocks that proxy to the agent", rows),
+                ("agent limit", f"{agent} bytes from {source}")]
+    if not limits:
+        return Finding.errored(f"no server/location in {', '.join(Path(f).name for f in files)} proxies to an "
+                               "upstream", evidence)
+    too_big = [b for b in limits if b.bytes == 0 or b.bytes > agent]
+    if too_big:
+        what = ", ".join(f"{b.where}: {b.value or '1m'}{' (unlimited)' if b.bytes == 0 else ''}" for b in too_big)
+        return Finding.failed(f"the proxy allows bodies over the agent's {agent}-byte limit ({what}); chunked "
+                              "bodies reach the agent, which buffers them whole before its 413", evidence)
+    return Finding.passed(f"client_max_body_size <= the agent's {agent} bytes in all {len(limits)} proxying block(s) "
+                          f"({', '.join(sorted({b.value or '1m' for b in limits}))}) across {len(files)} file(s)",
+                          evidence)
+
+
 @check("SEC-SIZE-2")
 async def proxy_body_limit(ctx: CheckContext) -> Finding:
     """nginx client_max_body_size (default 1m, 0 = unlimited) at most the agent's limit."""
@@ -815,8 +1029,9 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
     if conf is None:
         return Finding.skipped(f"targets[{ctx.target.name}].nginx_conf is not set")
     try:
-        limits = [b for b in _nginx.body_limits(_nginx.load(conf)) if b.proxies]
-    except (_nginx.NginxParseError, OSError) as e:
+        root = _nginx.load(conf)
+        limits = [b for b in _nginx.body_limits(root) if b.proxies]
+    except _nginx.NginxParseError as e:
         return Finding.errored(f"could not read {conf}: {e}")
     fact = await _startup_fact(ctx, "asap.server.max_request_size")
     if fact and str(fact.fields.get("max_request_size", "")).isdigit():
@@ -824,26 +1039,15 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
     else:
         t = ctx.threshold("max_request_size_bytes")
         agent, source = int(t.value), f"thresholds.max_request_size_bytes ({t.source})"
-    rows = [{"where": b.where, "client_max_body_size": b.value or "(unset: nginx default 1m)", "bytes": b.bytes,
-             "line": b.line} for b in limits]
-    evidence = [(f"{conf}: blocks that proxy to the agent", rows), ("agent limit", f"{agent} bytes from {source}")]
-    if not limits:
-        return Finding.errored(f"no server/location in {conf} proxies to an upstream", evidence)
-    too_big = [b for b in limits if b.bytes == 0 or b.bytes > agent]
-    if too_big:
-        what = ", ".join(f"{b.where}: {b.value or '1m'}{' (unlimited)' if b.bytes == 0 else ''}" for b in too_big)
-        return Finding.failed(f"the proxy allows bodies over the agent's {agent}-byte limit ({what}); chunked "
-                              "bodies reach the agent, which buffers them whole before its 413", evidence)
-    return Finding.passed(f"client_max_body_size <= the agent's {agent} bytes in all {len(limits)} proxying block(s) "
-                          f"({', '.join(sorted({b.value or '1m' for b in limits}))})", evidence)
+    return judge_proxy_body_limit(limits, root.files, agent, source)
 
 
 @check("SEC-SIZE-3", needs=(*AGENT, "prometheus"))
 async def size_rejections_monitored(ctx: CheckContext) -> Finding:
-    return await _counter_monitored(
-        ctx, r".*(size_exceeded|too_large|_413).*", "HTTP 413 responses",
-        "asap-protocol 2.5.10 has no metric for 413 (only the log event asap.request.size_exceeded); count them "
-        "at the proxy or export a counter from a wrapper")
+    obs = await observe_rejection_counting(ctx, r".*(size_exceeded|too_large|_413).*", "413")
+    return judge_rejection_counting(
+        obs, "HTTP 413 responses", "asap-protocol 2.5.10 has no metric for 413, only the log event "
+                                   "asap.request.size_exceeded")
 
 
 # ================================================================ Handler Security
@@ -896,6 +1100,23 @@ async def payloads_validated(ctx: CheckContext) -> Finding:
                           "unexpected input without crashing", evidence)
 
 
+def judge_path_traversal(rep: _source_scan.SinkReport, root: str) -> Finding:
+    evidence = [("scan", rep.as_dict())]
+    if rep.files == 0:
+        return Finding.skipped(f"no Python files under {root}")
+    if rep.unguarded:
+        return Finding.failed(f"{len(rep.unguarded)} file/URI sink(s) take request data without a traversal guard: "
+                              f"{', '.join(h.file + ':' + str(h.line) for h in rep.unguarded[:5])}", evidence)
+    if not rep.request_functions:
+        return Finding.skipped(f"no function under {root} takes request data (a parameter named envelope, payload, "
+                               f"input, data, ...) among {rep.functions} in {rep.files} file(s): set "
+                               "targets[].source_dir to the handlers' code", evidence)
+    guards = f"; guards: {', '.join(h.what for h in rep.guards[:3])}" if rep.guards else ""
+    return Finding.passed(f"no unguarded file/URI sink fed from request data in {len(rep.request_functions)} "
+                          f"function(s) taking request data ({rep.functions} functions, {rep.files} file(s); "
+                          f"heuristic source scan){guards}", evidence)
+
+
 @check("SEC-HANDLER-2")
 async def path_traversal(ctx: CheckContext) -> Finding:
     """Static (source): file/URI sinks fed from request data need FilePart or a resolve()/is_relative_to guard.
@@ -903,23 +1124,32 @@ async def path_traversal(ctx: CheckContext) -> Finding:
     root = ctx.target.source_dir
     if root is None:
         return Finding.skipped(f"targets[{ctx.target.name}].source_dir is not set")
-    rep = await asyncio.to_thread(_source_scan.file_sinks, root)
-    evidence = [("unguarded sinks", [h.as_dict() for h in rep.unguarded]),
-                ("guarded sinks", [h.as_dict() for h in rep.guarded]),
-                ("functions with a traversal guard", [h.as_dict() for h in rep.guards])]
-    if rep.broken:
-        evidence.append(("files that did not parse", rep.broken))
-    if rep.files == 0:
-        return Finding.skipped(f"no Python files under {root}")
-    if rep.unguarded:
-        return Finding.failed(f"{len(rep.unguarded)} file/URI sink(s) take request data without a traversal guard: "
-                              f"{', '.join(h.file + ':' + str(h.line) for h in rep.unguarded[:5])}", evidence)
-    guards = f"; guards: {', '.join(h.what for h in rep.guards[:3])}" if rep.guards else ""
-    return Finding.passed(f"no unguarded file/URI sink fed from request data in {rep.files} file(s) "
-                          f"(heuristic source scan){guards}", evidence)
+    return judge_path_traversal(await asyncio.to_thread(_source_scan.file_sinks, root), str(root))
 
 
 _DEBUG_ENV = re.compile(r"\bASAP_DEBUG(_LOG)?\s*[=:]\s*[\"']?(1|true|yes|on)\b", re.I)
+
+
+def judge_logs_sanitized(rep: _source_scan.LogReport, debug: list[str], root: str) -> Finding:
+    evidence = [("scan", rep.as_dict()), ("ASAP_DEBUG / ASAP_DEBUG_LOG switched on in deployment files", debug)]
+    if rep.files == 0:
+        return Finding.skipped(f"no Python files under {root}")
+    problems = []
+    if rep.unsanitized:
+        problems.append(f"{len(rep.unsanitized)} log call(s) pass request data without sanitize_for_logging: "
+                        f"{', '.join(h.file + ':' + str(h.line) for h in rep.unsanitized[:5])}")
+    if debug:
+        problems.append(f"debug logging switched on ({'; '.join(debug)}): it logs full bodies and stops redaction")
+    if problems:
+        return Finding.failed("; ".join(problems), evidence)
+    if not rep.request_functions or not rep.log_calls:
+        what = "no function taking request data" if not rep.request_functions else "no logging call"
+        return Finding.skipped(f"{what} under {root} ({rep.functions} functions, {rep.log_calls} log calls in "
+                               f"{rep.files} file(s)): set targets[].source_dir to the handlers' code", evidence)
+    return Finding.passed(f"{len(rep.sanitized)} log call(s) with request data, all through sanitize_for_logging; "
+                          f"no f-string, %-style or argument passes request content ({rep.log_calls} log calls, "
+                          f"{len(rep.request_functions)} function(s) taking request data, {rep.files} file(s); "
+                          "heuristic source scan)", evidence)
 
 
 @check("SEC-HANDLER-3")
@@ -932,21 +1162,7 @@ async def logs_sanitized(ctx: CheckContext) -> Finding:
     for p in [ctx.target.process_config, *ctx.target.k8s_manifests]:
         if p and p.exists() and p.is_file():
             debug += [f"{p.name}: {m.group(0)}" for m in _DEBUG_ENV.finditer(p.read_text(errors="replace"))]
-    evidence = [("log calls passing envelope/payload/input unsanitized", [h.as_dict() for h in rep.unsanitized]),
-                ("log calls wrapped in sanitize_for_logging", [h.as_dict() for h in rep.sanitized]),
-                ("ASAP_DEBUG / ASAP_DEBUG_LOG switched on in deployment files", debug)]
-    if rep.files == 0:
-        return Finding.skipped(f"no Python files under {root}")
-    problems = []
-    if rep.unsanitized:
-        problems.append(f"{len(rep.unsanitized)} log call(s) pass request data without sanitize_for_logging: "
-                        f"{', '.join(h.file + ':' + str(h.line) for h in rep.unsanitized[:5])}")
-    if debug:
-        problems.append(f"debug logging switched on ({'; '.join(debug)}): it logs full bodies and stops redaction")
-    if problems:
-        return Finding.failed("; ".join(problems), evidence)
-    return Finding.passed(f"{len(rep.sanitized)} log call(s) with request data, all through sanitize_for_logging "
-                          f"({rep.log_calls} log calls in {rep.files} file(s); heuristic source scan)", evidence)
+    return judge_logs_sanitized(rep, debug, str(root))
 
 
 async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
@@ -1016,21 +1232,19 @@ async def no_secrets_in_logs(ctx: CheckContext) -> Finding:
 
 # ================================================================ Replay Protection
 
-@check("SEC-REPLAY-1", needs=AGENT_TOKEN)
-async def timestamp_window(ctx: CheckContext) -> Finding:
-    """Read-only envelopes 10 min old and 5 min ahead: -32002, not -32012 (which means they got past the check)."""
-    t = ctx.target
-    future = probe_envelope(t.sender, timestamp=iso_ago(minutes=-5))
-    cases = [("10 minutes old", lambda: _stale_authenticated(ctx)), ("5 minutes in the future", lambda: _post(ctx, future))]
-    evidence, problems = [], []
-    for label, exchange in cases:
-        resp = await exchange()
-        evidence.append((f"timestamp {label}: {_brief(resp)}", resp.evidence))
-        code = _code(resp)
-        if passed_gates(resp):
+def _seen(resp: ProbeResponse) -> dict:
+    """What a read-only envelope got: its phrase, its JSON-RPC code, whether it got past every gate (-32012)."""
+    return {"brief": _brief(resp), "code": _code(resp), "passed": passed_gates(resp)}
+
+
+def judge_timestamp_window(seen: dict[str, dict], evidence: list) -> Finding:
+    """seen: {"10 minutes old": _seen(...), "5 minutes in the future": _seen(...)}."""
+    problems = []
+    for label, got in seen.items():
+        if got["passed"]:
             problems.append(f"an envelope {label} was accepted")
-        elif code != -32002:
-            return Finding.errored(f"an envelope {label} was refused before the timestamp check ({_brief(resp)}); "
+        elif got["code"] != -32002:
+            return Finding.errored(f"an envelope {label} was refused before the timestamp check ({got['brief']}); "
                                    "cannot judge", evidence)
     if problems:
         return Finding.failed("; ".join(problems) + ": timestamp validation is off (asap-protocol's default window "
@@ -1039,80 +1253,134 @@ async def timestamp_window(ctx: CheckContext) -> Finding:
                           "a timestamp is always accepted; clients must send one)", evidence)
 
 
-@check("SEC-REPLAY-2", needs=AGENT_TOKEN)
-async def nonce_checked(ctx: CheckContext) -> Finding:
-    t = ctx.target
-    nonce = "rb-" + uuid.uuid4().hex
-    first = await _post(ctx, probe_envelope(t.sender, nonce=nonce))
-    second = await _post(ctx, probe_envelope(t.sender, nonce=nonce))
-    empty = await _post(ctx, probe_envelope(t.sender, nonce=""))
-    evidence = [(f"fresh nonce: {_brief(first)}", first.evidence), (f"same nonce again: {_brief(second)}", second.evidence),
-                (f"empty nonce: {_brief(empty)}", empty.evidence)]
-    if not passed_gates(first):
+@check("SEC-REPLAY-1", needs=AGENT_TOKEN)
+async def timestamp_window(ctx: CheckContext) -> Finding:
+    """Read-only envelopes 10 min old and 5 min ahead: -32002, not -32012 (which means they got past the check)."""
+    future = probe_envelope(ctx.target.sender, timestamp=iso_ago(minutes=-5))
+    cases = [("10 minutes old", lambda: _stale_authenticated(ctx)), ("5 minutes in the future", lambda: _post(ctx, future))]
+    seen, evidence = {}, []
+    for label, exchange in cases:
+        resp = await exchange()
+        evidence.append((f"timestamp {label}: {_brief(resp)}", resp.evidence))
+        seen[label] = _seen(resp)
+    return judge_timestamp_window(seen, evidence)
+
+
+def judge_nonce_checked(seen: dict[str, dict], claims_require_nonce: bool, evidence: list) -> Finding:
+    """seen: "fresh", "repeated", "empty" and, when the deployment claims to require nonces, "absent"."""
+    first, second, empty = seen["fresh"], seen["repeated"], seen["empty"]
+    if not first["passed"]:
         return Finding.errored(f"a read-only envelope with a fresh nonce was refused before the nonce check "
-                               f"({_brief(first)}, expected -32012 no handler); cannot judge", evidence)
+                               f"({first['brief']}, expected -32012 no handler); cannot judge", evidence)
     problems = []
-    if _code(second) != -32003:
-        problems.append(f"a repeated nonce was not rejected ({_brief(second)})")
-    if _code(empty) != -32003:
-        problems.append(f"an empty nonce was not rejected ({_brief(empty)})")
-    if t.claims_require_nonce:
-        none = await _post(ctx, probe_envelope(t.sender, nonce=None))
-        evidence.append((f"no nonce at all: {_brief(none)}", none.evidence))
-        if passed_gates(none):
-            problems.append("an envelope without a nonce was accepted although the deployment claims to require "
-                            "nonces (asap-protocol's require_nonce=True only checks nonces that are present)")
+    if second["code"] != -32003:
+        problems.append(f"a repeated nonce was not rejected ({second['brief']})")
+    if empty["code"] != -32003:
+        problems.append(f"an empty nonce was not rejected ({empty['brief']})")
+    if claims_require_nonce and seen.get("absent", {}).get("passed"):
+        problems.append("an envelope without a nonce was accepted although the deployment claims to require "
+                        "nonces (asap-protocol's require_nonce=True only checks nonces that are present)")
     if problems:
-        if t.claims_require_nonce or _code(second) == -32003:
+        if claims_require_nonce or second["code"] == -32003:
             return Finding.failed("; ".join(problems), evidence)
         return Finding.warned("no nonce checking (require_nonce is off): " + "; ".join(problems) +
                               "; a captured envelope can be replayed for 300 s", evidence)
-    extra = " and a nonce-less envelope" if t.claims_require_nonce else ""
+    extra = " and a nonce-less envelope" if claims_require_nonce else ""
     return Finding.passed(f"repeated and empty nonces{extra} rejected with -32003 (read-only envelopes: a "
                           "fresh nonce got past every check to -32012, no handler)", evidence)
 
 
+@check("SEC-REPLAY-2", needs=AGENT_TOKEN)
+async def nonce_checked(ctx: CheckContext) -> Finding:
+    t = ctx.target
+    nonce = "rb-" + uuid.uuid4().hex
+    sends = [("fresh", nonce), ("repeated", nonce), ("empty", "")] + ([("absent", None)] if t.claims_require_nonce else [])
+    seen, evidence = {}, []
+    for label, value in sends:
+        resp = await _post(ctx, probe_envelope(t.sender, nonce=value))
+        seen[label] = _seen(resp)
+        evidence.append((f"{label} nonce: {_brief(resp)}", resp.evidence))
+    return judge_nonce_checked(seen, t.claims_require_nonce, evidence)
+
+
+@dataclass
+class NonceReplay:
+    """SEC-REPLAY-3's observation: one nonce sent on fresh connections, the process count, the store."""
+    sends: int
+    outcomes: list[str]                 # one phrase per send
+    accepted: int                       # got past the nonce check (read-only: -32012)
+    instances: dict                     # deploy_files.Instances.as_dict()
+    store: dict | None                  # {"class", "module", "kind"} from introspection; None: not looked at
+    store_note: str                     # how the store was (or was not) read
+    first_exchange: dict | None = None
+
+
+async def observe_nonce_replay(ctx: CheckContext) -> NonceReplay:
+    t = ctx.target
+    inst = await asyncio.to_thread(deploy_files.target_instances, t)
+    sends = min(2 * inst.at_least, 6) + 1
+    nonce = "rb-" + uuid.uuid4().hex
+    results = [await _post(ctx, probe_envelope(t.sender, nonce=nonce), headers={"Connection": "close"})
+               for _ in range(sends)]
+    store, note = None, ""
+    cfg = await _introspected(ctx)
+    if isinstance(cfg, dict):
+        store = dict(cfg.get("nonce_store") or {"class": None}, kind=cfg.get("nonce_store_kind"))
+        note = f"introspected {t.app} in a separate process"
+    else:
+        note = cfg + (" (module:attribute of the agent's app)" if t.app is None else "")
+    return NonceReplay(sends, [_brief(r) for r in results], sum(1 for r in results if passed_gates(r)),
+                       inst.as_dict(), store, note, results[0].evidence)
+
+
+def judge_nonce_replay(obs: NonceReplay) -> Finding:
+    inst = obs.instances
+    n, exact, how = inst["at_least"], inst["exact"], inst["how"]
+    evidence = [("processes", inst), (f"one nonce sent {obs.sends} times, each on a new connection "
+                                      "(Connection: close)", obs.outcomes),
+                ("first response", obs.first_exchange), ("nonce store", obs.store or obs.store_note)]
+    several = n > 1
+    if obs.accepted == 0:
+        return Finding.errored(f"the envelope was never accepted ({obs.outcomes[0]}); cannot judge", evidence)
+    if obs.accepted == obs.sends:
+        if several:
+            return Finding.failed(f"the same nonce was accepted on all {obs.sends} connections across at least {n} "
+                                  "processes: no nonce check, or none that is shared", evidence)
+        return Finding.warned(f"the same nonce was accepted {obs.sends} times: the agent checks no nonces at all "
+                              "(see SEC-REPLAY-2), so there is no store to share", evidence)
+    if obs.accepted > 1:
+        return Finding.failed(f"the same nonce was accepted {obs.accepted} times over {obs.sends} connections: the "
+                              f"nonce store is per process ({how})", evidence)
+    kind = (obs.store or {}).get("kind")
+    name = (obs.store or {}).get("class")
+    if kind == "memory" and several:
+        return Finding.failed(f"{name} keeps nonces in process memory with at least {n} processes ({how}): a "
+                              "replayed envelope is accepted once per process (this probe was refused only because "
+                              "its connections reached the same one)", evidence)
+    if kind == "none":
+        return Finding.failed("the app has no nonce store, yet a repeated nonce was refused once: check "
+                              "SEC-REPLAY-2", evidence) if several else Finding.warned(
+            "the app has no nonce store", evidence)
+    if kind == "external":
+        return Finding.passed(f"the nonce was accepted once and refused on {obs.sends - 1} further connection(s); the "
+                              f"store is {name} (backed by {', '.join(obs.store.get('backed_by') or [])}), shared by "
+                              f"the {n if exact else f'{n}+'} process(es)", evidence)
+    if exact == 1:
+        return Finding.passed(f"the nonce was accepted once and refused on {obs.sends - 1} further connection(s); one "
+                              f"process ({how}), so any store is shared" + (f" ({name})" if name else ""), evidence)
+    if kind is None:
+        return Finding.skipped(f"the nonce was refused after its first use, but with "
+                               f"{'at least ' + str(n) if exact is None else n} process(es) a per-process store passes "
+                               f"this by chance: {obs.store_note}, so the store's kind is unknown", evidence)
+    if exact is None:
+        return Finding.skipped(f"{name} ({kind}) and the number of processes is not known ({how}): set "
+                               "targets[].k8s_manifests and process_config, or targets[].instances", evidence)
+    return Finding.warned(f"custom nonce store {name} with {n} processes: the runbook cannot tell whether it is "
+                          "shared; confirm it", evidence)
+
+
 @check("SEC-REPLAY-3", needs=AGENT_TOKEN)
 async def nonce_store_shared(ctx: CheckContext) -> Finding:
-    """One nonce sent on fresh connections (to reach other workers/replicas): accepted once at most.
-    Plus log evidence of the store's kind where the deployment logs it."""
-    t = ctx.target
-    n, why = _instances(ctx)
-    sends = min(2 * n, 6) + 1
-    nonce = "rb-" + uuid.uuid4().hex
-    results = []
-    for _ in range(sends):
-        resp = await _post(ctx, probe_envelope(t.sender, nonce=nonce), headers={"Connection": "close"})
-        results.append(resp)
-    accepted = sum(1 for r in results if passed_gates(r))  # got past the nonce check (read-only: -32012)
-    store = None
-    for e in reversed(_log_events(ctx) or []):
-        if "nonce_store" in e.event and e.fields.get("manifest_id") in (None, await _manifest_id(ctx)):
-            store = e
-            break
-    evidence = [("processes", why),
-                (f"one nonce sent {sends} times, each on a new connection (Connection: close)",
-                 [_brief(r) for r in results]),
-                ("first response", results[0].evidence),
-                ("agent log: nonce store", store.raw[:300] if store else "no nonce-store line")]
-    if accepted == 0:
-        return Finding.errored(f"the envelope was never accepted ({_brief(results[0])}); cannot judge", evidence)
-    if accepted == sends:
-        if n > 1:
-            return Finding.failed(f"the same nonce was accepted on all {sends} connections across {n} processes: "
-                                  "no nonce check, or none that is shared", evidence)
-        return Finding.warned(f"the same nonce was accepted {sends} times: the agent checks no nonces at all "
-                              "(see SEC-REPLAY-2), so there is no store to share", evidence)
-    if accepted > 1:
-        return Finding.failed(f"the same nonce was accepted {accepted} times over {sends} connections: the nonce "
-                              f"store is per process ({why})", evidence)
-    kind = (f"; the agent logs its store as {store.fields.get('store') or store.fields.get('backend')}"
-            if store else "")
-    shared = store is not None and str(store.fields.get("shared", "")).lower() == "true" or (
-        store is not None and "redis" in str(store.fields.get("backend", "")).lower())
-    if n > 1 and not shared:
-        return Finding.warned(f"the nonce was accepted once over {sends} connections, but the store's kind is "
-                              f"unknown with {n} processes; a per-process store can pass this by chance{kind}",
-                              evidence)
-    return Finding.passed(f"the nonce was accepted once and rejected on {sends - 1} further connection(s) "
-                          f"({n} process(es)){kind}", evidence)
+    """One nonce sent on fresh connections (to reach other workers/replicas): accepted once at most; the
+    store's kind from the app's introspection; the process count from the deployment files."""
+    return judge_nonce_replay(await observe_nonce_replay(ctx))

@@ -18,7 +18,6 @@ from asap_runbook.checks import mon_health as mh
 from asap_runbook.checks import mon_logging as ml
 from asap_runbook.checks import mon_metrics as mm
 from asap_runbook.checks._observe import bounded
-from asap_runbook.params import DEFAULT_PROXY_STATUS_SELECTOR
 from asap_runbook.results import Status
 
 DATA = Path(__file__).parent / "data"
@@ -318,42 +317,53 @@ def rule(name, expr, alerts=(), duration=60):
 PROXY_RULE = rule("Ingress429", 'sum by (ingress) (rate(nginx_ingress_controller_requests{status="429"}[5m])) > 1')
 
 
-def proxy(has_series: bool, template=DEFAULT_PROXY_STATUS_SELECTOR, target="stock") -> dict:
+INGRESS = 'nginx_ingress_controller_requests{ingress="stock"}'
+
+
+def proxy(has_series: bool, selector=INGRESS, status_label=None) -> dict:
     from asap_runbook.alerting import proxy_counter
-    p = proxy_counter(template, target, "429")
-    return {"template": template, "target": target, "of_status": str(p.of_status),
-            "every_status": str(p.every_status), "has_series": has_series}
+    return {"selector": selector, "status_label": status_label,
+            "of_status": proxy_counter(selector, status_label).of_status("429"), "has_series": has_series}
 
 
-def stock_alert(groups, *, proxy_series: bool, agent_series: bool = False, template=DEFAULT_PROXY_STATUS_SELECTOR):
-    """The stock agent (asap-protocol as documented, no wrapper) behind an ingress."""
+def stock_alert(groups, *, proxy_series: bool | None, agent_series: bool = False, selector=INGRESS, label=None):
+    """The stock agent (asap-protocol as documented, no wrapper) behind an ingress; proxy_series None:
+    targets[].proxy_requests is not set."""
     return ma.AlertObservation("rate_limit", "asap-stock", "5m", [{"name": "g", "rules": groups}],
                                {"asap_rate_limit_exceeded_total": agent_series},
                                [{"scrapeUrl": "http://a", "health": "up", "lastError": ""}],
-                               proxy(proxy_series, template))
+                               None if proxy_series is None else proxy(proxy_series, selector, label), target="stock")
 
 
 @pytest.mark.parametrize("obs, status, words", [
     (alert("alert_rate_limit_hardened"), PASS, ("ASAPRateLimitExceeded cover(s) job 'asap-hardened'",)),
     (alert("alert_rate_limit_misconfigured"), FAIL, ("no asap_rate_limit_exceeded_total series",
                                                      "data does not end with # EOF", "can never fire")),
-    # stock: nobody counts 429s where the runbook can see: no verdict, the parameter to set
-    (stock_alert([], proxy_series=False), SKIP, ("set prometheus.proxy_status_selector",)),
+    # stock: the agent counts no 429 and nobody said where the proxy does: no verdict, the parameter to set
+    (stock_alert([], proxy_series=None), SKIP, ("targets[stock].proxy_requests is not set",)),
+    # ... even with an ingress rule loaded: without the selector it cannot be tied to this agent
+    (stock_alert([PROXY_RULE], proxy_series=None), SKIP, ("Ingress429 read(s) a proxy's 429s",)),
+    (stock_alert([], proxy_series=False), SKIP, ("selects no series in Prometheus",)),
     (stock_alert([PROXY_RULE], proxy_series=True), PASS, ("Ingress429 cover(s)",)),
-    (stock_alert([], proxy_series=True), FAIL, ("429s are counted (nginx_ingress_controller_requests)",
+    (stock_alert([], proxy_series=True), FAIL, ("429s are counted (nginx_ingress_controller_requests{ingress=",
                                                 "no loaded alerting rule reads them")),
     (stock_alert([PROXY_RULE], proxy_series=False), FAIL, ("Ingress429 read(s)", "can never fire")),
     (stock_alert([PROXY_RULE | {"alerts": [{"state": "firing", "labels": {"ingress": "stock"}}]}], proxy_series=True),
      WARN, ("Ingress429 firing now",)),
     # the selector pins this agent's ingress: a rule for another ingress does not cover it
     (stock_alert([rule("Pay429", 'rate(nginx_ingress_controller_requests{ingress="pay",status="429"}[5m]) > 1')],
-                 proxy_series=True, template='nginx_ingress_controller_requests{ingress="{target}",status="{status}"}'),
-     FAIL, ("no loaded alerting rule reads them",)),
+                 proxy_series=True), FAIL, ("no loaded alerting rule reads them",)),
+    # Traefik counts by `code`: a rule on `status` reads nothing there; proxy_status_label overrides
+    (stock_alert([rule("T429", 'rate(traefik_service_requests_total{code="429"}[5m]) > 1')], proxy_series=True,
+                 selector='traefik_service_requests_total{service="stock@kubernetes"}'), PASS, ("T429 cover(s)",)),
+    (stock_alert([rule("T429", 'rate(my_proxy_requests{http_code="429"}[5m]) > 1')], proxy_series=True,
+                 selector="my_proxy_requests", label="http_code"), PASS, ("T429 cover(s)",)),
     # a 4xx-class rule covers 429 too
     (stock_alert([rule("Ingress4xx", 'rate(nginx_ingress_controller_requests{status=~"4.."}[5m]) > 5')],
                  proxy_series=True), PASS, ("Ingress4xx cover(s)",)),
-], ids=["hardened", "misconfigured", "stock-nothing-counted", "stock-proxy-rule", "stock-counted-no-rule",
-        "proxy-rule-no-series", "proxy-firing", "other-ingress", "4xx-regex"])
+], ids=["hardened", "misconfigured", "stock-no-selector", "stock-rule-no-selector", "stock-selector-no-series",
+        "stock-proxy-rule", "stock-counted-no-rule", "proxy-rule-no-series", "proxy-firing", "other-ingress",
+        "traefik-code", "own-label", "4xx-regex"])
 def test_rate_limit_alert(obs, status, words):
     check(ma.judge_alert(obs), status, *words)
 
