@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asap_runbook.deploy_files import ManifestError, cpu_cores, load_manifests, memory_bytes
+from asap_runbook.k8s import ManifestError, cpu_cores, load_manifests, memory_bytes
 from asap_runbook.introspect import IntrospectionError, introspect_app
 from asap_runbook.results import Status
 from conftest import one_target

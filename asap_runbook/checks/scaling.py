@@ -2,7 +2,7 @@
 
 Three kinds of evidence, each read once per target and run (kept in ``ctx.state``):
 the agent's source (``source.client_usage``: how it builds its ASAPClients, parsed, never
-imported), its deployment files (``deploy_files``: Kubernetes manifests, ``source``: process
+imported), its deployment files (``k8s``: Kubernetes manifests, ``source``: process
 configuration) and its app object (``introspect``: loaded in a separate process).
 """
 
@@ -13,9 +13,10 @@ import gzip
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from ..deploy_files import Instances, Manifests, load_manifests, memory_bytes, target_instances
+from .. import k8s
+from ..k8s import Instances, Manifests, load_manifests, memory_bytes, target_instances
 from ..errors import ProbeError, RateLimited
 from ..introspect import introspect_app
 from ..probe import envelope, rpc
@@ -75,7 +76,7 @@ def process(ctx: CheckContext) -> ProcessConfig | None:
 
 
 async def instances(ctx: CheckContext) -> Instances:
-    """Processes serving the target, by the one rule (deploy_files.count_instances)."""
+    """Processes serving the target, by the one rule (k8s.count_instances)."""
     return await _once(ctx, "instances", lambda: asyncio.to_thread(target_instances, ctx.target))
 
 
@@ -297,17 +298,18 @@ async def multiple_workers(ctx: CheckContext) -> Finding:
 
 
 def judge_workers_per_core(cfg: ProcessConfig, w, lo: float, hi: float, source: str) -> Finding:
-    c = w.containers[0] if w.containers else None
+    cs = w.containers()
+    c = cs[0] if cs else None
+    res = k8s.resources(c) if c else {"requests": {}, "limits": {}}
     row = {"workload": f"{w.kind} {w.name} ({w.file})", "workers": cfg.describe(),
-           "cpu request": c.resources.get("requests", {}).get("cpu") if c else None,
-           "cpu limit": c.resources.get("limits", {}).get("cpu") if c else None,
-           "memory limit": c.resources.get("limits", {}).get("memory") if c else None,
+           "cpu request": res["requests"].get("cpu"), "cpu limit": res["limits"].get("cpu"),
+           "memory limit": res["limits"].get("memory"),
            "threshold": f"{lo:g}-{hi:g} workers per core ({source})"}
     ev = [("workers against the container's CPU", row)]
-    cores = (c.cpu_limit or c.cpu_request) if c else None
+    cores = k8s.cpu(c) if c else None
     if not cores:
-        return Finding.failed(f"{cfg.describe()}, but container {c.name if c else '?'} has no CPU limit or request: the "
-                              "worker count is not based on CPU", ev)
+        return Finding.failed(f"{cfg.describe()}, but container {c.get('name') if c else '?'} has no CPU limit or "
+                              "request: the worker count is not based on CPU", ev)
     if cfg.workers is None:
         # cpu_count() in a container is the node's core count (>= the limit), so the formula gives at least this
         low = cfg.workers_at(max(1, math.ceil(cores)))
@@ -320,12 +322,12 @@ def judge_workers_per_core(cfg: ProcessConfig, w, lo: float, hi: float, source: 
     n = cfg.workers
     ratio = n / cores
     row["workers per core"] = round(ratio, 2)
-    mem = memory_bytes(c.resources.get("limits", {}).get("memory"))
+    mem = memory_bytes(res["limits"].get("memory"))
     if not lo <= ratio <= hi:
         return Finding.failed(f"{n} worker(s) on {cores:g} CPU = {ratio:.2g} per core, outside {lo:g}-{hi:g}", ev)
     if mem is not None and mem < n * IDLE_WORKER_BYTES * 1.5:
         return Finding.warned(f"{ratio:.2g} workers per core, but {n} workers need ~{n * 80} MB idle against a "
-                              f"{c.resources['limits']['memory']} memory limit", ev)
+                              f"{res['limits']['memory']} memory limit", ev)
     return Finding.passed(f"{n} workers on a {cores:g}-CPU limit = {ratio:.2g} per core "
                           f"(within {lo:g}-{hi:g})", ev)
 
@@ -471,7 +473,10 @@ def judge_manifest_ttl(obs: ManifestFetches, ttl: float, ttl_source: str) -> Fin
 @check("SCALE-CACHE-2", needs=AGENT)
 async def manifest_cache_ttl(ctx: CheckContext) -> Finding:
     ttl = ctx.threshold("manifest_cache_ttl_seconds")
-    return judge_manifest_ttl(await observe_manifest_ttl(ctx), ttl.value, ttl.source)
+    obs = await observe_manifest_ttl(ctx)
+    f = judge_manifest_ttl(obs, ttl.value, ttl.source)
+    f.details["observation"] = {k: v for k, v in asdict(obs).items() if k != "exchanges"}
+    return f
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -544,11 +549,18 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
     if isinstance(m, Finding):
         return m
     cfg = await app_config(ctx)
+    if isinstance(cfg, dict):
+        return judge_stateless_pods(m, cfg, *_count(await instances(ctx)))
+    return judge_stateless_pods(m, cfg.summary, 0, "")
+
+
+def judge_stateless_pods(m: Manifests, cfg: dict | str, n: int, how: str) -> Finding:
+    """The manifests' workloads, and the introspected app (or why it was not introspected)."""
     ev = []
     problems, warnings = [], []
     for w in m.workloads:
         local = [v.get("name") for v in w.volumes if "emptyDir" in v or "hostPath" in v]
-        env = {k: v for c in w.containers for k, v in c.env.items()}
+        env = {k: v for c in w.containers() for k, v in k8s.env(c).items()}
         ev.append(("workload", {"kind": w.kind, "name": w.name, "file": w.file, "replicas": w.effective_replicas,
                                 "local volumes": local, "ASAP_STORAGE_BACKEND": env.get("ASAP_STORAGE_BACKEND", "unset")}))
         if w.kind == "StatefulSet":
@@ -558,19 +570,21 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
         if local:
             warnings.append(f"{w.name} mounts local volumes {local}")
     if isinstance(cfg, dict):
-        n, how = _count(await instances(ctx))
         ev += _app_evidence(cfg, n, how)
         stores = _stores(cfg)
         if stores:
             problems.append("state held in the process: " + "; ".join(stores.values()))
     else:
-        ev.append(("app introspection", cfg.summary))
+        ev.append(("app introspection", cfg))
     if problems:
         return Finding.failed("pods are not stateless: " + " | ".join(problems), ev)
     if warnings:
         return Finding.warned("; ".join(warnings), ev)
     if not isinstance(cfg, dict):
-        return Finding.passed(f"workloads keep no local state ({cfg.summary.rstrip('.')}; only the manifests were read)", ev)
+        # volumes are only half of it: snapshots, rate limits and nonces can live in the process
+        return _manual(f"the workloads mount no local state, but what the app keeps in its process is unseen "
+                       f"({cfg.rstrip('.')}): set targets[].app, or confirm snapshots, rate limits and nonces "
+                       "live in a shared store", ev)
     return Finding.passed("stateless pods: no local state volumes, and the app keeps snapshots, rate limits and nonces "
                           "outside the process", ev)
 
@@ -579,16 +593,22 @@ async def _shared_state_from_manifests(ctx: CheckContext, m: Manifests) -> Findi
     """Without the app object only the rate-limit storage is certain (ASAP_RATE_LIMIT_BACKEND is its
     only knob); snapshot and nonce stores can be set in code, so they are reported as unknown."""
     n, how = _count(await instances(ctx))
-    env = {k: v for c in m.workloads[0].containers for k, v in c.env.items()}
+    env = {k: v for c in m.workloads[0].containers() for k, v in k8s.env(c).items()}
     backend = env.get("ASAP_RATE_LIMIT_BACKEND", "")
     sticky = m.sticky()
     ev = [("container environment (plain values)", {k: env.get(k, "unset") for k in
                                                      ("ASAP_RATE_LIMIT_BACKEND", "ASAP_STORAGE_BACKEND")}),
           ("instances", f"{n} ({how})"), ("session affinity", sticky or "none")]
     unknown = "snapshot and nonce stores can be set in code: set targets[].app to see them"
-    if not backend.startswith(("redis://", "rediss://", "redis+")) and n > 1 and not sticky:
+    if backend.startswith("<from"):  # a Secret/ConfigMap reference: its value is not in the files
+        return Finding.skipped(f"ASAP_RATE_LIMIT_BACKEND comes {backend.strip('<>')}, whose value the manifests do not "
+                               f"show; {unknown}", ev)
+    if not backend and n > 1 and not sticky:
         return Finding.failed(f"{n} instances with rate limits in per-process memory (ASAP_RATE_LIMIT_BACKEND "
                               f"unset): the effective limit becomes {n} x the configured one; {unknown}", ev)
+    if backend and not backend.startswith(("redis://", "rediss://", "redis+")) and n > 1 and not sticky:
+        return Finding.failed(f"{n} instances with rate limits in {backend.split('@')[-1]} (ASAP_RATE_LIMIT_BACKEND), "
+                              f"not a shared store; {unknown}", ev)
     return Finding.warned(f"rate limits {'in ' + backend.split('@')[-1] if backend else 'per process'}; {unknown}", ev)
 
 
@@ -601,9 +621,13 @@ async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
     if isinstance(cfg, Finding):
         return cfg
     n, how = _count(await instances(ctx))
-    ev = _app_evidence(cfg, n, how)
     m = await manifests(ctx) if ctx.target.k8s_manifests else None
-    sticky = m.sticky() if isinstance(m, Manifests) else []
+    return judge_shared_state(cfg, n, how, m.sticky() if isinstance(m, Manifests) else [])
+
+
+def judge_shared_state(cfg: dict, n: int, how: str, sticky: list[str]) -> Finding:
+    """The introspected app, at least n processes, and the session affinity the manifests set."""
+    ev = _app_evidence(cfg, n, how)
     ev.append(("session affinity", sticky or "none"))
     stores = _stores(cfg)
     split = {"rate limits": "the effective limit becomes N x the configured one",
@@ -635,7 +659,7 @@ def judge_autoscaling(m: Manifests) -> Finding:
     """The first workload of the manifests and the HPA that targets it."""
     w = m.workloads[0]
     hpa = m.hpa_for(w)
-    requests = {c.name: c.resources.get("requests") for c in w.containers}
+    requests = {c.get("name"): k8s.resources(c)["requests"] or None for c in w.containers()}
     ev = [("workload", {"kind": w.kind, "name": w.name, "replicas": w.effective_replicas, "requests": requests}),
           ("autoscalers", [vars(a) for a in m.autoscalers] or "none")]
     if hpa is None:

@@ -20,12 +20,12 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict as asdataclass, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import _nginx, _source_scan, _tls, deploy_files, logs, proxy_metrics
+from .. import _nginx, _source_scan, _tls, k8s, logs, proxy_metrics
 from ..errors import ProbeError, RateLimited
 from ..introspect import IntrospectionError, introspect_app
 from ..pacing import parse_limits
@@ -134,9 +134,16 @@ def _brief(resp: ProbeResponse) -> str:
 
 
 def _instances(ctx: CheckContext) -> tuple[int, str]:
-    """Processes sharing this target, by the one rule (deploy_files.count_instances): at least this many."""
-    inst = deploy_files.target_instances(ctx.target)
+    """Processes sharing this target, by the one rule (k8s.count_instances): at least this many."""
+    inst = k8s.target_instances(ctx.target)
     return inst.at_least, inst.how + ("" if inst.exact is not None else f"; at least {inst.at_least}")
+
+
+def _kept(finding: Finding, obs) -> Finding:
+    """The observation the verdict was judged from, kept with it (the exchanges are in the evidence already)."""
+    finding.details["observation"] = {k: v for k, v in asdataclass(obs).items()
+                                      if k not in ("exchanges", "first_exchange", "raw")}
+    return finding
 
 
 def _skill(manifest: dict, prefer: str = "echo") -> str:
@@ -198,21 +205,27 @@ async def certificate(ctx: CheckContext) -> Finding:
     warn_days = ctx.threshold("cert_expiry_warn_days")
     max_life = ctx.threshold("cert_max_lifetime_days")
     trust = f"the CA file {t.ca_file}" if t.ca_file else "the system trust store"
-    evidence = [("certificate of " + t.base_url, rep.as_dict()),
-                ("verified against", trust)]
-    details = {"expiry_warn_days": warn_days.value, "expiry_warn_source": warn_days.source,
-               "max_lifetime_days": max_life.value, "max_lifetime_source": max_life.source}
+    return judge_certificate(rep, trust, _tls.host_port(t.base_url)[0], t.base_url, (warn_days.value, warn_days.source),
+                             (max_life.value, max_life.source), datetime.now(UTC))
+
+
+def judge_certificate(rep: "_tls.CertReport", trust: str, host: str, url: str, warn: tuple[float, str],
+                      max_life: tuple[float, str], now: datetime) -> Finding:
+    """The served certificate as analysed (_tls.certificate), against the expiry and lifetime thresholds."""
+    (warn_days, warn_source), (life_days, life_source) = warn, max_life
+    evidence = [("certificate of " + url, rep.as_dict()), ("verified against", trust)]
+    details = {"expiry_warn_days": warn_days, "expiry_warn_source": warn_source,
+               "max_lifetime_days": life_days, "max_lifetime_source": life_source}
     fails, warns = [], []
     # say which kind of bad certificate it is, with what shows it; OpenSSL's reason only when none explains it
-    left = rep.days_left()
-    host = _tls.host_port(t.base_url)[0]
+    left = rep.days_left(now)
     explained = []
     if left is not None and left < 0:
         fails.append(f"expired: valid {rep.not_before:%Y-%m-%d} to {rep.not_after:%Y-%m-%d %H:%M} UTC, "
                      f"{-left:.0f} days ago")
         explained.append("expired")
-    elif left is not None and left < warn_days.value:
-        warns.append(f"the certificate expires in {left:.0f} days (warn below {warn_days.value:g}: {warn_days.source})")
+    elif left is not None and left < warn_days:
+        warns.append(f"the certificate expires in {left:.0f} days (warn below {warn_days:g}: {warn_source})")
     if rep.self_signed:
         fails.append(f"self-signed: issued by itself ({rep.issuer}), so no CA vouches for it")
         explained.append("self")
@@ -222,8 +235,8 @@ async def certificate(ctx: CheckContext) -> Finding:
         explained.append("mismatch")
     if not rep.verified and not any(k in (rep.verify_error or "").lower() for k in explained):
         fails.append(f"from a CA not in {trust}: issued by {rep.issuer} ({rep.verify_error})")
-    if rep.lifetime_days and rep.lifetime_days > max_life.value:
-        warns.append(f"the certificate lives {rep.lifetime_days:.0f} days, over {max_life.value:g} ({max_life.source})")
+    if rep.lifetime_days and rep.lifetime_days > life_days:
+        warns.append(f"the certificate lives {rep.lifetime_days:.0f} days, over {life_days:g} ({life_source})")
     if fails:
         return Finding.failed("the certificate does not verify: " + "; ".join(fails + warns), evidence, **details)
     if warns:
@@ -242,17 +255,21 @@ async def tls_versions(ctx: CheckContext) -> Finding:
     caps = await asyncio.to_thread(_tls.client_capabilities)
     host, port = _tls.host_port(t.base_url)
     seen = {v: await asyncio.to_thread(_tls.handshake, host, port, v, timeout) for v in _tls.VERSIONS}
+    return judge_tls_versions(seen, {v: h.ok for v, h in caps.items()}, f"{host}:{port}")
+
+
+def judge_tls_versions(seen: dict[str, "_tls.Handshake"], can_speak: dict[str, bool], where: str) -> Finding:
+    """One handshake pinned to each version, and whether this machine can complete each at all (self-test)."""
     evidence = [("handshakes pinned to one version each (client ciphers DEFAULT:@SECLEVEL=0)",
                  {v: h.as_dict() for v, h in seen.items()}),
-                ("client self-test against a local server (can this machine speak each version?)",
-                 {v: h.ok for v, h in caps.items()})]
+                ("client self-test against a local server (can this machine speak each version?)", can_speak)]
     accepted = [v for v, h in seen.items() if h.ok]
     if not accepted and all(not seen[v].ok and "Errno" in (seen[v].error or "") for v in seen):
-        return Finding.errored(f"no TLS handshake completed with {host}:{port}: {seen['TLSv1.2'].error}", evidence)
+        return Finding.errored(f"no TLS handshake completed with {where}: {seen['TLSv1.2'].error}", evidence)
     old_ok = [v for v in ("TLSv1.0", "TLSv1.1") if seen[v].ok]
     if old_ok:
         return Finding.failed(f"the server accepts {' and '.join(old_ok)} (accepted: {', '.join(accepted)})", evidence)
-    untestable = [v for v in ("TLSv1.0", "TLSv1.1") if not caps[v].ok]
+    untestable = [v for v in ("TLSv1.0", "TLSv1.1") if not can_speak[v]]
     if untestable:
         return Finding.errored(f"cannot test {' and '.join(untestable)} from this machine: its OpenSSL cannot "
                                f"complete such a handshake even locally, so a refusal proves nothing", evidence)
@@ -297,6 +314,32 @@ async def hsts(ctx: CheckContext) -> Finding:
     return judge_hsts(resp.headers.get("strict-transport-security"), need.value, need.source, evidence)
 
 
+def judge_http_redirect(start: str, hops: list[dict], evidence: list) -> Finding:
+    """hops: what each GET along the chain got, {"url", "status", "location"}, from the plain-HTTP URL on."""
+    start_host = urlsplit(start).hostname
+    for i, hop in enumerate(hops):
+        url, status, location = hop["url"], hop["status"], hop.get("location") or ""
+        if status not in (301, 302, 303, 307, 308):
+            if i == 0:
+                return Finding.failed(f"plain HTTP is answered with HTTP {status}, not a redirect to HTTPS", evidence)
+            if url.startswith("https://") and status < 400:
+                break
+            return Finding.failed(f"the redirect chain from {start} ends at {url} with HTTP {status}", evidence)
+        nxt = urlsplit(location)
+        if not location or not nxt.scheme:
+            return Finding.failed(f"HTTP {status} without an absolute Location ({location!r})", evidence)
+        if nxt.hostname != start_host:
+            return Finding.failed(f"the redirect leaves the host: {url} -> {location}", evidence)
+        if nxt.scheme != "https":
+            return Finding.failed(f"HTTP redirects to HTTP: {url} -> {location}", evidence)
+    else:
+        return Finding.failed(f"more than {len(hops) - 1} redirects from {start}", evidence)
+    first = hops[0]
+    kind = "permanent" if first["status"] in (301, 308) else "temporary (prefer 301/308)"
+    return Finding.passed(f"{start} answers {first['status']} ({kind}) to {first.get('location')} "
+                          f"on the same host, which answers over HTTPS", evidence)
+
+
 @check("SEC-TLS-5", needs=("reach",))
 async def http_redirect(ctx: CheckContext) -> Finding:
     """Plain HTTP answered by a redirect to HTTPS on the same host (not off-host, not 200, not HTTP->HTTP)."""
@@ -305,33 +348,18 @@ async def http_redirect(ctx: CheckContext) -> Finding:
         return Finding.skipped(f"targets[{t.name}].http_url is not set (the proxy's plain-HTTP listener); "
                                "if port 80 is closed, confirm it with the load-balancer listener list")
     start = t.http_url + "/health"
-    url, evidence = start, []
-    start_host = urlsplit(start).hostname
+    url, evidence, hops = start, [], []
     for hop in range(4):
         resp = await ctx.probe.get(url)
         evidence.append((f"hop {hop + 1}: GET {url}", resp.evidence))
-        if resp.status not in (301, 302, 303, 307, 308):
-            if hop == 0:
-                return Finding.failed(f"plain HTTP is answered with HTTP {resp.status}, not a redirect to HTTPS", evidence)
-            if url.startswith("https://") and resp.status < 400:
-                break
-            return Finding.failed(f"the redirect chain from {start} ends at {url} with HTTP {resp.status}", evidence)
         location = resp.headers.get("location", "")
+        hops.append({"url": url, "status": resp.status, "location": location})
         nxt = urlsplit(location)
-        if not location or not nxt.scheme:
-            return Finding.failed(f"HTTP {resp.status} without an absolute Location ({location!r})", evidence)
-        if nxt.hostname != start_host:
-            return Finding.failed(f"the redirect leaves the host: {url} -> {location}", evidence)
-        if nxt.scheme != "https":
-            return Finding.failed(f"HTTP redirects to HTTP: {url} -> {location}", evidence)
+        if resp.status not in (301, 302, 303, 307, 308) or not location or not nxt.scheme \
+                or nxt.hostname != urlsplit(start).hostname or nxt.scheme != "https":
+            break  # the judge says why the chain stops here
         url = location
-    else:
-        return Finding.failed(f"more than 3 redirects from {start}", evidence)
-    first = evidence[0][1]["response"]
-    evidence += _nginx_lines(ctx, "return")
-    kind = "permanent" if first["status"] in (301, 308) else "temporary (prefer 301/308)"
-    return Finding.passed(f"{start} answers {first['status']} ({kind}) to {first['headers'].get('location')} "
-                          f"on the same host, which answers over HTTPS", evidence)
+    return judge_http_redirect(start, hops, evidence + _nginx_lines(ctx, "return"))
 
 
 # ================================================================ Authentication
@@ -367,15 +395,11 @@ async def auth_enforced(ctx: CheckContext) -> Finding:
     envelopes: one that gets past authentication is answered -32012 (no handler), never run."""
     attempts = [("no Authorization header", _anonymous), ("a wrong bearer token", _wrong_bearer),
                 ("Basic credentials", _as_basic)]
-    evidence, accepted, unclear = [], [], []
+    evidence, outcomes = [], {}
     for label, exchange in attempts:
         resp = await exchange(ctx)
         evidence.append((f"POST /asap with {label}: {_brief(resp)}", resp.evidence))
-        outcome = _auth_outcome(resp)
-        if outcome == "passed":
-            accepted.append(label)
-        elif outcome == "unknown":
-            unclear.append(f"{label} ({_brief(resp)})")
+        outcomes[label] = {"outcome": _auth_outcome(resp), "brief": _brief(resp)}
     open_routes = {}
     for path in _OPEN_ROUTES:
         try:
@@ -383,8 +407,15 @@ async def auth_enforced(ctx: CheckContext) -> Finding:
             open_routes[path] = r.status
         except ProbeError as e:
             open_routes[path] = e.message
+    return judge_auth_enforced(outcomes, open_routes, evidence)
+
+
+def judge_auth_enforced(outcomes: dict[str, dict], open_routes: dict, evidence: list) -> Finding:
+    """outcomes: per credential tried, how authentication treated it (_auth_outcome) and what came back."""
+    accepted = [label for label, o in outcomes.items() if o["outcome"] == "passed"]
+    unclear = [f"{label} ({o['brief']})" for label, o in outcomes.items() if o["outcome"] == "unknown"]
     answered = [p for p, s in open_routes.items() if s == 200]
-    evidence.append(("routes that answer HTTP 200 without credentials (GET)", answered))
+    evidence = evidence + [("routes that answer HTTP 200 without credentials (GET)", answered)]
     details = {"unauthenticated_routes": open_routes}
     if accepted:
         return Finding.failed(f"POST /asap got past authentication with {', '.join(accepted)}: requests are not "
@@ -695,7 +726,7 @@ class LimiterConfig:
     limit: str | None                # "10/second;100/minute" as the agent states it
     storage: str | None              # "redis" / "memory" / another backend name; None: not known
     read_from: str                   # the introspected app, the startup log line, or why neither
-    instances: dict                  # deploy_files.Instances.as_dict()
+    instances: dict                  # k8s.Instances.as_dict()
     proxy_limit_req: list[str] = field(default_factory=list)
     proxy_note: str | None = None    # nginx not set / could not parse
     raw: str | None = None
@@ -719,7 +750,7 @@ async def _introspected(ctx: CheckContext) -> dict | str:
 
 async def observe_limiter(ctx: CheckContext) -> LimiterConfig:
     t = ctx.target
-    inst = (await asyncio.to_thread(deploy_files.target_instances, t)).as_dict()
+    inst = (await asyncio.to_thread(k8s.target_instances, t)).as_dict()
     obs = LimiterConfig(None, None, "", inst)
     cfg = await _introspected(ctx)
     if isinstance(cfg, dict):
@@ -790,7 +821,8 @@ async def rate_limit_tuned(ctx: CheckContext) -> Finding:
     if t.app is None and t.log_file is not None and not t.log_file.is_file():
         return Finding.errored(f"targets[{t.name}].log_file {t.log_file} does not exist")
     ceiling = ctx.threshold("rate_limit_max_per_second")
-    return judge_rate_limit_tuned(await observe_limiter(ctx), ceiling.value, ceiling.source)
+    obs = await observe_limiter(ctx)
+    return _kept(judge_rate_limit_tuned(obs, ceiling.value, ceiling.source), obs)
 
 
 def judge_rate_limit_shared(obs: LimiterConfig) -> Finding:
@@ -824,7 +856,8 @@ def judge_rate_limit_shared(obs: LimiterConfig) -> Finding:
 @check("SEC-RATE-3")
 async def rate_limit_shared(ctx: CheckContext) -> Finding:
     """Memory vs shared storage for the limiter (slowapi is gone; the knob is ASAP_RATE_LIMIT_BACKEND)."""
-    return judge_rate_limit_shared(await observe_limiter(ctx))
+    obs = await observe_limiter(ctx)
+    return _kept(judge_rate_limit_shared(obs), obs)
 
 
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", re.M)
@@ -934,9 +967,9 @@ def judge_rejection_counting(obs: RejectionCounting, what: str, stock_note: str)
 @check("SEC-RATE-4", needs=(*AGENT, "prometheus"))
 async def rate_limit_monitored(ctx: CheckContext) -> Finding:
     obs = await observe_rejection_counting(ctx, r".*(rate_limit.*(exceeded|hit|reject)|_429).*", "429")
-    return judge_rejection_counting(
+    return _kept(judge_rejection_counting(
         obs, "HTTP 429 responses", "asap-protocol 2.5.10 has no asap_rate_limit_exceeded_total, only the log event "
-                                   "asap.rate_limit.exceeded")
+                                   "asap.rate_limit.exceeded"), obs)
 
 
 # ================================================================ Request Size Limits
@@ -1045,9 +1078,9 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
 @check("SEC-SIZE-3", needs=(*AGENT, "prometheus"))
 async def size_rejections_monitored(ctx: CheckContext) -> Finding:
     obs = await observe_rejection_counting(ctx, r".*(size_exceeded|too_large|_413).*", "413")
-    return judge_rejection_counting(
+    return _kept(judge_rejection_counting(
         obs, "HTTP 413 responses", "asap-protocol 2.5.10 has no metric for 413, only the log event "
-                                   "asap.request.size_exceeded")
+                                   "asap.request.size_exceeded"), obs)
 
 
 # ================================================================ Handler Security
@@ -1309,7 +1342,7 @@ class NonceReplay:
     sends: int
     outcomes: list[str]                 # one phrase per send
     accepted: int                       # got past the nonce check (read-only: -32012)
-    instances: dict                     # deploy_files.Instances.as_dict()
+    instances: dict                     # k8s.Instances.as_dict()
     store: dict | None                  # {"class", "module", "kind"} from introspection; None: not looked at
     store_note: str                     # how the store was (or was not) read
     first_exchange: dict | None = None
@@ -1317,7 +1350,7 @@ class NonceReplay:
 
 async def observe_nonce_replay(ctx: CheckContext) -> NonceReplay:
     t = ctx.target
-    inst = await asyncio.to_thread(deploy_files.target_instances, t)
+    inst = await asyncio.to_thread(k8s.target_instances, t)
     sends = min(2 * inst.at_least, 6) + 1
     nonce = "rb-" + uuid.uuid4().hex
     results = [await _post(ctx, probe_envelope(t.sender, nonce=nonce), headers={"Connection": "close"})
@@ -1383,4 +1416,5 @@ def judge_nonce_replay(obs: NonceReplay) -> Finding:
 async def nonce_store_shared(ctx: CheckContext) -> Finding:
     """One nonce sent on fresh connections (to reach other workers/replicas): accepted once at most; the
     store's kind from the app's introspection; the process count from the deployment files."""
-    return judge_nonce_replay(await observe_nonce_replay(ctx))
+    obs = await observe_nonce_replay(ctx)
+    return _kept(judge_nonce_replay(obs), obs)

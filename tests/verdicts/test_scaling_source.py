@@ -11,7 +11,7 @@ import pytest
 from asap_runbook.checks.scaling import (
     ManifestFetches, judge_compression, judge_connection_pooling, judge_manifest_caching, judge_manifest_ttl,
     judge_multiple_workers, judge_pool_constants, judge_retry_config, judge_timeouts, judge_workers_per_core)
-from asap_runbook.deploy_files import Container, Manifests, Workload, count_instances
+from asap_runbook.k8s import Document, Workload, count_instances
 from asap_runbook.results import Status
 from asap_runbook.source import UNKNOWN, client_usage, read_process_config
 
@@ -147,8 +147,9 @@ def test_gunicorn_workers_are_read_or_unknown(tmp_path, case):
 
 def _workload(cpu: str | None, memory: str = "2Gi", replicas: int | None = 3) -> Workload:
     limits = {"memory": memory} | ({"cpu": cpu} if cpu else {})
-    c = Container("agent", "img", [], {"limits": limits}, {}, {}, {}, [])
-    return Workload("Deployment", "agent", "agent.yaml", replicas, [c], [])
+    pod = {"containers": [{"name": "agent", "image": "img", "resources": {"limits": limits}}]}
+    body = {"kind": "Deployment", "metadata": {"name": "agent"}, "spec": {"replicas": replicas, "template": {"spec": pod}}}
+    return Workload(Document(Path("agent.yaml"), 0, body), pod)
 
 
 def test_formula_on_a_small_cpu_limit_is_over_the_ratio(tmp_path):
@@ -163,7 +164,7 @@ def test_formula_on_a_small_cpu_limit_is_over_the_ratio(tmp_path):
 
 def test_one_rule_counts_instances(tmp_path):
     """The hardened example: 3 replicas (HPA min 3) x 4 gunicorn workers = 12, in every section."""
-    from asap_runbook.deploy_files import load_manifests
+    from asap_runbook.k8s import load_manifests
     m = load_manifests([REPO / "examples" / "hardened" / "k8s" / "orders-agent.yaml"])
     cfg = read_process_config(REPO / "examples" / "hardened" / "gunicorn.conf.py")
     n = count_instances(1, m, cfg)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from asap_runbook.checks.scaling import judge_autoscaling, judge_no_in_memory_snapshots, judge_snapshot_store
-from asap_runbook.deploy_files import count_instances, load_manifests
+from asap_runbook.k8s import count_instances, load_manifests
 from asap_runbook.results import Status
 from asap_runbook.source import read_process_config
 
@@ -62,3 +62,32 @@ def test_hpa_without_requests_and_no_hpa(tmp_path):
     no_hpa.write_text(text.split("---\napiVersion: autoscaling/v2")[0])
     r = judge_autoscaling(load_manifests([no_hpa]))
     assert r.status is Status.FAIL and "replicas fixed at 2" in r.summary
+
+
+from asap_runbook.checks.scaling import judge_shared_state  # noqa: E402
+
+REDIS_ALL = REDIS_APP | {"rate_limit_storage": "RedisStorage", "rate_limit_storage_kind": "external",
+                         "nonce_store": {"class": "RedisNonceStore", "module": "app", "backed_by": ["redis"]},
+                         "nonce_store_kind": "external"}
+
+
+@pytest.mark.parametrize("cfg,n,sticky,expected", [
+    (STOCK_APP, 6, [], Status.FAIL),
+    (STOCK_APP, 6, ["Service stock-agent: sessionAffinity ClientIP"], Status.WARN),
+    (STOCK_APP, 1, [], Status.WARN),
+    (REDIS_ALL, 12, [], Status.PASS),
+])
+def test_shared_state(cfg, n, sticky, expected):
+    assert judge_shared_state(cfg, n, "test", sticky).status is expected
+
+
+from asap_runbook.checks.scaling import judge_stateless_pods  # noqa: E402
+
+
+def test_stateless_pods_from_manifest_and_app():
+    m = load_manifests([STOCK])
+    assert judge_stateless_pods(m, STOCK_APP, 2, "t").status is Status.FAIL       # in-memory stores
+    assert judge_stateless_pods(m, REDIS_ALL, 2, "t").status is Status.PASS
+    # without introspection the volumes alone are not a pass
+    r = judge_stateless_pods(m, "targets[stock].app is not set", 0, "")
+    assert r.status is Status.MANUAL and "targets[].app" in r.summary

@@ -78,3 +78,23 @@ def test_rate_limit_tuned(obs, expected):
 ])
 def test_rate_limit_shared(obs, expected):
     assert judge_rate_limit_shared(obs).status is expected
+
+
+from asap_runbook.checks.security import judge_auth_enforced  # noqa: E402
+
+REFUSED = {"outcome": "refused", "brief": "HTTP 200 JSON-RPC error -32600"}
+PASSED = {"outcome": "passed", "brief": "HTTP 200 JSON-RPC error -32012"}
+BAD_GW = {"outcome": "unknown", "brief": "HTTP 502"}
+ROUTES = {"/health": 200, "/asap/metrics": 200, "/docs": 404}
+
+
+@pytest.mark.parametrize("outcomes,expected", [
+    ({"none": REFUSED, "wrong": REFUSED, "basic": REFUSED}, Status.PASS),
+    ({"none": PASSED, "wrong": REFUSED, "basic": REFUSED}, Status.FAIL),
+    ({"none": REFUSED, "wrong": REFUSED, "basic": PASSED}, Status.FAIL),
+    ({"none": BAD_GW, "wrong": REFUSED, "basic": REFUSED}, Status.ERROR),
+])
+def test_auth_enforced(outcomes, expected):
+    r = judge_auth_enforced(outcomes, ROUTES, [])
+    assert r.status is expected
+    assert r.details["unauthenticated_routes"] == ROUTES
