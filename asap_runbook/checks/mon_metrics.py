@@ -7,6 +7,7 @@ duration buckets are cumulated twice, counters are per worker process.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 
 from .. import metrics_text as mt
@@ -192,6 +193,9 @@ def judge_business(obs: BusinessObservation) -> Finding:
         labels = {k for s in (fam.samples if fam else []) for k in s.labels}
         if hit := sorted(labels & set(SKILL_LABELS)):
             per_skill[name] = hit
+        elif fam is not None and re.search(r"\bskills?\b", fam.documentation or "", re.I):
+            # a labelled counter has no sample before its first event; its HELP line says how it is split
+            per_skill[name] = ["skill (its HELP: " + repr(fam.documentation[:80]) + ")"]
     ev = [("metric families on /asap/metrics", {
         "custom": custom, "split per skill": per_skill or "none",
         "asap_builtin": sorted(n for n in mt.family_names(exp) if n.startswith("asap_"))})]
@@ -203,9 +207,9 @@ def judge_business(obs: BusinessObservation) -> Finding:
         names = ", ".join(f"{n} by {'/'.join(labels)}" for n, labels in per_skill.items())
         return Finding.passed(f"business metrics split per skill next to asap_*: {names}", ev)
     return Finding._make(Status.MANUAL,
-        f"custom metrics exported next to asap_* ({', '.join(custom[:6])}), none split per skill yet (no sample "
-        f"carries a {'/'.join(SKILL_LABELS)} label; a labelled counter has no sample before its first event): "
-        "confirm they count business events, e.g. with the dashboard panel or PromQL query that reads them", ev)
+        f"custom metrics exported next to asap_* ({', '.join(custom[:6])}), none split per skill (no sample "
+        f"carries a {'/'.join(SKILL_LABELS)} label, no HELP line names a skill): confirm they count business "
+        "events, e.g. with the dashboard panel or PromQL query that reads them", ev)
 
 
 @check("MON-METRICS-4", needs=AGENT)

@@ -91,13 +91,16 @@ def test_tracked(first, second, status, words):
                                                      "another endpoint were not looked at")),
     (scrape(ASAP_TEXT.format(n=1.0) + "# TYPE orders_placed_total counter\norders_placed_total 4.0\n"), MANUAL,
      ("orders_placed_total", "confirm they count business events")),
-    # a labelled counter before its first event: declared, no sample, so no label to see
-    (scrape(ASAP_TEXT.format(n=1.0) + "# HELP tasks_total tasks by skill_id\n# TYPE tasks_total counter\n"), MANUAL,
-     ("tasks_total",)),
+    # a labelled counter before its first event: declared, no sample; its HELP says how it is split
+    (scrape(ASAP_TEXT.format(n=1.0) + "# HELP tasks_total tasks handled, by skill\n# TYPE tasks_total counter\n"),
+     PASS, ("tasks_total by skill (its HELP",)),
+    (scrape(ASAP_TEXT.format(n=1.0) + "# HELP orders_total orders placed\n# TYPE orders_total counter\n"), MANUAL,
+     ("orders_total",)),
     (scrape(ASAP_TEXT.format(n=1.0) + '# TYPE tasks_total counter\ntasks_total{skill_id="quote"} 1.0\n'), PASS,
      ("tasks_total by skill_id",)),
     (scrape("", status=500), FAIL, ("HTTP 500",)),
-], ids=["hardened", "asap-only", "custom-unlabelled", "declared-no-sample", "per-skill", "500"])
+], ids=["hardened", "asap-only", "custom-unlabelled", "declared-help-skill", "declared-no-sample", "per-skill",
+        "500"])
 def test_business(obs, status, words):
     check(mm.judge_business(mm.BusinessObservation(obs)), status, *words)
 
