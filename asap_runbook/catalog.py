@@ -30,6 +30,7 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "CatalogItem",
+    "REFERENCE_TARGETS",
     "Severity",
     "Verification",
     "load_catalog",
@@ -87,6 +88,15 @@ SUBSECTION_PREFIXES: dict[tuple[str, str], str] = {
     ("resilience", "Resilience"): "RES",
 }
 
+#: the reference deployment's targets; every item records the status it should get on each
+#: (``expected``), which tests/test_three_ways.py compares with a real run.
+REFERENCE_TARGETS: tuple[str, ...] = ("hardened", "misconfigured", "stock")
+#: statuses a check can end with on its own (confirmed/waived come from people, not checks)
+_CHECK_STATUSES = ("pass", "fail", "warn", "skip", "error", "manual")
+#: an input names a parameter: ``targets[].<field>[.<field>]`` or ``prometheus.url``; an entry may
+#: join inputs with `` + `` (all needed) and give alternatives with `` | `` (any one will do)
+_INPUT_RE = re.compile(r"^(targets\[\]\.[a-z0-9_]+(\.[a-z0-9_]+)?|prometheus\.url)$")
+
 _ID_RE = re.compile(r"^(?P<prefix>[A-Z]+(?:-[A-Z]+)?)-(?P<n>[1-9][0-9]*)$")
 
 
@@ -112,6 +122,29 @@ class CatalogItem(BaseModel):
     manual_guidance: str | None = None
     notes: str | None = None
     confirmation_ttl_days: int = Field(default=90, ge=1, le=3650)
+    inputs: tuple[str, ...] = ()
+    observes: str | None = None
+    rule: str | None = None
+    expected: dict[str, str]
+
+    @field_validator("expected")
+    @classmethod
+    def _expected_everywhere(cls, v: dict[str, str]) -> dict[str, str]:
+        if set(v) != set(REFERENCE_TARGETS):
+            raise ValueError(f"expected must name exactly the targets {', '.join(REFERENCE_TARGETS)} (got {', '.join(v)})")
+        bad = {t: s for t, s in v.items() if s not in _CHECK_STATUSES}
+        if bad:
+            raise ValueError(f"expected statuses must be one of {', '.join(_CHECK_STATUSES)} (got {bad})")
+        return {t: v[t] for t in REFERENCE_TARGETS}
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_well_formed(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            for name in input_names(entry):
+                if not _INPUT_RE.match(name):
+                    raise ValueError(f"input {name!r} is not a parameter name like targets[].http_url or prometheus.url")
+        return v
 
     @field_validator("id")
     @classmethod
@@ -150,12 +183,24 @@ class CatalogItem(BaseModel):
             raise ValueError(f"id {self.id!r} should start with {prefix}- for {self.subsection!r}")
         if self.verification is Verification.MANUAL and not self.manual_guidance:
             raise ValueError(f"{self.id}: manual items need manual_guidance")
+        if self.verification is not Verification.MANUAL and not (self.observes and self.rule):
+            raise ValueError(f"{self.id}: automated items say what they observe and their verdict rule")
         return self
 
     @property
     def automated(self) -> bool:
         """True unless a person has to confirm the item."""
         return self.verification.automated
+
+
+def input_names(entry: str) -> list[str]:
+    """Every parameter name an ``inputs`` entry mentions (``a + b | c`` -> a, b, c)."""
+    return [n.strip() for alt in entry.split("|") for n in alt.split("+")]
+
+
+def input_alternatives(entry: str) -> list[list[str]]:
+    """``a + b | c`` -> [[a, b], [c]]: the entry is met when every name of one alternative is set."""
+    return [[n.strip() for n in alt.split("+")] for alt in entry.split("|")]
 
 
 class Catalog:

@@ -68,7 +68,8 @@ def cmd_demo(args) -> int:
                 params = fleet_params(dep, out / f"fleet-{args.fleet}.params.yaml")
                 print(f"fleet of {args.fleet} agent(s); parameters written to {params}")
             print("reference deployment up: hardened " + dep.env()["ASAP_DEMO_HARDENED_URL"] +
-                  ", misconfigured " + dep.env().get("ASAP_DEMO_MISCONFIGURED_URL", "(none)"))
+                  ", misconfigured " + dep.env().get("ASAP_DEMO_MISCONFIGURED_URL", "(none)") +
+                  ", stock " + dep.env().get("ASAP_DEMO_STOCK_URL", "(none)"))
             if args.serve:
                 print("\n".join(dep.export_lines()))
                 print("serving until Ctrl-C ...")
@@ -82,7 +83,8 @@ def cmd_demo(args) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("reference deployment stopped.")
-    why = "" if args.fleet == 1 else " (the demo is expected to be 'not ready': misconfigured targets are there on purpose)"
+    why = "" if args.fleet == 1 else (" (the demo is expected to be 'not ready': the misconfigured target is there on"
+                                      " purpose, and the stock one is asap-protocol at its defaults)")
     print(f"open {run_dir / 'index.html'}{why}")
     return 0 if code in (ExitCode.READY, ExitCode.NOT_READY, ExitCode.INCOMPLETE) else code
 
@@ -126,6 +128,17 @@ def cmd_validate(args) -> int:
         return ExitCode.BAD_USAGE
     names = ", ".join(t.name for t in params.targets)
     print(f"{args.params}: valid; {len(params.targets)} target(s): {names}. Nothing was contacted.")
+    from .inputs import coverage_offline
+    missing = coverage_offline(params)
+    for target in params.targets:  # items that will be skipped or in error there: say so before the run
+        needs: dict[str, list[str]] = {}
+        for t, item, entry in missing:
+            if t == target.name:
+                needs.setdefault(item, []).append(entry)
+        if needs:
+            print(f"{target.name}: {len(needs)} item(s) cannot be verified with these parameters:")
+            for item, entries in needs.items():
+                print(f"  {item}: set {' and '.join(e.replace(' | ', ' or ') for e in entries)}")
     return 0
 
 

@@ -61,7 +61,7 @@ def fleet_size_ok(n: int) -> int:
 def fleet_deployment(workdir: Path, n: int, prometheus: bool = True):
     """A ReferenceDeployment of n agents: one hardened, n-1 misconfigured."""
     from .reference import ReferenceDeployment
-    return ReferenceDeployment(workdir, prometheus=prometheus, misconfigured_agents=fleet_size_ok(n) - 1)
+    return ReferenceDeployment(workdir, prometheus=prometheus, misconfigured_agents=fleet_size_ok(n) - 1, stock=False)
 
 
 def fleet_params(dep, path: Path, *, active_probes: bool = True, environment: str = "fleet") -> Path:

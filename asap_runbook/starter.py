@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import ProbeError, UsageError
+from .errors import ProbeError, TargetUntrusted, UsageError
 from .params import ProbeSettings, Target
 
 # the reference agents' drill skills (drills.py): present on a staging build, RES-1..4 can run
@@ -35,6 +35,9 @@ def discover(url: str, ca_file: Path | None = None, tls_verify: bool = True, tim
             return await probe.manifest()
     try:
         return asyncio.run(fetch())
+    except TargetUntrusted as e:
+        raise UsageError(f"cannot read an ASAP manifest from {base}: {e.message}; pass --ca-file for a private CA, "
+                         "or --no-tls-verify to look past it.") from None
     except ProbeError as e:
         raise UsageError(f"cannot read an ASAP manifest from {base}: {e.message}.") from None
 

@@ -44,6 +44,13 @@ def check(demo_params):
     return run
 
 
+def expected(item_id: str, target: str):
+    """The status the catalog says `item_id` should get on reference target `target` (catalog `expected`)."""
+    from asap_runbook.catalog import load_catalog
+    from asap_runbook.results import Status
+    return Status(load_catalog().get(item_id).expected[target])
+
+
 def one_target(params, name: str, **changes):
     """`params` with only target `name`, its fields changed by `changes`."""
     return params.model_copy(update={"targets": [params.target(name).model_copy(update=changes)]})
@@ -70,6 +77,20 @@ def write_test_params(dest: Path, *, targets=None, active=True, **extra) -> Path
     path = dest / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(deployment, tmp_path_factory):
+    """One real `asap-runbook run --params params/demo.yaml` against the three reference targets,
+    shared by tests/test_e2e.py and tests/test_three_ways.py: (completed process, run directory)."""
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("runs")
+    proc = subprocess.run([sys.executable, "-m", "asap_runbook", "run", "--params", str(DEMO_PARAMS), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    run_dirs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(run_dirs) == 1, proc.stdout + proc.stderr
+    return proc, run_dirs[0]
 
 
 @pytest.fixture(scope="session")

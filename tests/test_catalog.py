@@ -221,7 +221,8 @@ def test_item_model_rejects_unknown_keys_and_bad_data():
     base = dict(
         id="SEC-TLS-1", section="security", section_title="Security", subsection="TLS and HTTPS",
         text="t", severity="critical", blocking=True, verification="probe",
-        rationale="r", remediation="m",
+        rationale="r", remediation="m", observes="o", rule="r",
+        expected={"hardened": "pass", "misconfigured": "fail", "stock": "warn"},
     )
     CatalogItem(**base)
     with pytest.raises(Exception, match="extra"):
@@ -242,3 +243,54 @@ def test_module_resolves_despite_data_directory():
     assert sorted(p.name for p in (REPO / "asap_runbook" / "catalog").glob("*.yaml")) == [
         "monitoring.yaml", "resilience.yaml", "scaling.yaml", "security.yaml",
     ]
+
+
+def test_expected_names_every_reference_target_with_a_check_status():
+    base = dict(
+        id="SEC-TLS-1", section="security", section_title="Security", subsection="TLS and HTTPS",
+        text="t", severity="critical", blocking=True, verification="probe", rationale="r", remediation="m",
+        observes="o", rule="r", expected={"hardened": "pass", "misconfigured": "fail", "stock": "warn"},
+    )
+    with pytest.raises(Exception, match="expected must name exactly the targets"):
+        CatalogItem(**{**base, "expected": {"hardened": "pass", "misconfigured": "fail"}})
+    with pytest.raises(Exception, match="expected statuses must be one of"):
+        CatalogItem(**{**base, "expected": {"hardened": "pass", "misconfigured": "fail", "stock": "broken"}})
+    with pytest.raises(Exception, match="Field required"):
+        CatalogItem(**{k: v for k, v in base.items() if k != "expected"})
+    with pytest.raises(Exception, match="observe"):
+        CatalogItem(**{**base, "rule": None})
+    with pytest.raises(Exception, match="not a parameter name"):
+        CatalogItem(**{**base, "inputs": ["targets[].http_url | nginx.conf"]})
+
+
+def test_every_declared_input_is_a_real_parameter():
+    """An input names a field of params.Target (or a nested model) or prometheus.url, so that
+    coverage_offline can read it from a parameters file."""
+    from pydantic import BaseModel
+
+    from asap_runbook.catalog import input_names
+    from asap_runbook.params import Params, Target
+
+    def resolves(name: str) -> bool:
+        if name == "prometheus.url":
+            return True
+        model: type[BaseModel] | None = Target
+        for part in name.removeprefix("targets[].").split("."):
+            if model is None or part not in model.model_fields:
+                return False
+            ann = model.model_fields[part].annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        return True
+
+    assert "url" in Params.model_fields["prometheus"].annotation.__args__[0].model_fields
+    bad = [(i.id, n) for i in load_catalog() for e in i.inputs for n in input_names(e) if not resolves(n)]
+    assert not bad, bad
+
+
+def test_manual_items_expect_manual_and_automated_ones_declare_inputs(catalog):
+    for item in catalog:
+        if item.verification is Verification.MANUAL:
+            assert set(item.expected.values()) == {"manual"}, item.id
+            assert not item.inputs, item.id
+        else:
+            assert item.inputs, f"{item.id} declares no inputs"

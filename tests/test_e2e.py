@@ -22,15 +22,6 @@ def run_cli(*args, timeout=600):
                           timeout=timeout, cwd=REPO)
 
 
-@pytest.fixture(scope="module")
-def demo_run(deployment, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    proc = run_cli("run", "--params", str(REPO / "params" / "demo.yaml"), "--out", str(out))
-    run_dirs = sorted(p for p in out.iterdir() if p.is_dir())
-    assert len(run_dirs) == 1, proc.stdout + proc.stderr
-    return proc, run_dirs[0]
-
-
 def test_exit_code_is_not_ready(demo_run):
     proc, _ = demo_run
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -53,11 +44,11 @@ def test_results_validate_and_cover_every_item_and_target(demo_run):
     run = RunResults.model_validate_json((run_dir / "results.json").read_text())
     assert run.schema_version == 1
     keys = [(r.item_id, r.target) for r in run.results]
-    expected = {(i.id, t) for i in load_catalog().items for t in ("hardened", "misconfigured")}
-    assert len(keys) == len(set(keys)) == len(expected) == 122
+    expected = {(i.id, t) for i in load_catalog().items for t in ("hardened", "misconfigured", "stock")}
+    assert len(keys) == len(set(keys)) == len(expected) == 183
     assert set(keys) == expected
     assert run.exit_code == 1 and run.readiness == "not ready"
-    assert sum(run.counts.values()) == 122
+    assert sum(run.counts.values()) == 183
     assert not any("Traceback" in r.summary for r in run.results)
 
 
@@ -83,7 +74,7 @@ def test_junit_has_one_testcase_per_item_and_target(demo_run):
     _, run_dir = demo_run
     root = ET.parse(run_dir / "junit.xml").getroot()
     cases = root.findall(".//testcase")
-    assert len(cases) == 122
+    assert len(cases) == 183
     assert root.findall(".//failure"), "the misconfigured target's failures are JUnit failures"
 
     # every failure's evidence path names a rendered page holding the finding's anchor

@@ -7,36 +7,20 @@ import os
 
 import pytest
 
+from asap_runbook.catalog import Verification, load_catalog
 from asap_runbook.params import load_params
 from asap_runbook.results import Status
 
-from conftest import DEMO_PARAMS, one_target, write_test_params
+from conftest import DEMO_PARAMS, expected, one_target, write_test_params
 
-# item -> what the misconfigured reference deployment must get
-MISCONFIGURED = {
-    "MON-METRICS-1": Status.FAIL,  # OpenMetrics content type on a classic body
-    "MON-METRICS-2": Status.FAIL,  # Prometheus: target down, "data does not end with # EOF"
-    "MON-METRICS-3": Status.FAIL,  # double-cumulated buckets
-    "MON-METRICS-4": Status.WARN,  # no business metric
-    "MON-LOG-1": Status.FAIL,  # console logs
-    "MON-LOG-2": Status.FAIL,  # ASAP_LOG_FORMAT not json (log + manifest)
-    "MON-LOG-3": Status.FAIL,  # trace id only in console text
-    "MON-HEALTH-1": Status.FAIL,  # the manifest's livenessProbe GETs /asap: 405
-    "MON-HEALTH-2": Status.FAIL,  # drill: /ready stays 200 with its Redis stopped
-    "MON-HEALTH-3": Status.FAIL,  # liveness on /asap, no readiness, grace < preStop
-    "MON-HEALTH-4": Status.FAIL,  # drill: 1 s drain cuts the in-flight request
-    "MON-ALERT-1": Status.FAIL,  # rule selects the job but has no input series (scrape down)
-    "MON-ALERT-2": Status.FAIL,
-    "MON-ALERT-3": Status.FAIL,  # ASAPAgentDown pending/firing for it
-    "MON-ALERT-4": Status.FAIL,
-}
-AUTOMATED = list(MISCONFIGURED)
+# what each reference target must get is the catalog's `expected` (asap_runbook/catalog/monitoring.yaml)
+AUTOMATED = [i.id for i in load_catalog().section("monitoring") if i.verification is not Verification.MANUAL]
 
 
 @pytest.mark.parametrize("item_id", AUTOMATED)
 def test_passes_on_hardened(check, item_id):
     r = check(item_id, "hardened")
-    assert r.status is Status.PASS, r.summary
+    assert r.status is expected(item_id, "hardened"), r.summary
     if item_id != "MON-HEALTH-4":  # observe, then judge: what the verdict was made from is kept
         assert r.details["observation"], r.details
 
@@ -44,17 +28,14 @@ def test_passes_on_hardened(check, item_id):
 @pytest.mark.parametrize("item_id", AUTOMATED)
 def test_fails_or_warns_on_misconfigured(check, item_id):
     r = check(item_id, "misconfigured")
-    assert r.status is MISCONFIGURED[item_id], r.summary
+    assert r.status is expected(item_id, "misconfigured"), r.summary
     assert r.remediation
 
 
 def test_catalog_counts_fifteen_automated():
-    from asap_runbook.catalog import Verification, load_catalog
     from asap_runbook.checks._registry import registered
 
-    items = list(load_catalog().section("monitoring"))
-    automated = [i.id for i in items if i.verification is not Verification.MANUAL]
-    assert sorted(automated) == sorted(AUTOMATED)
+    assert len(AUTOMATED) == 15
     assert set(AUTOMATED) <= set(registered())
 
 
@@ -154,10 +135,11 @@ def test_prometheus_plots_render(deployment, monkeypatch):
             break
         time.sleep(1)
     frames = rb.monitoring_plots(None, str(DEMO_PARAMS))
-    assert set(frames) == {"hardened", "misconfigured"}
+    assert set(frames) == {"hardened", "misconfigured", "stock"}
     assert "requests_per_s" in frames["hardened"] and len(frames["hardened"]) > 0
     assert frames["hardened"].attrs["double_cumulated"] is False  # the wrapper fixes the buckets
     assert frames["misconfigured"].empty  # never scraped
+    assert frames["stock"].empty  # asap-protocol's metrics as shipped: Prometheus marks the scrape down
 
 
 def test_token_never_in_monitoring_evidence(check):

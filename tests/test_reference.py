@@ -19,6 +19,8 @@ import pytest
 from asap_runbook.reference import PROBE_SENDER, ReferenceDeployment, ReferenceDeploymentError
 from asap_runbook.reference.deployment import DEFAULT_ALERT_RULES, find_binary
 
+REPO = Path(__file__).resolve().parent.parent
+
 pytestmark = pytest.mark.skipif(
     not (find_binary("nginx") and find_binary("redis-server") and find_binary("prometheus")),
     reason="needs Debian nginx, redis-server and prometheus",
@@ -40,6 +42,11 @@ EXPECTED_ENV = {
     "ASAP_DEMO_HARDENED_NGINX_CONF",
     "ASAP_DEMO_MISCONFIGURED_NGINX_CONF",
     "ASAP_DEMO_REDIS",  # redis:// URL, for app introspection (params app_env)
+    "ASAP_DEMO_STOCK_URL",
+    "ASAP_DEMO_STOCK_HTTP_URL",
+    "ASAP_DEMO_STOCK_DIRECT_URL",
+    "ASAP_DEMO_STOCK_LOG",
+    "ASAP_DEMO_STOCK_NGINX_CONF",
 }
 
 
@@ -118,9 +125,53 @@ def test_env_has_exactly_the_documented_names(dep, env):
     assert len(dep.misconfigured) == 1 and dep.misconfigured[0].name == "misconfigured"
     # the token is never written into the env file or any config
     assert env["ASAP_DEMO_TOKEN"] not in dep.env_file.read_text()
-    for conf in dep.conf_dir.iterdir():
+    for conf in (f for f in dep.conf_dir.rglob("*") if f.is_file()):
         assert env["ASAP_DEMO_TOKEN"] not in conf.read_text()
     assert (dep.token_file.stat().st_mode & 0o077) == 0
+
+
+# ------------------------------------------------------------------------------------------------ stock
+def _task(skill: str, data: dict, sender: str) -> dict:
+    from datetime import UTC, datetime
+    return {"jsonrpc": "2.0", "method": "asap.send", "id": 1, "params": {"envelope": {
+        "asap_version": "0.1", "sender": sender, "recipient": "urn:asap:agent:orders-service",
+        "payload_type": "task.request", "timestamp": datetime.now(UTC).isoformat(),
+        "payload": {"conversation_id": "c1", "skill_id": skill, "input": data}}}}
+
+
+def test_stock_agent_is_the_example_source_at_the_library_defaults(dep, env, client):
+    """The stock target runs examples/stock/src as written (uvicorn --app-dir), behind Debian's stock
+    nginx.conf whose site is an included file: no HSTS, nginx's default body size, certbot's redirect."""
+    stock = dep.stock
+    assert stock.app_ref == "orders_service.app:app" and "--app-dir" in stock.uvicorn_argv
+    assert Path(stock.uvicorn_argv[stock.uvicorn_argv.index("--app-dir") + 1]) == REPO / "examples" / "stock" / "src"
+    main_conf = Path(env["ASAP_DEMO_STOCK_NGINX_CONF"]).read_text()
+    assert "include " in main_conf and "client_max_body_size" not in main_conf
+    (site,) = (dep.conf_dir / "stock-sites").iterdir()
+    assert "proxy_pass" in site.read_text() and "Strict-Transport-Security" not in site.read_text()
+    r = client.get(f"{env['ASAP_DEMO_STOCK_URL']}/.well-known/asap/manifest.json")
+    assert r.status_code == 200 and "strict-transport-security" not in r.headers
+    m = r.json()
+    assert m["auth"]["schemes"] == ["bearer"] and m["endpoints"]["asap"] == f"{env['ASAP_DEMO_STOCK_URL']}/asap"
+    assert [s["id"] for s in m["capabilities"]["skills"]] == ["lookup_order", "check_stock", "reconcile_orders"]
+    redirect = httpx.get(f"{env['ASAP_DEMO_STOCK_HTTP_URL']}/health", timeout=5)
+    assert redirect.status_code == 301 and redirect.headers["location"].startswith(env["ASAP_DEMO_STOCK_URL"])
+    assert client.get(f"{env['ASAP_DEMO_STOCK_URL']}/readyz").json() == {"status": "ready"}  # the k8s probe's path
+
+
+def test_stock_agent_skills_answer_its_client_identity(env, client):
+    """Bearer auth through create_app's token_validator: the token maps to urn:asap:agent:orders-client,
+    and only that sender gets through; check_stock calls the inventory (here: misconfigured) agent."""
+    url, auth = f"{env['ASAP_DEMO_STOCK_URL']}/asap", {"Authorization": f"Bearer {env['ASAP_DEMO_TOKEN']}"}
+    r = client.post(url, json=_task("lookup_order", {"order_id": "A-1001"}, "urn:asap:agent:orders-client"), headers=auth)
+    assert r.json()["result"]["envelope"]["payload"]["result"]["status"] == "shipped"
+    r = client.post(url, json=_task("check_stock", {"order_id": "A-1002"}, "urn:asap:agent:orders-client"), headers=auth)
+    result = r.json()["result"]["envelope"]["payload"]
+    assert result["status"] == "completed" and result["result"]["sku"] == "GADGET-7", result
+    r = client.post(url, json=_task("lookup_order", {"order_id": "A-1001"}, "urn:asap:agent:sre-probe"), headers=auth)
+    assert "Sender does not match" in r.text
+    r = client.post(url, json=_task("lookup_order", {"order_id": "A-1001"}, "urn:asap:agent:orders-client"))
+    assert r.json()["error"]["data"]["status_code"] == 401
 
 
 def test_recorded_pid_is_uvicorn_itself(dep):
@@ -368,3 +419,4 @@ def test_cli_prints_exports_without_token_and_stops_on_sigint(tmp_path):
     assert token not in rest + err
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
+

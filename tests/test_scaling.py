@@ -10,29 +10,26 @@ import pytest
 from asap_runbook.k8s import ManifestError, cpu_cores, load_manifests, memory_bytes
 from asap_runbook.introspect import IntrospectionError, introspect_app
 from asap_runbook.results import Status
-from conftest import one_target
+from conftest import expected, one_target
+from asap_runbook.catalog import Verification, load_catalog
 from asap_runbook.source import client_usage
 
 REPO = Path(__file__).resolve().parent.parent
-AUTOMATED = ["SCALE-CLIENT-1", "SCALE-CLIENT-2", "SCALE-CLIENT-3", "SCALE-CLIENT-4", "SCALE-SERVER-1",
-             "SCALE-SERVER-2", "SCALE-SERVER-3", "SCALE-CACHE-1", "SCALE-CACHE-2", "SCALE-STATE-1",
-             "SCALE-STATE-2", "SCALE-HSCALE-1", "SCALE-HSCALE-2", "SCALE-HSCALE-3"]
-# on one instance an in-memory store is a warning (data lost on restart), not a failure
-WARN_ON_MISCONFIGURED = {"SCALE-STATE-2", "SCALE-HSCALE-2"}
+# what each reference target must get is the catalog's `expected` (asap_runbook/catalog/scaling.yaml)
+AUTOMATED = [i.id for i in load_catalog().section("scaling") if i.verification is not Verification.MANUAL]
 
 
 @pytest.mark.parametrize("item_id", AUTOMATED)
 def test_passes_on_hardened(check, item_id):
     r = check(item_id, "hardened")
-    assert r.status is Status.PASS, r.summary
+    assert r.status is expected(item_id, "hardened"), r.summary
     assert r.evidence
 
 
 @pytest.mark.parametrize("item_id", AUTOMATED)
 def test_fails_on_misconfigured(check, item_id):
     r = check(item_id, "misconfigured")
-    expected = Status.WARN if item_id in WARN_ON_MISCONFIGURED else Status.FAIL
-    assert r.status is expected, r.summary
+    assert r.status is expected(item_id, "misconfigured"), r.summary
     assert r.remediation
 
 

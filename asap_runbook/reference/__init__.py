@@ -9,8 +9,10 @@
 * ``misconfigured_agents`` misconfigured agents (``misconfigured_app``: defaults, no auth,
   ``ASAP_DEBUG=1``, spoofable proxy headers) each behind a weak nginx (TLS 1.0/1.1, expired
   self-signed certificate, no HSTS, no redirect, 100m bodies);
+* a stock agent (``examples/stock/src``, ``orders_service.app:app``: asap-protocol's ``create_app``
+  with bearer auth and library defaults) behind Debian's stock nginx.conf with an included site;
 * Redis (rate limits, shared nonce store, readiness) and, optionally, Prometheus scraping
-  both with the shipped alert rules.
+  them with the shipped alert rules (and the stock team's own rules for the stock agent).
 
 This package never imports ``asap.transport`` (only the agent subprocesses do).
 """
@@ -20,6 +22,7 @@ from .deployment import (
     HARDENED_AGENT_ID,
     MISCONFIGURED_AGENT_ID,
     PROBE_SENDER,
+    STOCK_AGENT_ID,
     TOKEN_ENV,
     AgentInfo,
     PrometheusInfo,
@@ -33,6 +36,7 @@ __all__ = [
     "HARDENED_AGENT_ID",
     "MISCONFIGURED_AGENT_ID",
     "PROBE_SENDER",
+    "STOCK_AGENT_ID",
     "TOKEN_ENV",
     "AgentInfo",
     "PrometheusInfo",

@@ -9,7 +9,8 @@ Layout of the work directory::
     <workdir>/token                    the bearer token (0600; never printed)
     <workdir>/env.sh                   export lines (the token as $(cat <workdir>/token))
     <workdir>/pki/                     ca.pem, hardened-chain.pem, hardened-key.pem, weak-*.pem
-    <workdir>/conf/                    hardened-nginx.conf, misconfigured-nginx.conf, prometheus.yml
+    <workdir>/conf/                    hardened-nginx.conf, misconfigured-nginx.conf, stock-nginx.conf
+                                       (+ stock-sites/orders-service.conf, which it includes), prometheus.yml
     <workdir>/logs/<component>.log     stdout+stderr (and nginx error_log) of each component
     <workdir>/nginx/<name>/            nginx prefix: pid file, temp dirs
     <workdir>/prom/                    Prometheus TSDB
@@ -17,7 +18,8 @@ Layout of the work directory::
     <workdir>/control.sock, control.json  drill control (see asap_runbook.reference.control)
 
 ``asap.transport`` is never imported in this process: the agents are
-``asap_runbook.reference.hardened_app:app`` and ``...misconfigured_app:app`` under uvicorn.
+``asap_runbook.reference.hardened_app:app``, ``...misconfigured_app:app`` and the stock
+``orders_service.app:app`` (``--app-dir examples/stock/src``) under uvicorn.
 """
 
 from __future__ import annotations
@@ -47,14 +49,27 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding asap
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_ALERT_RULES = Path(__file__).resolve().parents[1] / "data" / "prometheus" / "asap-alerts.yml"
 
+def _stock_example() -> Path:
+    from .._paths import shipped
+
+    return shipped("examples") / "stock"
+
+
+STOCK_ALERT_RULES = _stock_example() / "prometheus" / "alerts.yml"  # the stock team's own rules
+
 HARDENED_APP = "asap_runbook.reference.hardened_app:app"
 MISCONFIGURED_APP = "asap_runbook.reference.misconfigured_app:app"
+# The stock target runs the example team's own source (examples/stock/src), unchanged.
+STOCK_APP = "orders_service.app:app"
+STOCK_AGENT_ID = "urn:asap:agent:orders-service"
 HARDENED_AGENT_ID = "urn:asap:agent:hardened-ref"
 MISCONFIGURED_AGENT_ID = "urn:asap:agent:misconfigured-ref"
 PROBE_SENDER = "urn:asap:agent:sre-probe"
 TOKEN_ENV = "ASAP_DEMO_TOKEN"
 
-READY_TIMEOUT_SECONDS = 20.0
+# three agents import asap.transport at once; on a loaded 2-core machine that took over 20 s. A
+# component that dies during start-up is reported at once (its exit), not after this wait.
+READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 _SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
@@ -71,8 +86,8 @@ class ReferenceDeploymentError(RuntimeError):
 class AgentInfo:
     """One reference agent and the nginx in front of it."""
 
-    name: str  # "hardened", "misconfigured", "misconfigured-2", ...
-    role: str  # "hardened" | "misconfigured"
+    name: str  # "hardened", "misconfigured", "misconfigured-2", "stock"
+    role: str  # "hardened" | "misconfigured" | "stock"
     agent_id: str  # manifest id (URN)
     base_url: str  # https://127.0.0.1:<nginx tls port>
     http_url: str  # http://127.0.0.1:<nginx plain port>
@@ -88,7 +103,7 @@ class AgentInfo:
     nginx_pid: int
     nginx_log: Path
     nginx_access_log: Path
-    token_env: str | None  # name of the env var holding the bearer token (hardened only)
+    token_env: str | None  # name of the env var holding the bearer token (hardened and stock)
 
     @property
     def asap_url(self) -> str:
@@ -178,6 +193,7 @@ class ReferenceDeployment:
         prometheus: bool = True,
         misconfigured_agents: int = 1,
         *,
+        stock: bool = True,
         alert_rules: Path | str | None = None,
         ready_timeout: float = READY_TIMEOUT_SECONDS,
         python: str | None = None,
@@ -187,6 +203,7 @@ class ReferenceDeployment:
         self.workdir = Path(workdir).resolve()
         self.prometheus_enabled = bool(prometheus)
         self.misconfigured_count = int(misconfigured_agents)
+        self.stock_enabled = bool(stock)
         self.alert_rules = Path(alert_rules).resolve() if alert_rules else DEFAULT_ALERT_RULES
         self.ready_timeout = float(ready_timeout)
         self.python = python or sys.executable
@@ -200,6 +217,7 @@ class ReferenceDeployment:
         self.pki: PKIFiles | None = None
         self.hardened: AgentInfo | None = None
         self.misconfigured: list[AgentInfo] = []
+        self.stock: AgentInfo | None = None
         self.redis: RedisInfo | None = None
         # the misconfigured agents' own Redis (a dependency they use but /ready ignores)
         self.misconfigured_redis: RedisInfo | None = None
@@ -251,6 +269,16 @@ class ReferenceDeployment:
                     "ASAP_DEMO_MISCONFIGURED_DIRECT_URL": m.direct_url,
                     "ASAP_DEMO_MISCONFIGURED_LOG": str(m.log_file),
                     "ASAP_DEMO_MISCONFIGURED_NGINX_CONF": str(m.nginx_conf),
+                }
+            )
+        if self.stock is not None:
+            env.update(
+                {
+                    "ASAP_DEMO_STOCK_URL": self.stock.base_url,
+                    "ASAP_DEMO_STOCK_HTTP_URL": self.stock.http_url,
+                    "ASAP_DEMO_STOCK_DIRECT_URL": self.stock.direct_url,
+                    "ASAP_DEMO_STOCK_LOG": str(self.stock.log_file),
+                    "ASAP_DEMO_STOCK_NGINX_CONF": str(self.stock.nginx_conf),
                 }
             )
         if self.prometheus is not None:
@@ -320,13 +348,15 @@ class ReferenceDeployment:
     ) -> dict[str, list[dict]]:
         """Poll until every job in *expected* has all its targets in the given health.
 
-        Default expectation: ``asap-hardened`` up and ``asap-misconfigured`` down (as shipped).
+        Default expectation: ``asap-hardened`` up, ``asap-misconfigured`` and ``orders-service`` (stock) down (as shipped).
         Returns the last target listing; raises ReferenceDeploymentError on timeout.
         """
         if expected is None:
             expected = {"asap-hardened": "up"}
             if self.misconfigured:
                 expected["asap-misconfigured"] = "down"
+            if self.stock is not None:
+                expected["orders-service"] = "down"  # asap-protocol's metrics as shipped: no "# EOF"
         deadline = time.monotonic() + timeout
         targets: dict[str, list[dict]] = {}
         while True:
@@ -413,6 +443,7 @@ class ReferenceDeployment:
         h_agent, h_tls, h_http = self._free_port(), self._free_port(), self._free_port()
         mis_redis_port = self._free_port() if self.misconfigured_count else None
         mis_ports = [(self._free_port(), self._free_port(), self._free_port()) for _ in range(self.misconfigured_count)]
+        stock_ports = (self._free_port(), self._free_port(), self._free_port()) if self.stock_enabled else None
         prom_port = self._free_port() if self.prometheus_enabled else None
 
         # Redis
@@ -446,6 +477,15 @@ class ReferenceDeployment:
             self.misconfigured.append(info)
             checks[name] = self._http_ok(f"{info.direct_url}/health")
             checks[f"{name}-nginx"] = self._nginx_ready(info, verify=False)
+
+        # stock agent + stock nginx
+        if stock_ports is not None:
+            a, t, h = stock_ports
+            self.stock = self._start_agent_pair(name="stock", role="stock", agent_port=a, tls_port=t, http_port=h)
+            checks["stock"] = self._http_ok(f"{self.stock.direct_url}/health")
+            checks["stock-nginx"] = self._nginx_ready(
+                self.stock, verify=ssl.create_default_context(cafile=str(self.pki.ca_file))
+            )
 
         # Prometheus
         if self.prometheus_enabled:
@@ -515,7 +555,18 @@ class ReferenceDeployment:
         base_url = f"https://127.0.0.1:{tls_port}"
         http_url = f"http://127.0.0.1:{http_port}"
         direct_url = f"http://127.0.0.1:{agent_port}"
-        if role == "hardened":
+        app_dir: list[str] = []
+        if role == "stock":
+            app_ref, agent_id = STOCK_APP, STOCK_AGENT_ID
+            # what the team's ConfigMap and Secret set; the downstream (inventory) agent is the
+            # misconfigured one when it runs (any ASAP agent answers task.request)
+            app_env = {"PUBLIC_URL": base_url, "AGENT_ID": agent_id}
+            if self.misconfigured:
+                app_env["INVENTORY_AGENT_URL"] = self.misconfigured[0].direct_url
+            secret_env = {"API_TOKEN": self.token}
+            proxy_args = []  # uvicorn's defaults: proxy headers trusted from 127.0.0.1
+            app_dir = ["--app-dir", str(_stock_example() / "src")]
+        elif role == "hardened":
             app_ref = HARDENED_APP
             agent_id = HARDENED_AGENT_ID
             app_env = {
@@ -541,24 +592,26 @@ class ReferenceDeployment:
             proxy_args = ["--proxy-headers", "--forwarded-allow-ips", "*"]
         argv = [
             self.python, "-m", "uvicorn", app_ref, "--host", "127.0.0.1", "--port", str(agent_port),
-            "--no-server-header", *proxy_args,
+            "--no-server-header", *proxy_args, *app_dir,
         ]
         env = self._base_env() | app_env | secret_env
         proc = self._spawn(name, argv, env=env, cwd=self.workdir)
         self._launch[name] = (argv, env, f"{direct_url}/health")
 
         # nginx in front
-        if role == "hardened":
+        if role == "stock":
+            template, cert, key = "stock-nginx.conf", self.pki.cert_chain, self.pki.cert_key
+        elif role == "hardened":
             template, cert, key = "hardened-nginx.conf", self.pki.cert_chain, self.pki.cert_key
         else:
             template, cert, key = "weak-nginx.conf", self.pki.weak_cert, self.pki.weak_key
         conf, nproc, nginx_log, access_log = self._start_nginx(name, template, cert, key, agent_port, tls_port, http_port)
         return AgentInfo(
             name=name, role=role, agent_id=agent_id, base_url=base_url, http_url=http_url,
-            direct_url=direct_url, ca_file=self.pki.ca_file if role == "hardened" else None,
+            direct_url=direct_url, ca_file=self.pki.ca_file if role != "misconfigured" else None,
             cert_file=cert, log_file=proc.log_file, pid=proc.pid, app_ref=app_ref, app_env=app_env,
             uvicorn_argv=tuple(argv), nginx_conf=conf, nginx_pid=nproc.pid, nginx_log=nginx_log,
-            nginx_access_log=access_log, token_env=TOKEN_ENV if role == "hardened" else None,
+            nginx_access_log=access_log, token_env=TOKEN_ENV if role != "misconfigured" else None,
         )
 
     def _start_nginx(self, name: str, template: str, cert: Path, key: Path, upstream_port: int, tls_port: int,
@@ -570,22 +623,24 @@ class ReferenceDeployment:
         nginx_log = self.logs_dir / f"{name}-nginx.log"
         access_log = self.logs_dir / f"{name}-nginx-access.log"
         conf = self.conf_dir / f"{name}-nginx.conf"
-        conf.write_text(
-            _render(
-                template,
-                {
-                    "USER_DIRECTIVE": "user root;" if os.geteuid() == 0 else "# (not root: workers run as the current user)",
-                    "PREFIX": str(prefix),
-                    "ERROR_LOG": str(nginx_log),
-                    "ACCESS_LOG": str(access_log),
-                    "UPSTREAM_PORT": str(upstream_port),
-                    "TLS_PORT": str(tls_port),
-                    "HTTP_PORT": str(http_port),
-                    "CERT_CHAIN": str(cert),
-                    "CERT_KEY": str(key),
-                },
-            )
-        )
+        sites_dir = self.conf_dir / f"{name}-sites"  # the stock config includes its site from here
+        values = {
+            "USER_DIRECTIVE": "user root;" if os.geteuid() == 0 else "# (not root: workers run as the current user)",
+            "PREFIX": str(prefix),
+            "ERROR_LOG": str(nginx_log),
+            "ACCESS_LOG": str(access_log),
+            "UPSTREAM_PORT": str(upstream_port),
+            "TLS_PORT": str(tls_port),
+            "HTTP_PORT": str(http_port),
+            "CERT_CHAIN": str(cert),
+            "CERT_KEY": str(key),
+            "SITES_DIR": str(sites_dir),
+        }
+        conf.write_text(_render(template, values))
+        site_template = template.replace("-nginx.conf", "-site.conf")
+        if (TEMPLATES / site_template).is_file():
+            sites_dir.mkdir(parents=True, exist_ok=True)
+            (sites_dir / "orders-service.conf").write_text(_render(site_template, values))
         nginx_argv = [
             self._bins["nginx"], "-p", str(prefix), "-c", str(conf), "-e", str(nginx_log), "-g", "daemon off;",
         ]
@@ -639,6 +694,23 @@ class ReferenceDeployment:
                     ],
                 }
             )
+        if self.stock is not None:
+            # the stock team's own jobs (examples/stock/prometheus/prometheus.yml, static here): the
+            # agent's metrics, and the ingress exporter that would count 429/413 at the proxy. No
+            # exporter that counts nginx statuses runs here (Debian's prometheus-nginx-exporter only
+            # reads stub_status; Debian's mtail could count them from the access log, not wired yet),
+            # so that job finds no target: the checks see its absence, and no metric is faked.
+            config["scrape_configs"] += [
+                {
+                    "job_name": "orders-service",
+                    "scheme": "https",
+                    "metrics_path": "/asap/metrics",
+                    "tls_config": {"ca_file": str(self.pki.ca_file)},
+                    "static_configs": [{"targets": [self.stock.base_url.removeprefix("https://")]}],
+                },
+                {"job_name": "ingress-nginx", "static_configs": [{"targets": []}]},
+            ]
+            config["rule_files"].append(str(STOCK_ALERT_RULES))
         conf = self.conf_dir / "prometheus.yml"
         conf.write_text("# rendered by asap_runbook.reference\n" + yaml.safe_dump(config, sort_keys=False))
         argv = [
@@ -756,6 +828,8 @@ class ReferenceDeployment:
                 self.hardened = dataclasses.replace(self.hardened, pid=new.pid)
             self.misconfigured = [dataclasses.replace(m, pid=new.pid) if m.name == name else m
                                   for m in self.misconfigured]
+            if self.stock is not None and self.stock.name == name:
+                self.stock = dataclasses.replace(self.stock, pid=new.pid)
             return {"agent": name, "old_pid": old.pid if old else None, "new_pid": new.pid,
                     "seconds": round(time.monotonic() - t0, 2)}
 
