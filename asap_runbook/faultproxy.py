@@ -1,6 +1,7 @@
 """A small fault-injecting HTTP/1.1 proxy for the resilience drills (RES-1..3).
 
-It listens on a free loopback port in the runbook's own event loop, in front of a real
+It listens on a free loopback port (or the address the operator gives, for a staging agent that
+already routes its downstream calls there) in the runbook's own event loop, in front of a real
 downstream ASAP agent, and answers each incoming request according to a plan consumed in
 arrival order, then a default action:
 
@@ -12,7 +13,7 @@ arrival order, then a default action:
 
 Every request is recorded from the proxy's side (arrival time, the action taken, the envelope
 id of the ASAP request, so retries of one call can be told from new calls). Bounded: at most
-``max_requests`` requests are served; beyond that every request is reset and counted.
+``max_requests`` requests are served (over its life, whatever the plan); beyond that every request is reset and counted.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class FaultProxy:
     plan: list[str] = field(default_factory=list)
     default: str = "ok"
     max_requests: int = 60
+    listen: tuple[str, int] = ("127.0.0.1", 0)   # (host, port); port 0: a free one
     arrivals: list[Arrival] = field(default_factory=list)
 
     def __post_init__(self):
@@ -63,14 +65,20 @@ class FaultProxy:
         self._t0 = time.monotonic()
         self._writers: set[asyncio.StreamWriter] = set()
         self.port: int | None = None
+        self.served = 0  # requests over the proxy's life: the bound
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = "127.0.0.1" if self.listen[0] in ("0.0.0.0", "") else self.listen[0]
+        return f"http://{host}:{self.port}"
+
+    def now(self) -> float:
+        """Seconds since the proxy started: the clock of its timeline."""
+        return round(time.monotonic() - self._t0, 3)
 
     async def __aenter__(self) -> "FaultProxy":
         self._client = httpx.AsyncClient(timeout=10, trust_env=False)
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, self.listen[0], self.listen[1])
         self.port = self._server.sockets[0].getsockname()[1]
         self._t0 = time.monotonic()
         return self
@@ -85,9 +93,14 @@ class FaultProxy:
         if self._client is not None:
             await self._client.aclose()
 
+    def set_plan(self, plan: list[str], default: str) -> None:
+        """A new schedule from the next request on; the timeline starts again (same clock)."""
+        self.plan, self.default, self.arrivals = list(plan), default, []
+
     def _next_action(self) -> str:
         n = len(self.arrivals)
-        if n >= self.max_requests:
+        self.served += 1
+        if self.served > self.max_requests:
             return "reset"
         return self.plan[n] if n < len(self.plan) else self.default
 

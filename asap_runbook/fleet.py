@@ -17,15 +17,19 @@ import yaml
 
 from ._paths import shipped
 from .catalog import load_catalog
+from .report import one_line
 from .results import READINESS, RunResults, exit_code
 
 def build_matrix(run: RunResults, groups: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """The targets x items matrix for the summary page: per-target readiness, one cell per (item, target)."""
     groups = groups or {}
     by_key = {(r.item_id, r.target): r.status.value for r in run.results}
+    per_target: dict[str, list] = {name: [] for name in run.targets}
+    for r in run.results:  # one pass, not one scan of every result per target
+        per_target.setdefault(r.target, []).append(r)
     targets = []
     for name in run.targets:
-        mine = [r for r in run.results if r.target == name]
+        mine = per_target[name]
         code = exit_code(mine, sections_not_run=run.sections_not_run)
         targets.append({"name": name, "groups": groups.get(name, {}), "exit_code": code, "readiness": READINESS[code]})
     group_keys = sorted({k for g in groups.values() for k in g})
@@ -34,7 +38,7 @@ def build_matrix(run: RunResults, groups: dict[str, dict[str, str]] | None = Non
     for section in run.sections:
         for n, item in enumerate(catalog.section(section)):
             rows.append({"section": section, "section_start": n == 0, "item_id": item.id, "blocking": item.blocking,
-                         "cells": [by_key.get((item.id, t)) for t in run.targets]})
+                         "title": one_line(item.text.replace("`", ""), 60), "cells": [by_key.get((item.id, t)) for t in run.targets]})
     return {"targets": targets, "by_name": {t["name"]: t for t in targets}, "group_keys": group_keys, "rows": rows}
 
 

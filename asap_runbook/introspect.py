@@ -123,17 +123,53 @@ def _child(ref: str) -> int:
     return 0
 
 
+def child_env(app_path: Path | None, app_env: dict[str, str] | None, drop_env: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment a child that imports the app gets: the runbook's without ASAP_*/OTEL_* and
+    `drop_env`, plus the operator's `app_env`; PYTHONPATH finds the app and this package."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASAP_", "OTEL_")) and k not in drop_env}
+    env.update(app_env or {})
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(p) for p in (app_path, Path(__file__).resolve().parents[1]) if p] +
+        ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    return env
+
+
+def _snapshot_child(ref: str) -> int:
+    """Read the app's configured snapshot store (RES-4): one task id per stdin line, one JSON line back
+    with the store's kind and the task's versions (id, created_at, data of each). Nothing is written."""
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        store = getattr(load_app(ref).state, "snapshot_store", None)
+        info = _cls(store)
+        out.write(json.dumps({"ok": store is not None, "store": info, "kind": _kind(info),
+                              "error": None if store is not None else f"{ref} has no app.state.snapshot_store"}) + "\n")
+    except BaseException as e:  # noqa: BLE001 - SystemExit at import too: one sentence
+        out.write(json.dumps({"ok": False, "error": f"cannot import {ref}: {type(e).__name__}: {e}"[:400]}) + "\n")
+        out.flush()
+        return 0
+    out.flush()
+    for line in sys.stdin:
+        task_id = line.strip()
+        try:
+            snaps = [store.get(task_id, v) for v in store.list_versions(task_id)]
+            doc = {"ok": True, "task_id": task_id, "versions": [
+                {"version": s.version, "id": s.id, "created_at": str(s.created_at), "data": s.data} for s in snaps if s]}
+        except Exception as e:  # noqa: BLE001 - the store failing is an observation, not a crash
+            doc = {"ok": False, "task_id": task_id, "error": f"{type(e).__name__}: {e}"[:300]}
+        out.write(json.dumps(doc, default=str) + "\n")
+        out.flush()
+    return 0
+
+
 def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, str] | None = None,
                    timeout: float = DEFAULT_TIMEOUT_SECONDS, drop_env: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load `module:attr` in a child process and return its configuration; raise IntrospectionError.
 
     The child gets the runbook's environment without ASAP_*/OTEL_* (the operator's `app_env` says
     what the app should see) and without `drop_env` (the target's token variable)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASAP_", "OTEL_")) and k not in drop_env}
-    env.update(app_env or {})
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(p) for p in (app_path, Path(__file__).resolve().parents[1]) if p] +
-        ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = child_env(app_path, app_env, drop_env)
     try:
         proc = subprocess.run([sys.executable, "-m", "asap_runbook.introspect", ref], env=env, capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL,
@@ -151,6 +187,8 @@ def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, st
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--snapshots":
+        raise SystemExit(_snapshot_child(sys.argv[2]))
     if len(sys.argv) != 2:
         print("usage: python -m asap_runbook.introspect module:attr", file=sys.stderr)
         raise SystemExit(2)

@@ -168,3 +168,20 @@ def _confirm_note(section_run: SectionRun | None, params_path: str):
         f"<p><b>{len(pending)}</b> item(s) await a person and <b>{len(confirmed)}</b> are confirmed (who, when and "
         "until when: in the findings above). Confirm in JupyterLab with this notebook's confirm panel, or with "
         f"<code>asap-runbook confirm ITEM --target TARGET --by NAME --note '...' --evidence URL --params {html.escape(str(params_path))}</code>.</p>")
+
+
+def drill_timelines(section_run: SectionRun | None) -> int:
+    """One timeline picture per drill that ran (attempts at the fault proxy, outage, breaker, SIGTERM,
+    restart), drawn from the observation kept as its evidence. Returns how many were shown."""
+    from .drills import DRILL_ITEMS, timeline_png
+    shown = 0
+    for r in (section_run.results if section_run else []):
+        obs = next((e.data for e in r.evidence if e.label == "observation"), None)
+        if r.item_id in DRILL_ITEMS and isinstance(obs, dict) and (png := timeline_png(r.item_id, r.target, obs)):
+            from IPython.display import Image
+            _display(Image(png))
+            shown += 1
+    if not shown:
+        _display(_html("<p>No drill ran here (they are opt-in: <code>targets[].active_probes.drills</code>, "
+                       "plus each drill's parameters, see docs/drills.md).</p>"))
+    return shown

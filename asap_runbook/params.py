@@ -94,15 +94,39 @@ class ActiveProbes(_Model):
         return self.rate_limit_burst or self.oversize_body or self.drills or self.handler_probes
 
 
+class TaskTemplate(_Model):
+    """One real request of the agent: a task.request with this skill and input. The text `{drill_id}`
+    anywhere in the input is replaced by an id unique to the drill run."""
+
+    skill: str = Field(min_length=1, max_length=128)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
 class Drills(_Model):
-    """Commands a drill may run. Only for staging or the reference deployment."""
+    """Commands and requests a drill may use. Only for staging or the reference deployment."""
 
     dependency_stop: str | None = None
     dependency_start: str | None = None
-    agent_start: str | None = None
+    agent_start: str | None = Field(None, description="command that starts the agent in the foreground on "
+                                    "127.0.0.1:$PORT (MON-HEALTH-4; RES-1..3 with downstream_env)")
     agent_restart: str | None = Field(None, description="command that kills the agent process and has it come back "
                                       "(RES-4); `{python}` is replaced by the runbook's interpreter")
-    downstream_url: HttpUrl | None = Field(None, description="a downstream ASAP agent the fault proxy forwards to (RES-1..3)")
+    downstream_url: HttpUrl | None = Field(None, description="the agent's real downstream ASAP agent: the fault proxy "
+                                           "forwards to it (RES-1..3)")
+    downstream_task: TaskTemplate | None = Field(None, description="a real request that makes the agent call its "
+                                                 "downstream (RES-1..3)")
+    downstream_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                       description="the variable through which the agent reads its downstream's URL: "
+                                       "the drill starts the agent with agent_start and this set to the fault proxy")
+    fault_proxy_listen: str | None = Field(None, pattern=r"^[^\s:]+:\d{1,5}$",
+                                           description="host:port the fault proxy binds to, when the staging agent "
+                                           "already reaches its downstream through that address (no agent_start)")
+    long_task: TaskTemplate | None = Field(None, description="a real long-running task (RES-4); its input should "
+                                           "contain {drill_id} so each drill starts a new one")
+    snapshot_task_id: str = Field("{drill_id}", description="the snapshot store's task id for long_task "
+                                  "(e.g. report-{drill_id})")
+    drain_seconds: float = Field(3.0, gt=0, le=60, description="how long MON-HEALTH-4 keeps its request in flight "
+                                 "after SIGTERM (the body's last bytes are sent then)")
 
 
 class Target(_Model):

@@ -139,8 +139,33 @@ class Renderer:
     def render(self, notebook: Path, html_path: Path) -> None:
         import nbformat
         nb = nbformat.read(str(notebook), as_version=4)
-        body, _ = self.exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem.title()}})
-        html_path.write_text(body)
+        css = style()
+        body, _ = self.exporter.from_notebook_node(
+            nb, resources={"metadata": {"name": notebook.stem.title()}, "asap_css": css})
+        # outputs carry the stylesheet for JupyterLab; the page has it once, in its head
+        head, sep, rest = body.partition("</head>")
+        html_path.write_text(head + sep + rest.replace(f"<style>{css}</style>", ""))
+
+
+def drop_section_files(run_dir: Path) -> None:
+    """The kernels' per-section results and progress files, once results.json holds every result:
+    the evidence is kept once as data (results.json), not also per section (issue 15, lean)."""
+    import shutil
+    shutil.rmtree(run_dir / "sections", ignore_errors=True)
+
+
+PAGE_HEADER_MARK = "<!--asap-runbook:page-header-->"
+
+
+def stamp_section_pages(run: RunResults, run_dir: Path, pages: dict[str, str]) -> None:
+    """Pages are rendered as their notebooks finish, before the verdict is known: once it is, each
+    gets the run's header (run id, date, environment, verdict, a link back to the summary)."""
+    header = jinja_env().get_template("_header.html.j2").render(run=run, back="index.html")
+    for page in pages.values():
+        path = run_dir / page
+        text = path.read_text()
+        if PAGE_HEADER_MARK in text:
+            path.write_text(text.replace(PAGE_HEADER_MARK, header, 1))
 
 
 def _load_section(run_dir: Path, section: str) -> SectionRun | None:
@@ -191,17 +216,90 @@ def verdict_lines(run: RunResults) -> list[str]:
     return lines
 
 
+def coverage_rows(run: RunResults, groups: dict[str, dict[str, str]]) -> tuple[list, bool]:
+    """The verdict's coverage rows: per target (and all) for a small run; for a fleet, all targets
+    and one row per group value ("team: sre"), so the top of the page stays short."""
+    from .report import is_fleet
+    from .results import ALL_TARGETS, Coverage
+    whole = [("all targets", run.coverage[ALL_TARGETS])] if ALL_TARGETS in run.coverage else []
+    if not is_fleet(run):
+        per = [(t, run.coverage[t]) for t in run.targets if t in run.coverage]
+        return per + (whole if len(per) > 1 else []), False
+    by_group: dict[str, Coverage] = {}
+    for t in run.targets:
+        for k, v in (groups.get(t) or {}).items():
+            c = by_group.setdefault(f"{k}: {v}", Coverage())
+            for f in Coverage.model_fields:
+                setattr(c, f, getattr(c, f) + getattr(run.coverage[t], f))
+    return whole + sorted(by_group.items()), True
+
+
 def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], sign_off: dict | None = None,
                 **extra) -> None:
-    per_section = {s: counts([r for r in run.results if r.section == s]) for s in run.sections}
-    per_target = {t: counts([r for r in run.results if r.target == t]) for t in run.targets}
+    """The summary page. It can be rendered again (an after-the-fact sign-off); the per-target
+    pages (write_target_pages) do not change with it."""
+    from .report import evidence_href, is_fleet, summary_lists, MAX_ROWS
+    fleet = is_fleet(run)
+    by_section: dict[str, list[Result]] = {s: [] for s in run.sections}
+    by_target: dict[str, list[Result]] = {t: [] for t in run.targets}
+    for r in run.results:
+        by_section.setdefault(r.section, []).append(r)
+        by_target.setdefault(r.target, []).append(r)
+    per_section = {s: counts(by_section[s]) for s in run.sections}
+    per_target = {t: counts(by_target[t]) for t in run.targets}
+
+    def link(r: Result) -> str:
+        return evidence_href(r.section, r.item_id, r.target, section_pages, fleet)
+
+    catalog = load_catalog()
+
+    def href(item_id: str, target: str) -> str:  # drift rows know the item and target, not the section
+        try:
+            section = catalog.get(item_id).section
+        except KeyError:
+            section = ""
+        return evidence_href(section, item_id, target, section_pages, fleet)
+
+    context = page_context(run, run_dir, **extra)  # drift and the targets x items matrix (fleet.py)
+    matrix = context["matrix"]
+    if not fleet:
+        for row in matrix["rows"]:
+            row["links"] = [evidence_href(row["section"], row["item_id"], t, section_pages, False) for t in run.targets]
+    groups = {t["name"]: t["groups"] for t in matrix["targets"]}
+    cov_rows, cov_grouped = coverage_rows(run, groups)
+    # a section without a rendered page keeps its findings here, so every link has somewhere to land
+    orphans = {s: Markup(findings_html(by_section[s], evidence=not fleet)) if s not in section_pages and by_section[s]
+               else "" for s in run.sections}
     html = jinja_env().get_template("index.html.j2").render(
         run=run, sign_off=sign_off, style=style(), per_section=per_section, per_target=per_target, pages=section_pages,
-        statuses=[s.value for s in Status],
-        findings=lambda section: Markup(findings_html([r for r in run.results if r.section == section])),
-        **page_context(run, run_dir, **extra),  # drift and the targets x items matrix (fleet.py)
+        statuses=[s.value for s in Status], lists=summary_lists(run, link, fleet), link=link, href=href, fleet=fleet,
+        cov_rows=cov_rows, cov_grouped=cov_grouped, orphans=orphans, max_rows=MAX_ROWS,
+        waived=[r for r in run.results if r.waiver], confirmed=[r for r in run.results if r.confirmation],
+        **context,
     )
     (run_dir / "index.html").write_text(html)
+
+
+def write_target_pages(run: RunResults, run_dir: Path, matrix: dict) -> None:
+    """A fleet's evidence, one page per target: no page has to hold every target's evidence.
+    (A small run has none: its evidence is on the section pages.)"""
+    from .report import is_fleet, target_page
+    if not is_fleet(run):
+        return
+    by_target: dict[str, list[Result]] = {t: [] for t in run.targets}
+    for r in run.results:
+        by_target.setdefault(r.target, []).append(r)
+    template = jinja_env().get_template("target.html.j2")
+    css = style()
+    (run_dir / "targets").mkdir(exist_ok=True)
+    for t in run.targets:
+        mine = by_target.get(t, [])
+        sections = [(s, Markup(findings_html([r for r in mine if r.section == s], evidence=True)))
+                    for s in run.sections if any(r.section == s for r in mine)]
+        info = matrix["by_name"].get(t, {})
+        (run_dir / target_page(t)).write_text(template.render(
+            run=run, target=t, style=css, sections=sections, coverage=run.coverage.get(t),
+            code=info.get("exit_code"), readiness=info.get("readiness", "")))
 
 
 def sha256(path: Path) -> str:
@@ -295,6 +393,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         sections_not_run=not_run, coverage=run_coverage(results, tnames, not_run),
     )
     (run_dir / "results.json").write_text(run_results.model_dump_json(indent=1))
+    drop_section_files(run_dir)
+    stamp_section_pages(run_results, run_dir, pages)
     from . import ci
     ci.write_junit(run_results, run_dir / "junit.xml", pages, fail_on)
     for r in results:  # expired waivers are ignored, loudly
@@ -307,8 +407,9 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     drift_mod.write_drift(drift, run_dir)
     sign_off = signing.sign_off_record(run_results, sign_off_by, key)
     signing.write_sign_off(sign_off, run_dir)
-    write_index(run_results, run_dir, pages, sign_off, drift=drift,
-                matrix=fleet.build_matrix(run_results, {t.name: t.groups for t in params.targets}))
+    matrix = fleet.build_matrix(run_results, {t.name: t.groups for t in params.targets})
+    write_index(run_results, run_dir, pages, sign_off, drift=drift, matrix=matrix)
+    write_target_pages(run_results, run_dir, matrix)
     gated = gated_exit_code(results, problems, not_run, fail_on)
     ci.write_summary(ci.summary_markdown(run_results, pages, fail_on, gated, drift), run_dir, say)
     log.removeHandler(handler)

@@ -17,8 +17,6 @@ import yaml
 from .errors import ProbeError, TargetUntrusted, UsageError
 from .params import ProbeSettings, Target
 
-# the reference agents' drill skills (drills.py): present on a staging build, RES-1..4 can run
-DRILL_SKILLS = {"lookup": "RES-1..3 (fault-proxy lookups)", "checkpoint": "RES-4 (kill, restart, resume)"}
 
 
 def discover(url: str, ca_file: Path | None = None, tls_verify: bool = True, timeout: float = 5.0) -> dict:
@@ -111,10 +109,13 @@ def render(manifest: dict, url: str, token_env: str | None = None, ca_file: Path
         "    # Active probes send load or act on the agent; off unless you enable them, per target:",
         "    active_probes: {rate_limit_burst: false, oversize_body: false, drills: false}",
     ]
-    drills = [f"{s}: {DRILL_SKILLS[s]}" for s in skills if s in DRILL_SKILLS]
-    if drills:
-        lines.append(f"    # drills:                        # the agent exposes drill skills ({'; '.join(drills)})")
-        lines.append("    #   downstream_url: http://HOST:PORT   # an ASAP agent the fault proxy forwards to")
+    lines += [  # the drills use the agent's own requests: which ones only the team knows (docs/drills.md)
+        "    # drills:                        # staging only; see docs/drills.md",
+        "    #   downstream_task: {skill: SKILL, input: {...}}   # a real request that calls a downstream agent",
+        "    #   downstream_url: http://HOST:PORT   # that downstream: the fault proxy forwards to it",
+        "    #   downstream_env: VAR   # how the agent reads the downstream's URL (with agent_start)",
+        "    #   long_task: {skill: SKILL, input: {...}}   # a real long-running task (RES-4)",
+    ]
     lines += [
         "",
         "# What the manifest says (for reference; the runbook reads it again on every run):",

@@ -251,11 +251,14 @@ def test_full_run_shows_confirmation_and_waivers(evidence_run):
 
 def test_full_run_html_shows_confirmation_and_waiver(evidence_run):
     html = (evidence_run.run_dir / "index.html").read_text()
-    assert "confirmed by <b>Alice Operator</b>" in html and "cache TTLs reviewed with the payments team" in html
-    assert "waived by <b>Bob Approver</b> (OPS-1234) until 2099-12-31" in html
     assert 'id="waivers"' in html and 'id="confirmations"' in html
-    security = json.loads((evidence_run.run_dir / "sections" / "security.json").read_text())
-    assert any(r["status"] == "waived" for r in security["results"])
+    assert "Alice Operator" in html and "cache TTLs reviewed with the payments team" in html
+    assert "Bob Approver" in html and "OPS-1234" in html
+    # the evidence rows (with who confirmed and who waived) are on the section pages
+    assert "confirmed by <b>Alice Operator</b>" in (evidence_run.run_dir / "scaling.html").read_text()
+    assert "waived by <b>Bob Approver</b> (OPS-1234) until 2099-12-31" in (evidence_run.run_dir / "security.html").read_text()
+    run = json.loads((evidence_run.run_dir / "results.json").read_text())
+    assert any(r["status"] == "waived" and r["section"] == "security" for r in run["results"])
 
 
 def test_run_with_a_malformed_waivers_file_exits_2_before_anything_runs(params, tmp_path, capsys):

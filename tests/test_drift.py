@@ -187,7 +187,8 @@ def test_two_real_runs_one_fixed_one_regressed(deployment, tmp_path, capsys):
     assert saved["found_by"].startswith("manifest chain") and "drift.json" in second["files"]
     page = (out / runs[1] / "index.html").read_text()
     assert "What changed since the previous run" in page and f"../{runs[0]}/index.html" in page
-    assert 'href="#SEC-TLS-4--web"' in page  # the drift row and the matrix link into the evidence
+    assert 'href="security.html#SEC-TLS-4--web"' in page  # the drift row and the matrix link into the evidence
+    assert 'id="SEC-TLS-4--web"' in (out / runs[1] / "security.html").read_text()
     index = (out / "index.html").read_text()
     assert index.index(runs[1]) < index.index(runs[0])
     assert os.environ.get("ASAP_DEMO_TOKEN") and os.environ["ASAP_DEMO_TOKEN"] not in page + index

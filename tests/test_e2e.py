@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from asap_runbook import report
+
 from asap_runbook.catalog import load_catalog
 from asap_runbook.results import Result, RunResults, Status, exit_code
 
@@ -36,7 +38,7 @@ def test_every_artifact_exists(demo_run):
     for s in SECTIONS:
         assert (run_dir / f"{s}.html").is_file()
         assert (run_dir / "notebooks" / f"{s}.ipynb").is_file()
-        assert (run_dir / "sections" / f"{s}.json").is_file()
+    assert not (run_dir / "sections").exists(), "results.json holds every result: no per-section copy is kept"
 
 
 def test_results_validate_and_cover_every_item_and_target(demo_run):
@@ -124,6 +126,11 @@ probe: {{timeout_seconds: 2}}
     assert not any(r.status is Status.PASS for r in probes)
     for f in run_dir.rglob("*.html"):
         assert "Traceback" not in f.read_text()
+    # the summary collapses what could not run for one cause into one row per target
+    page = (run_dir / "index.html").read_text()
+    unverified = page[page.index('id="unverified"'):page.index('id="awaiting"')]
+    biggest = max(report.not_looked(run.results), key=lambda c: len(c[2]))
+    assert len(biggest[2]) > 1 and f"{len(biggest[2])} checks" in unverified
 
 
 def _r(status, blocking=True):

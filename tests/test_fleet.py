@@ -26,20 +26,23 @@ def test_fleet_params_name_every_agent_and_no_secret(deployment, tmp_path):
 
 
 def test_matrix_links_every_cell_to_its_evidence(deployment, tmp_path):
-    """The summary page of a real run: one cell per (item, target), each a link to an existing row."""
+    """The summary page of a real run: one cell per (item, target), each a link to an existing row
+    of the section page that holds its evidence."""
     params = fleet.fleet_params(deployment, tmp_path / "fleet.yaml", active_probes=False)
     assert main(["run", "--params", str(params), "--out", str(tmp_path / "out"), "--sections", "security"]) in (1, 3)
     run_dir = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
     page = (run_dir / "index.html").read_text()
     results = json.loads((run_dir / "results.json").read_text())["results"]
-    links = re.findall(r'<a class="st st-(\w+) cell" href="#([\w.-]+--[\w.-]+)">(\w+)</a>', page)
+    links = re.findall(r'<a class="st st-(\w+) cell" href="([\w.]*)#([\w.-]+--[\w.-]+)">(\w+)</a>', page)
     assert len(links) == len(results)
-    anchors = set(re.findall(r'<tr id="([\w.-]+--[\w.-]+)">', page))
-    for status, anchor, text in links:
-        assert anchor in anchors and status == text  # colour class and text agree
+    anchors = {name: set(re.findall(r'<tr id="([\w.-]+--[\w.-]+)">', (run_dir / name).read_text()))
+               for name in {p for _, p, _, _ in links}}
+    assert set(anchors) == {"security.html"}, "the evidence is on the section page"
+    for status, page_name, anchor, text in links:
+        assert anchor in anchors[page_name] and status == text  # colour class and text agree
     by = {(r["item_id"], r["target"]): r["status"] for r in results}
     assert by[("SEC-TLS-4", "hardened")] == "pass" and by[("SEC-TLS-4", "misconfigured")] == "fail"
-    assert 'href="#SEC-TLS-4--misconfigured">fail</a>' in page
+    assert 'href="security.html#SEC-TLS-4--misconfigured">fail</a>' in page
     assert "not ready" in page and "role: misconfigured" in page  # per-target readiness and groups
 
 

@@ -34,7 +34,7 @@ def canary(evidence_run):
 def test_the_run_directory_holds_every_kind_of_artifact(evidence_run):
     names = {p.relative_to(evidence_run.run_dir).as_posix() for p in evidence_run.run_dir.rglob("*") if p.is_file()}
     for must in ("results.json", "runbook.log", "index.html", "junit.xml", "manifest.json", "sign-off.json",
-                 "notebooks/security.ipynb", "sections/security.json", "security.html", "summary.md"):
+                 "notebooks/security.ipynb", "security.html", "summary.md"):
         assert must in names, must
     assert b'"papermill"' in (evidence_run.run_dir / "notebooks" / "security.ipynb").read_bytes()
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _request_restart(workdir: Path | None, name: str, timeout: float = 30.0) -> int:
+def _request_restart(workdir: Path | None, name: str, timeout: float = 60.0) -> int:  # an import on a busy host
     """Drill control: the running deployment's watcher kills and restarts the agent."""
     if workdir is None or not (workdir / "control").is_dir():
         print("error: --restart-agent needs --workdir of a running reference deployment", file=sys.stderr)

@@ -8,7 +8,8 @@
   process that runs the deployment through ``DIR/control.sock``, so that process keeps owning
   (and eventually stops) whatever is restarted.
 * ``run-agent hardened|misconfigured [--port P]``: exec a uvicorn agent on ``127.0.0.1:$PORT``
-  in the foreground, for the graceful-shutdown drill (which sets ``PORT`` and sends SIGTERM).
+  in the foreground, for the drills that start their own copy (the drain drill sets ``PORT`` and
+  sends SIGTERM; RES-1..3 also set ``INVENTORY_AGENT_URL`` to their fault proxy).
   The hardened one drains for up to 20 s (``--timeout-graceful-shutdown 20``); the
   misconfigured one is started the careless way, with a 1 s drain that cuts slow requests.
 
@@ -128,8 +129,10 @@ def _run_agent(workdir: Path, role: str, port: int) -> int:
     public = f"http://127.0.0.1:{port}"
     if role == "hardened":
         env.update({
+            # the copy counts its own clients (another Redis database): the drill's paced requests to it
+            # must not share a budget with what the running agent is answering at the same time
             "ASAP_LOG_FORMAT": "json", "ASAP_REF_REDIS_URL": info["redis_url"],
-            "ASAP_RATE_LIMIT_BACKEND": info["redis_url"], "ASAP_REF_PUBLIC_URL": public,
+            "ASAP_RATE_LIMIT_BACKEND": info["redis_url"].rsplit("/", 1)[0] + "/1", "ASAP_REF_PUBLIC_URL": public,
             "ASAP_REF_TOKEN": Path(info["token_file"]).read_text().strip(),
         })
         app, drain = HARDENED_APP, HARDENED_DRAIN_SECONDS

@@ -24,6 +24,8 @@ Layout of the work directory::
 
 from __future__ import annotations
 
+from ..errors import DeploymentError
+
 import atexit
 import dataclasses
 import os
@@ -75,8 +77,9 @@ STOP_TIMEOUT_SECONDS = 10.0
 _SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 
 
-class ReferenceDeploymentError(RuntimeError):
-    """The reference deployment could not start (missing binary, component not ready, ...)."""
+class ReferenceDeploymentError(DeploymentError):
+    """The reference deployment could not start (missing binary, component not ready, ...): the
+    CLI prints its one sentence, no traceback."""
 
 
 # --------------------------------------------------------------------------------------------

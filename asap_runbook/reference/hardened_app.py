@@ -8,8 +8,8 @@ kernel; :class:`asap_runbook.reference.ReferenceDeployment` runs it as
 The agent is ``create_app(manifest, registry, token_validator=..., rate_limit="10/second;100/minute",
 max_request_size=1048576, require_nonce=True)`` with bearer auth (manifest
 ``auth.schemes == ["bearer"]``), an ``https://`` endpoint and a ``task.request`` handler with
-skills ``echo`` and ``sleep`` (``input.seconds``, capped at 30 s, for drain tests) that logs its
-input through ``sanitize_for_logging``.
+skills ``echo``, ``quote`` and ``export_report`` (``skills.py``) that logs its input through
+``sanitize_for_logging``.
 
 **What the reference wrapper fixes** (asap-protocol 2.5.10 cannot do these through
 ``create_app``; the wrapper is :class:`RunbookReferenceWrapper`, its list of fixes is also
@@ -41,11 +41,11 @@ served at ``GET /.well-known/asap-runbook/reference.json``):
 6. Rate limits are stored in Redis (``ASAP_RATE_LIMIT_BACKEND=redis://...``, set by the
    deployment), shared by all workers.
 
-Scaling/Resilience additions (``skills.py``): skills ``lookup`` (calls a loopback downstream
-agent through one long-lived ``ASAPClient`` with retries, backoff, a circuit breaker and a
-last-good-answer fallback) and ``checkpoint`` (a long task that snapshots every step and resumes);
-snapshots live in :class:`RedisSnapshotStore` (``create_app(snapshot_store=...)``), so they are
-shared by workers and survive an agent restart.
+Its real jobs (``skills.py``): ``quote`` asks the inventory agent (``INVENTORY_AGENT_URL``) through
+one long-lived ``ASAPClient`` with retries, backoff, a circuit breaker and a last-known-level
+fallback; ``export_report`` is a long task that snapshots every page and continues after the last
+saved one. Snapshots live in :class:`RedisSnapshotStore` (``create_app(snapshot_store=...)``), so
+they are shared by workers and survive an agent restart.
 
 Environment read here: ``ASAP_REF_TOKEN`` (the bearer token; secret), ``ASAP_REF_REDIS_URL``,
 ``ASAP_REF_PUBLIC_URL`` (the https base URL of the nginx in front), plus the package's own
@@ -54,7 +54,6 @@ Environment read here: ``ASAP_REF_TOKEN`` (the bearer token; secret), ``ASAP_REF
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import os
@@ -87,7 +86,6 @@ PROBE_ID = "urn:asap:agent:sre-probe"
 # nothing here is loosened to suit the runbook.
 RATE_LIMIT = "10/second;100/minute"
 MAX_REQUEST_SIZE = 1_048_576
-SLEEP_CAP_SECONDS = 30.0
 NONCE_KEY_PREFIX = "asap:ref:nonce:"
 
 WRAPPER_FIXES = {
@@ -172,19 +170,11 @@ async def task_handler(envelope: Envelope, manifest: Manifest) -> Envelope:
     )
     if skill == "echo":
         status, result = TaskStatus.COMPLETED, {"echoed": req.input}
-    elif skill == "sleep":
-        try:
-            seconds = float(data.get("seconds", 1.0))
-        except (TypeError, ValueError):
-            seconds = 1.0
-        seconds = max(0.0, min(seconds, SLEEP_CAP_SECONDS))
-        await asyncio.sleep(seconds)
-        status, result = TaskStatus.COMPLETED, {"slept_seconds": seconds}
-    elif skill == "lookup":
-        ok, result = await skills.lookup(data, manifest.id, DOWNSTREAM_POLICY)
+    elif skill == "quote":
+        ok, result = await skills.quote(data, manifest.id, INVENTORY_POLICY)
         status = TaskStatus.COMPLETED if ok else TaskStatus.FAILED
-    elif skill == "checkpoint":
-        ok, result = await skills.checkpoint(data)
+    elif skill == "export_report":
+        ok, result = await skills.export_report(data)
         status = TaskStatus.COMPLETED if ok else TaskStatus.FAILED
     else:
         status, result = TaskStatus.FAILED, {"error": f"unknown skill: {skill[:64]}"}
@@ -256,9 +246,9 @@ class RedisSnapshotStore:
 
 
 # --- downstream calls (SCALE-CLIENT-*, RES-1..3) -------------------------------------------------
-def _downstream_client(url: str) -> ASAPClient:
-    # short delays and a low threshold so a drill sees backoff, an open circuit and a half-open
-    # probe within seconds; production values would be larger (examples/hardened/src)
+def _inventory_client(url: str) -> ASAPClient:
+    # short delays and a low threshold: a quote must answer within seconds, so the breaker opens
+    # after two failed calls and probes again after 2 s
     return ASAPClient(
         url, timeout=3.0, require_https=False,
         retry_config=RetryConfig(max_retries=3, base_delay=0.5, max_delay=4.0, jitter=True,
@@ -267,7 +257,7 @@ def _downstream_client(url: str) -> ASAPClient:
     )
 
 
-DOWNSTREAM_POLICY = skills.ClientPolicy(make_client=_downstream_client, fallback=True, long_lived=True)
+INVENTORY_POLICY = skills.ClientPolicy(make_client=_inventory_client, fallback=True, long_lived=True)
 
 
 # --- readiness -------------------------------------------------------------------------------
@@ -289,9 +279,8 @@ def build_inner_app() -> FastAPI:
         capabilities=Capability(
             skills=[
                 Skill(id="echo", description="echo the input"),
-                Skill(id="sleep", description="sleep input.seconds (max 30) then answer"),
-                Skill(id="lookup", description="call a loopback downstream agent input.calls times (drills)"),
-                Skill(id="checkpoint", description="long task that snapshots every step and resumes (drills)"),
+                Skill(id="quote", description="price quote for input.sku x input.quantity (asks the inventory agent)"),
+                Skill(id="export_report", description="export input.pages pages of report input.report_id (long-running)"),
             ]
         ),
         endpoints=Endpoint(asap=f"{_PUBLIC_URL}/asap"),

@@ -10,10 +10,9 @@ window patched out (see :mod:`.misconfigured_handlers`). It sits behind a weak n
 expired self-signed certificate, no HSTS, no redirect, 100m bodies, appended ``X-Forwarded-For``).
 
 Its handler answers skills ``echo``, ``order_status`` (reads ``input.order_id`` unchecked),
-``sleep`` (``input.seconds``, capped at 30 s, for the drain drill), ``lookup`` (a downstream call
-made the careless way: a new client per call, retries off, no circuit breaker, no fallback) and
-``checkpoint`` (a long task whose snapshots live in the default ``InMemorySnapshotStore``, lost on
-restart), and appends each task to a Redis list (``ASAP_REF_REDIS_URL``, best effort: a failure is
+``quote`` (asks the inventory agent the careless way: a new client per call, retries off, no
+circuit breaker, no fallback) and ``export_report`` (a long task whose snapshots live in the
+default ``InMemorySnapshotStore``, lost on restart), and appends each task to a Redis list (``ASAP_REF_REDIS_URL``, best effort: a failure is
 logged and ignored). ``/ready`` stays asap-protocol's constant ``{"status":"ok"}``:
 the dependency is used but readiness is not wired to it.
 
@@ -42,7 +41,6 @@ from .misconfigured_handlers import disable_timestamp_validation, log_raw_input,
 AGENT_ID = os.environ.get("ASAP_REF_AGENT_ID", "urn:asap:agent:misconfigured-ref")
 _PUBLIC_URL = os.environ.get("ASAP_REF_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 _REDIS_URL = os.environ.get("ASAP_REF_REDIS_URL")
-SLEEP_CAP_SECONDS = 30.0
 
 logger = get_logger("asap_runbook.reference.misconfigured")
 _redis = None
@@ -51,9 +49,9 @@ if _REDIS_URL:
 
     _redis = redis.Redis.from_url(_REDIS_URL, socket_connect_timeout=0.3, socket_timeout=0.3)
 
-# Downstream calls the careless way: a new client per call, retries switched off ("they
+# Inventory calls the careless way: a new client per call, retries switched off ("they
 # duplicated orders"), no circuit breaker, no fallback.
-DOWNSTREAM_POLICY = skills.ClientPolicy(
+INVENTORY_POLICY = skills.ClientPolicy(
     make_client=lambda url: ASAPClient(url, require_https=False, max_retries=1),
     fallback=False, long_lived=False)
 
@@ -75,17 +73,10 @@ async def task_handler(envelope: Envelope, manifest: Manifest) -> Envelope:
     ok = True
     if req.skill_id == "order_status":
         result = order_status(req)
-    elif req.skill_id == "sleep":
-        try:
-            seconds = max(0.0, min(float(data.get("seconds", 1.0)), SLEEP_CAP_SECONDS))
-        except (TypeError, ValueError):
-            seconds = 1.0
-        await asyncio.sleep(seconds)
-        result = {"slept_seconds": seconds}
-    elif req.skill_id == "lookup":
-        ok, result = await skills.lookup(data, manifest.id, DOWNSTREAM_POLICY)
-    elif req.skill_id == "checkpoint":
-        ok, result = await skills.checkpoint(data)
+    elif req.skill_id == "quote":
+        ok, result = await skills.quote(data, manifest.id, INVENTORY_POLICY)
+    elif req.skill_id == "export_report":
+        ok, result = await skills.export_report(data)
     else:
         result = {"echoed": req.input}
     await asyncio.to_thread(_record, req.skill_id[:64])
@@ -103,9 +94,8 @@ manifest = Manifest(
     description="asap-runbook misconfigured reference agent (defaults, no auth, plain HTTP)",
     capabilities=Capability(skills=[Skill(id="echo", description="echo the input"),
                                     Skill(id="order_status", description="look up input.order_id"),
-                                    Skill(id="sleep", description="sleep input.seconds (max 30) then answer"),
-                                    Skill(id="lookup", description="call a loopback downstream agent (drills)"),
-                                    Skill(id="checkpoint", description="long task with snapshots (drills)")]),
+                                    Skill(id="quote", description="price quote for input.sku x input.quantity"),
+                                    Skill(id="export_report", description="export input.pages pages of a report")]),
     endpoints=Endpoint(asap=f"{_PUBLIC_URL}/asap"),
 )
 registry = HandlerRegistry()
