@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .promql import Selector, expand, uses_histogram_quantile_on
+from . import proxy_metrics
+from .promql import Matcher, Selector, expand, selectors, uses_histogram_quantile_on
 
 
 def _status_is(sel: Selector, value: str) -> bool:
@@ -44,8 +45,42 @@ CONCERNS = {
     "rate_limit": Concern(
         "rate_limit", "MON-ALERT-4", "rate-limit hits",
         lambda s: bool(s.metric) and ("rate_limit" in s.metric or _status_is(s, "429")),
-        "asap_rate_limit_exceeded_total (or a proxy's 429 counter)"),
+        "asap_rate_limit_exceeded_total (or a 429 counter of the agent's job)"),
 }
+@dataclass(frozen=True)
+class ProxyCounter:
+    """The proxy's (or ingress's) request counter for one target: `targets[].proxy_requests`, its status
+    label `targets[].proxy_status_label`, else the exporter's own (proxy_metrics.KNOWN), else any usual one."""
+    selector: str
+    every_status: Selector  # the selector as given: every response of this target
+    status_labels: tuple[str, ...]
+
+    @property
+    def fixed_labels(self) -> dict[str, str]:
+        """The label values the selector pins: what a rule must admit to read this target's responses."""
+        return {m.label: m.value for m in self.every_status.matchers if m.op == "=" and m.label != "__name__"}
+
+    def of_status(self, status: str) -> str:
+        return str(Selector(self.every_status.metric, self.every_status.matchers
+                            + (Matcher(self.status_labels[0], "=", status),)))
+
+
+def proxy_counter(selector: str, status_label: str | None = None) -> ProxyCounter:
+    """Read `targets[].proxy_requests`; ValueError when it is not one vector selector with a metric name."""
+    sels = selectors(selector)
+    if len(sels) != 1 or not sels[0].metric:
+        raise ValueError("it is not one PromQL vector selector with a metric name")
+    known = proxy_metrics.known_label(selector)
+    labels = (status_label,) if status_label else (known,) if known else proxy_metrics.STATUS_LABELS
+    return ProxyCounter(selector, sels[0], tuple(labels))
+
+
+def _proxy_reads(proxy: ProxyCounter, status: str) -> Callable[[Selector], bool]:
+    """A rule selector reads the proxy's `status` responses of this target: same metric, its matchers
+    admit the pinned labels and the status (a `4..` regex does)."""
+    return lambda s: (s.metric == proxy.every_status.metric and s.selects(proxy.fixed_labels)
+                      and any(m.label in proxy.status_labels and m.op in ("=", "=~") and m.matches(status)
+                              for m in s.matchers))
 
 
 @dataclass
@@ -74,22 +109,34 @@ def alerting_rules(groups: list[dict]) -> list[tuple[str, dict]]:
     return [(g.get("name", "?"), r) for g in groups for r in g.get("rules", []) if r.get("type") == "alerting"]
 
 
-def coverage(groups: list[dict], job: str, concern: Concern) -> list[RuleCoverage]:
-    """Every loaded alerting rule that reads the concern's metric, with whether it admits `job`."""
+def coverage(groups: list[dict], job: str, concern: Concern, proxy: ProxyCounter | None = None,
+             ignore_metrics: frozenset[str] = frozenset()) -> list[RuleCoverage]:
+    """Every loaded alerting rule that reads the concern's metric, with whether it admits `job`.
+    With `proxy`, the rules that read the proxy's counter for this target instead (the proxy's series
+    carry the proxy's job, so they are matched on the labels the selector pins, not on `job`).
+    `ignore_metrics`: metrics read on the other side (a proxy's counter is not the agent's)."""
     recorded = recorded_exprs(groups)
+    if proxy is None:
+        reads, admits = concern.reads, (lambda s: s.selects({"job": job}))
+        mine = {"job": job}
+    else:
+        reads, admits = _proxy_reads(proxy, "429"), (lambda s: True)
+        mine = proxy.fixed_labels
     out = []
     for group, rule in alerting_rules(groups):
         try:
             sels = expand(rule.get("query", ""), recorded)
         except ValueError:
             continue  # an expression this reader cannot follow is not counted as coverage
-        relevant = [s for s in sels if concern.reads(s)]
+        relevant = [s for s in sels if reads(s) and s.metric not in ignore_metrics]
         if not relevant:
             continue
-        selecting = [s for s in relevant if s.selects({"job": job})]
+        selecting = [s for s in relevant if admits(s)]
         alerts = [{"state": a.get("state"), "labels": a.get("labels", {}), "activeAt": a.get("activeAt"),
                    "value": a.get("value")}
-                  for a in rule.get("alerts") or [] if (a.get("labels") or {}).get("job") == job]
+                  for a in rule.get("alerts") or []
+                  if all((a.get("labels") or {}).get(k, v) == v for k, v in mine.items())
+                  and (proxy is not None or (a.get("labels") or {}).get("job") == job)]
         out.append(RuleCoverage(
             group=group, name=rule.get("name", "?"), expr=rule.get("query", ""),
             for_seconds=float(rule.get("duration", 0) or 0),

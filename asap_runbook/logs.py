@@ -15,15 +15,20 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _shell
 from .errors import RunbookError
 
-TAIL_BYTES = 512 * 1024
-COMMAND_OUTPUT_BYTES = 2 * 1024 * 1024
+TAIL_BYTES = 512 * 1024  # the sample the logging checks judge
+MAX_BYTES = 8 * 1024 * 1024  # head + tail for startup facts
+MAX_LINE = 8192  # a handler that logs a 1 MiB payload must not make parsing quadratic
 STRUCTURED_KEYS = ("event", "level", "timestamp")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _UVICORN_PLAIN = re.compile(r"^(INFO|WARNING|ERROR|DEBUG|CRITICAL):\s{2,}")
 _PY_WARNING = re.compile(r"^\S+\.py:\d+: \w*Warning: ")  # the interpreter's warnings module, not the app's logging
 _CONSOLE_EVENT = re.compile(r"^\S+\s+\[\s*(\w+)\s*\]\s+(\S+)")  # 2026-...Z [info     ] asap.request.received ...
+# structlog ConsoleRenderer: "<ts> [level    ] event.name    [logger] key=value key='quoted value'"
+_CONSOLE = re.compile(r"^\S+\s+\[\s*(?P<level>\w+)\s*\]\s+(?P<event>[\w.\-]+)\s*(?:\[[^\]]*\])?\s*(?P<rest>.*)$")
+_KV = re.compile(r"(?<!\S)(\w++)=('(?:[^'\\]|\\.)*+'|\"(?:[^\"\\]|\\.)*+\"|\S++)")
 
 
 class LogSourceError(RunbookError):
@@ -85,55 +90,108 @@ def classify(source: str, lines: list[str]) -> LogSample:
     return s
 
 
-def _tail(path: Path, max_bytes: int) -> list[str]:
+def read_text(path: Path, max_bytes: int = MAX_BYTES) -> str:
+    """At most `max_bytes` of a log file: the head (startup configuration lives there) and the tail
+    (recent events)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
+            fh.seek(0)
+            if size <= max_bytes:
+                return fh.read().decode("utf-8", "replace")
+            head = fh.read(max_bytes // 4)
+            fh.seek(size - (max_bytes - len(head)))
+            tail = fh.read()
     except FileNotFoundError:
         raise LogSourceError(f"log file {path} does not exist") from None
     except OSError as e:
         raise LogSourceError(f"log file {path} cannot be read: {e.strerror}") from None
-    lines = data.decode("utf-8", "replace").splitlines()
-    return lines[1:] if size > max_bytes else lines  # the first line may be cut
+    # the line cut at the head's end and the one cut at the tail's start are dropped
+    return (head.rsplit(b"\n", 1)[0] + b"\n" + tail.split(b"\n", 1)[-1]).decode("utf-8", "replace")
 
 
-async def _command(cmd: str, timeout: float) -> list[str]:
-    proc = await asyncio.create_subprocess_shell(cmd, stdout=asyncio.subprocess.PIPE,
-                                                 stderr=asyncio.subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise LogSourceError(f"log_command did not finish within {timeout:g} s") from None
-    if proc.returncode != 0:
-        first = (err or b"").decode("utf-8", "replace").strip().splitlines()[:1]
-        raise LogSourceError(f"log_command exited with {proc.returncode}" + (f": {first[0][:200]}" if first else ""))
-    return out[-COMMAND_OUTPUT_BYTES:].decode("utf-8", "replace").splitlines()
+async def read_log(target, timeout: float = 10, max_bytes: int = MAX_BYTES) -> tuple[str, str] | None:
+    """(source, text) of the target's log: `log_file` (head and tail), or the output of `log_command`.
+    None when the parameters name no log; LogSourceError (one sentence) when it cannot be read, a
+    command that exits non-zero or times out included (its partial output is not a log sample)."""
+    if target.log_file:
+        return str(target.log_file), await asyncio.to_thread(read_text, Path(target.log_file), max_bytes)
+    if target.log_command:
+        res = await _shell.run(target.log_command, timeout, max_bytes=max_bytes)
+        if (why := res.failure("log_command")) is not None:
+            raise LogSourceError(why)
+        return f"$ {target.log_command}", res.output
+    return None
 
 
 async def read_sample(target, timeout: float = 10, max_lines: int = 2000) -> LogSample | None:
     """The last lines of the target's log, classified; None when the parameters name no log."""
-    if target.log_file:
-        lines = await asyncio.to_thread(_tail, Path(target.log_file), TAIL_BYTES)
-        source = str(target.log_file)
-    elif target.log_command:
-        lines = await _command(target.log_command, timeout)
-        source = f"$ {target.log_command}"
-    else:
+    got = await read_log(target, timeout, TAIL_BYTES)
+    if got is None:
         return None
-    return classify(source, lines[-max_lines:])
+    source, text = got
+    return classify(source, text.splitlines()[-max_lines:])
 
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
-def lines_with(sample: LogSample, needle: str) -> tuple[list[dict], list[str]]:
-    """(JSON events, unparsed lines) that mention `needle`."""
-    events = [d for d in sample.json_lines if needle in json.dumps(d)]
-    text = [line for line in sample.console_lines + sample.other_lines if needle in line]
-    return events, text
+# ------------------------------------------------------------------ events (startup facts, by name)
+@dataclass
+class LogEvent:
+    line_no: int
+    event: str
+    fields: dict
+    raw: str
+
+
+def parse_line(line: str, line_no: int = 0) -> LogEvent | None:
+    """One structlog event, JSON or console-rendered (key=value fields); None for anything else."""
+    line = _ANSI.sub("", line[:MAX_LINE]).strip()
+    if line.startswith("{"):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return None
+        if isinstance(doc, dict) and isinstance(doc.get("event"), str):
+            return LogEvent(line_no, doc["event"], doc, line)
+        return None
+    m = _CONSOLE.match(line)
+    if not m:
+        return None
+    fields = {}
+    for k, v in _KV.findall(m.group("rest")):
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+            v = v[1:-1]
+        fields[k] = v
+    fields["level"] = m.group("level")
+    return LogEvent(line_no, m.group("event"), fields, line)
+
+
+def events(text_or_path: str | Path) -> list[LogEvent]:
+    """Every structlog event of a log text (or of a log file, head and tail)."""
+    text = read_text(text_or_path) if isinstance(text_or_path, Path) else text_or_path
+    return [ev for n, line in enumerate(text.splitlines(), 1) if (ev := parse_line(line, n))]
+
+
+def last_for_agent(evs: list[LogEvent], event: str, manifest_id: str) -> LogEvent | None:
+    """The last `event` logged for this agent (not for asap's built-in default app, which every
+    process also configures and logs)."""
+    hits = [e for e in evs if e.event == event and e.fields.get("manifest_id") == manifest_id]
+    return hits[-1] if hits else None
+
+
+def storage_backend_before(evs: list[LogEvent], anchor: LogEvent | None) -> LogEvent | None:
+    """The rate-limit storage event (`asap.rate_limit.memory_storage` / `...redis_storage`)
+    logged last before the agent's own `asap.server.rate_limit_enabled` line."""
+    if anchor is None:
+        return None
+    found = None
+    for e in evs:
+        if e.line_no >= anchor.line_no:
+            break
+        if e.event.startswith("asap.rate_limit.") and e.event.endswith("_storage"):
+            found = e
+    return found

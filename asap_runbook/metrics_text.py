@@ -183,27 +183,18 @@ def prometheus_monotonic(buckets: list[tuple[float, float]]) -> list[tuple[float
     return out
 
 
-def merge(series: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
-    """Sum several series' buckets by le (what `sum by (le)` does)."""
-    acc: dict[float, float] = {}
-    for buckets in series:
-        for le, v in buckets:
-            acc[le] = acc.get(le, 0.0) + v
-    return sorted(acc.items())
-
-
-def latency_summary(buckets: list[tuple[float, float]], q: float = 0.99) -> dict:
-    """The q-quantile computed the right way for these buckets, and how it was computed."""
-    broken = is_double_cumulated(buckets)
+def latency_summary(buckets: list[tuple[float, float]], q: float = 0.99, double_cumulated: bool | None = None) -> dict:
+    """The q-quantile computed the right way for these buckets, and how it was computed.
+    `double_cumulated`: when the buckets are increases over a window, whether the exported counters
+    show the bug (judged on their current values); by default judged on `buckets` themselves."""
+    broken = is_double_cumulated(buckets) if double_cumulated is None else double_cumulated
     fixed = decumulate(buckets) if broken else buckets
-    value = quantile(q, fixed)
-    naive = quantile(q, prometheus_monotonic(buckets))
     return {
         "quantile": q,
-        "value_seconds": value,
-        "method": ("buckets de-cumulated (scraped[i] - scraped[i-1]) because they are double-cumulated"
-                   if broken else "buckets used as scraped (they are sane)"),
+        "value_seconds": quantile(q, fixed),
+        "naive_histogram_quantile_seconds": quantile(q, prometheus_monotonic(buckets)),
         "double_cumulated": broken,
-        "naive_histogram_quantile_seconds": naive,
+        "method": ("de-cumulated buckets (scraped[i] - scraped[i-1]): this job's buckets are double-cumulated"
+                   if broken else "buckets as scraped (this job's buckets are sane: no finite bucket above +Inf)"),
         "observations": buckets[-1][1] if buckets and math.isinf(buckets[-1][0]) else 0,
     }

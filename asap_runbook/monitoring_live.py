@@ -53,6 +53,17 @@ async def series_exist(prom: Prom, job: str, metrics: list[str]) -> dict[str, bo
     return out
 
 
+async def has_series(prom: Prom, selector: str) -> bool:
+    """Does Prometheus hold any series for this selector now?"""
+    return (_scalar(await prom.query(f"count({selector})")) or 0) > 0
+
+
+async def job_targets(prom: Prom, job: str) -> list[dict]:
+    """The job's scrape targets, kept small: url, health, last error."""
+    return [{k: t.get(k) for k in ("scrapeUrl", "health", "lastError")}
+            for t in await prom.targets() if (t.get("labels") or {}).get("job") == job]
+
+
 # error types a client causes: the JSON-RPC equivalent of 4xx (asap-agent-reference §2)
 CLIENT_ERROR_TYPES = ("auth_failed", "sender_mismatch", "invalid_timestamp", "invalid_nonce", "parse_error",
                       "invalid_request", "missing_envelope", "invalid_envelope", "handler_not_found", "invalid_params")
@@ -81,17 +92,15 @@ async def latency(prom: Prom, job: str, window: str, q: float = 0.99) -> dict:
     # double cumulation is a property of the exported counters, judged on their current values
     raw = await prom.query(f"sum by (le) (asap_request_duration_seconds_bucket{_sel(job)})")
     current = sorted((mt._le(r["metric"]["le"]), float(r["value"][1])) for r in raw if "le" in r.get("metric", {}))
-    broken = mt.is_double_cumulated(current)
-    fixed = mt.decumulate(buckets) if broken else buckets
     s = _scalar(await prom.query(f"sum(increase(asap_request_duration_seconds_sum{_sel(job)}[{window}]))"))
     c = _scalar(await prom.query(f"sum(increase(asap_request_duration_seconds_count{_sel(job)}[{window}]))"))
+    summary = mt.latency_summary(buckets, q, double_cumulated=mt.is_double_cumulated(current))
     return {
         "window": window, "quantile": q,
-        "value_seconds": mt.quantile(q, fixed),
-        "naive_histogram_quantile_seconds": mt.quantile(q, mt.prometheus_monotonic(buckets)),
-        "double_cumulated": broken,
-        "method": ("de-cumulated buckets (scraped[i] - scraped[i-1]): this job's buckets are double-cumulated"
-                   if broken else "buckets as scraped (this job's buckets are sane: no finite bucket above +Inf)"),
+        "value_seconds": summary["value_seconds"],
+        "naive_histogram_quantile_seconds": summary["naive_histogram_quantile_seconds"],
+        "double_cumulated": summary["double_cumulated"],
+        "method": summary["method"],
         "mean_seconds": (s / c) if c else None,
         "requests": c,
     }

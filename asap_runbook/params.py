@@ -152,6 +152,9 @@ class Target(_Model):
     source_dir: Path | None = None
     nginx_conf: Path | None = None
     k8s_manifests: list[Path] = Field(default_factory=list)
+    readiness_path: str | None = Field(None, pattern=r"^/[^\s]*$",
+                                       description="the agent's readiness endpoint, when it is not the readinessProbe "
+                                       "path of k8s_manifests (or, without them, asap-protocol's /ready)")
     process_config: Path | None = None
     log_file: Path | None = None
     log_command: str | None = None

@@ -54,9 +54,6 @@ class Selector:
     matchers: tuple[Matcher, ...] = ()
     via: tuple[str, ...] = field(default=(), compare=False)  # recording rules it was reached through
 
-    def label_matchers(self, label: str) -> list[Matcher]:
-        return [m for m in self.matchers if m.label == label]
-
     def selects(self, labels: dict[str, str]) -> bool:
         """Would this selector select a series with these labels (labels it does not constrain are free)?"""
         for m in self.matchers:

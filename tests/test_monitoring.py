@@ -21,6 +21,8 @@ AUTOMATED = [i.id for i in load_catalog().section("monitoring") if i.verificatio
 def test_passes_on_hardened(check, item_id):
     r = check(item_id, "hardened")
     assert r.status is expected(item_id, "hardened"), r.summary
+    if item_id != "MON-HEALTH-4":  # observe, then judge: what the verdict was made from is kept
+        assert r.details["observation"], r.details
 
 
 @pytest.mark.parametrize("item_id", AUTOMATED)
@@ -52,9 +54,11 @@ def test_trace_join_reports_what_joins(check):
     r = check("MON-LOG-3", "hardened")
     joins = next(e.data for e in r.evidence if e.label.startswith("what joins"))
     assert "asap.request.received" in joins["trace_id"] and "asap.request.processed" in joins["trace_id"]
-    assert joins["correlation_id field logged"] is False  # asap-protocol 2.5.10 never logs it
-    assert joins["response correlation_id == request envelope id"] is True
+    # asap-protocol 2.5.10 never logs correlation_id; the hardened handler binds it on its own event
+    assert joins["correlation_id == request id"] == ["refagent.task.completed"]
+    assert joins["response correlation_id == request id"] is True
     assert joins["trace_id_kept"]  # span_id is reported; this handler does not copy extensions back
+    assert r.details["observation"]["events"], "the observation keeps the request's log events"
 
 
 def test_readiness_drill_timeline(check):
@@ -168,3 +172,33 @@ def test_drill_commands_that_fail_are_errors(demo_params, check):
     r = check("MON-HEALTH-4", "hardened", params)
     assert r.status is Status.ERROR and "did not answer" in r.summary
     assert any("no such agent" in line for e in r.evidence if e.label == "agent output" for line in e.data)
+
+
+def test_stock_readiness_probe_path_is_the_one_probed(demo_params, check, tmp_path):
+    """A Deployment written the stock way probes /readyz; asap-protocol serves /ready. MON-HEALTH-1 GETs the
+    path the manifest names on the real agent and finds the pods could never become ready."""
+    manifest = tmp_path / "deployment.yaml"
+    manifest.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: orders}\nspec:\n  template:\n"
+                        "    spec:\n      containers:\n      - name: agent\n        image: orders:1\n"
+                        "        command: [uvicorn, orders.app:app]\n"
+                        "        livenessProbe: {httpGet: {path: /health, port: 8000}}\n"
+                        "        readinessProbe: {httpGet: {path: /readyz, port: 8000}}\n")
+    params = one_target(demo_params, "hardened", k8s_manifests=[manifest])
+    r = check("MON-HEALTH-1", "hardened", params)
+    assert r.status is Status.FAIL and "readiness /readyz (readinessProbe of deployment.yaml" in r.summary, r.summary
+    assert "HTTP 404" in r.summary
+    asked = [a["path"] for a in r.details["observation"]["answers"]]
+    assert asked == ["/health", "/readyz", "/.well-known/asap/health"]
+
+
+def test_no_429_counter_anywhere_is_a_skip_naming_the_selector(demo_params, check):
+    """A job no shipped rule selects and no agent 429 counter: without targets[].proxy_requests no verdict,
+    the parameter to set; with one that selects nothing in the real Prometheus, still none."""
+    params = one_target(demo_params, "hardened", prometheus_job="orders-agent")
+    r = check("MON-ALERT-4", "hardened", params)
+    assert r.status is Status.SKIP and "targets[hardened].proxy_requests is not set" in r.summary, r.summary
+    params = one_target(demo_params, "hardened", prometheus_job="orders-agent",
+                        proxy_requests='nginx_ingress_controller_requests{ingress="orders-agent"}')
+    r = check("MON-ALERT-4", "hardened", params)
+    assert r.status is Status.SKIP and "selects no series in Prometheus" in r.summary, r.summary
+    assert r.details["observation"]["proxy"]["has_series"] is False

@@ -67,7 +67,11 @@ def test_real_scrape_is_double_cumulated_and_decumulates(deployment):
     exp = mt.parse_exposition(r.text, r.headers["content-type"])
     assert exp.claimed_format == "openmetrics" and exp.error and exp.other_format_ok  # §2.1
     series = mt.histogram_series(exp, "asap_request_duration_seconds")
-    buckets = mt.merge(list(series.values()))
+    acc: dict[float, float] = {}
+    for one in series.values():  # sum by (le)
+        for le, v in one:
+            acc[le] = acc.get(le, 0.0) + v
+    buckets = sorted(acc.items())
     assert mt.is_double_cumulated(buckets)
     fixed = mt.decumulate(buckets)
     assert not mt.histogram_problems(fixed)
@@ -152,8 +156,6 @@ def test_log_classification():
     s = logs.classify("test", lines)
     assert s.stats() == {"source": "test", "lines": 6, "json": 1, "console": 1, "uvicorn_plain": 1,
                          "python_warnings": 2, "other": 1}
-    events, text = logs.lines_with(s, "ab")
-    assert len(events) == 1 and len(text) == 1
 
 
 # ----------------------------------------------------------------------------------- edge case (mock)
@@ -284,16 +286,16 @@ def test_alert_states_table(monkeypatch, state, expected):
     """Covered and quiet: pass. Pending (above the line right now): reported, still pass.
     Firing (held for the rule's `for`): warn, the agent has a live problem."""
     from asap_runbook.catalog import load_catalog
-    from asap_runbook.checks import monitoring
+    from asap_runbook.checks import mon_alerting
     from asap_runbook.checks._registry import CheckContext
     from asap_runbook.params import Params
 
     params = Params.model_validate({"prometheus": {"url": "http://127.0.0.1:9"},
                                     "targets": [{"name": "t", "base_url": "https://127.0.0.1:9", "prometheus_job": "orders"}]})
-    monkeypatch.setattr(monitoring, "prom_for", lambda _params: _CannedPrometheus(state))
+    monkeypatch.setattr(mon_alerting, "prom_for", lambda _params: _CannedPrometheus(state))
     ctx = CheckContext(item=load_catalog().get("MON-ALERT-1"), target=params.targets[0], params=params, probe=None,
                        run_dir=None)
-    finding = asyncio.run(monitoring.alert_error_rate(ctx))
+    finding = asyncio.run(mon_alerting.alert_error_rate(ctx))
     assert finding.status.value == expected, finding.summary
     assert "15.0% of 200 requests, above the 10% threshold" in finding.summary
     if state:

@@ -58,6 +58,7 @@ def test_a_rate_limit_that_does_not_parse_is_one_sentence(tmp_path):
     (GOOD + "    ca_file: /nonexistent/ca.pem\n", "does not exist"),
     (GOOD.replace("https://agent.example.com", "${ASAP_RUNBOOK_TEST_UNSET_VAR}"), "which is not set in the environment"),
     (GOOD + "    token_env: 'not a name'\n", "token_env"),
+    (GOOD + "    readiness_path: readyz\n", "readiness_path"),
 ])
 def test_bad_params_one_sentence(tmp_path, text, sentence):
     with pytest.raises(ParamsError) as e:

@@ -219,23 +219,23 @@ def test_credential_scan_ignores_names_and_placeholders(tmp_path):
 
 
 def test_console_log_lines_parse():
-    from asap_runbook import _agentlog
+    from asap_runbook import logs
     line = ("\x1b[2m2026-11-25T19:20:23.997496Z\x1b[0m [\x1b[32minfo     \x1b[0m] \x1b[1masap.server.rate_limit_enabled"
             "\x1b[0m [asap.transport.server] manifest_id=urn:asap:agent:x rate_limit=10/second message='a b'")
-    ev = _agentlog.parse_line(line)
+    ev = logs.parse_line(line)
     assert ev.event == "asap.server.rate_limit_enabled"
     assert ev.fields["rate_limit"] == "10/second" and ev.fields["message"] == "a b"
-    assert _agentlog.parse_line("x" * 2_000_000) is None  # a huge logged payload is skipped, not parsed
+    assert logs.parse_line("x" * 2_000_000) is None  # a huge logged payload is skipped, not parsed
 
 
 def test_startup_facts_survive_a_long_log(tmp_path):
     """Startup configuration is at the head of the log; a log grown past the read bound keeps it."""
-    from asap_runbook import _agentlog
+    from asap_runbook import logs
     log = tmp_path / "agent.log"
     start = json.dumps({"manifest_id": "urn:asap:agent:x", "rate_limit": "5/second", "event": "asap.server.rate_limit_enabled"})
     log.write_text(start + "\n" + ("filler " * 1000 + "\n") * 2000 + '{"event": "late"}\n')
-    evs = _agentlog.events(log)
-    assert _agentlog.last_for_agent(evs, "asap.server.rate_limit_enabled", "urn:asap:agent:x") is not None
+    evs = logs.events(log)
+    assert logs.last_for_agent(evs, "asap.server.rate_limit_enabled", "urn:asap:agent:x") is not None
     assert evs[-1].event == "late"
 
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import _agentlog, _nginx, _shell, _source_scan, _tls, k8s, proxy_metrics
+from .. import _nginx, _source_scan, _tls, k8s, logs, proxy_metrics
 from ..errors import ProbeError, RateLimited
 from ..introspect import IntrospectionError, introspect_app
 from ..pacing import parse_limits
@@ -42,21 +42,21 @@ async def _manifest_id(ctx: CheckContext) -> str:
     return str((await ctx.probe.manifest()).get("id"))
 
 
-def _log_events(ctx: CheckContext) -> list[_agentlog.LogEvent] | None:
+def _log_events(ctx: CheckContext) -> list[logs.LogEvent] | None:
     """The agent's log, parsed once per target (startup facts do not change during a run)."""
     path = ctx.target.log_file
     if path is None:
         return None
     if "log_events" not in ctx.state:
-        ctx.state["log_events"] = _agentlog.events(path) if path.exists() else []
+        ctx.state["log_events"] = logs.events(path) if path.exists() else []
     return ctx.state["log_events"]
 
 
-async def _startup_fact(ctx: CheckContext, event: str) -> _agentlog.LogEvent | None:
+async def _startup_fact(ctx: CheckContext, event: str) -> logs.LogEvent | None:
     evs = _log_events(ctx)
     if not evs:
         return None
-    return _agentlog.last_for_agent(evs, event, await _manifest_id(ctx))
+    return logs.last_for_agent(evs, event, await _manifest_id(ctx))
 
 
 async def _post(ctx: CheckContext, env: dict | None = None, **kw) -> ProbeResponse:
@@ -722,7 +722,7 @@ async def _xff_trusted_note(ctx: CheckContext, evidence: list) -> str:
     spoof = f"203.0.113.{uuid.uuid4().int % 250 + 1}"
     resp = await _post(ctx, probe_envelope(ctx.target.sender), headers={"X-Forwarded-For": spoof})
     await asyncio.sleep(0.3)
-    text = await asyncio.to_thread(_agentlog.read_text, ctx.target.log_file, 256 * 1024)
+    text = await asyncio.to_thread(logs.read_text, ctx.target.log_file, 256 * 1024)
     seen = [ln.strip()[:200] for ln in text.splitlines() if spoof in ln][-2:]
     evidence.append((f"POST /asap with X-Forwarded-For: {spoof}, then the agent log", {
         "response": _brief(resp), "log lines naming the spoofed address": seen}))
@@ -774,7 +774,7 @@ async def observe_limiter(ctx: CheckContext) -> LimiterConfig:
         fact = await _startup_fact(ctx, "asap.server.rate_limit_enabled")
         if fact is not None:
             obs.limit = str(fact.fields.get("rate_limit", "")) or None
-            storage = _agentlog.storage_backend_before(_log_events(ctx) or [], fact)
+            storage = logs.storage_backend_before(_log_events(ctx) or [], fact)
             obs.storage = None if storage is None else "redis" if "redis" in storage.event else \
                 "memory" if "memory" in storage.event else storage.event
             obs.read_from = f"startup log {t.log_file.name}"
@@ -1238,17 +1238,8 @@ async def logs_sanitized(ctx: CheckContext) -> Finding:
 
 
 async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
-    t = ctx.target
-    if t.log_file:
-        if not t.log_file.is_file():
-            raise ProbeError(f"targets[{t.name}].log_file {t.log_file} does not exist")
-        return await asyncio.to_thread(_agentlog.read_text, t.log_file, 4 * 1024 * 1024), str(t.log_file)
-    if t.log_command:
-        res = await _shell.run(t.log_command, ctx.params.probe.timeout_seconds * 3)
-        if (why := res.failure("log_command")) is not None:
-            raise ProbeError(why)
-        return res.output, f"output of log_command ({t.log_command[:60]})"
-    return None, ""
+    got = await logs.read_log(ctx.target, ctx.params.probe.timeout_seconds * 3, 4 * 1024 * 1024)
+    return (None, "") if got is None else (got[1], got[0])
 
 
 @check("SEC-HANDLER-4", needs=AGENT_TOKEN)

@@ -181,7 +181,9 @@ async def task_handler(envelope: Envelope, manifest: Manifest) -> Envelope:
         skill = "unknown"
     COUNTERS.task(skill)
     response = TaskResponse(task_id=f"task_{generate_id()}", status=status, result=result)
-    logger.info("refagent.task.completed", skill=skill, status=status.value, envelope_id=envelope.id)
+    # the handler binds both keys of MON-LOG-3 (asap-protocol binds neither per request)
+    logger.info("refagent.task.completed", skill=skill, status=status.value, envelope_id=envelope.id,
+                correlation_id=envelope.id, trace_id=envelope.trace_id)
     return Envelope(
         asap_version=envelope.asap_version,
         sender=manifest.id,
