@@ -9,7 +9,6 @@ process, one exporter for every page.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import logging
 import os
 import secrets
@@ -300,14 +299,6 @@ def write_target_pages(run: RunResults, run_dir: Path, matrix: dict) -> None:
         (run_dir / target_page(t)).write_text(template.render(
             run=run, target=t, style=css, sections=sections, coverage=run.coverage.get(t),
             code=info.get("exit_code"), readiness=info.get("readiness", "")))
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_manifest(run: RunResults, run_dir: Path, key=None, summary: dict | None = None) -> Path:
