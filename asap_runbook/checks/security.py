@@ -668,6 +668,16 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
     elapsed = sending
     if first is None:
         rate = len(statuses) / max(elapsed, 0.001)
+        # no 429 proves nothing unless the burst went faster than the limit it had to meet: on a busy
+        # runbook host the waves can stay under it, and that is no observation of the agent
+        must_exceed = min([n / w for n, w in parse_limits(configured or "") if w <= 1]
+                          + [n / w for n, w in parse_limits(ctx.params.probe.rate_limit or "") if w <= 1] + [ceiling])
+        if rate <= must_exceed:
+            return Finding.errored(
+                f"the burst reached only ~{rate:.1f}/s ({len(statuses)} requests in {elapsed:.1f} s), not above "
+                f"{must_exceed:g}/s (the lowest of the agent's logged limit, probe.rate_limit and "
+                "thresholds.rate_limit_max_per_second): this host could not send fast enough to judge the limit",
+                evidence, **details)
         xff_note = await _xff_trusted_note(ctx, evidence)
         return Finding.failed(f"{len(statuses)} requests in {elapsed:.1f} s (~{rate:.0f}/s) and no HTTP 429: "
                               f"the limit is above that or absent{' (log: ' + configured + ')' if configured else ''}"
