@@ -455,17 +455,26 @@ def _xff(i: int) -> dict:
     return {"X-Forwarded-For": f"203.0.113.{(i % 250) + 1}"}  # TEST-NET-3: never a real client
 
 
-async def _burst(ctx: CheckContext, budget: int, deadline: float, rotate_xff: bool) -> tuple[list, ProbeResponse | None]:
-    """Waves of 5 concurrent POSTs until the first 429 or the budget; returns statuses and the first 429."""
+async def _burst(ctx: CheckContext, budget: int, deadline: float, rotate_xff: bool,
+                 timeline: list | None = None, t0: float = 0.0) -> tuple[list, ProbeResponse | None]:
+    """Waves of 5 concurrent POSTs until the first 429 or the budget; returns statuses and the first 429.
+    `timeline` gets one entry per response: seconds since `t0` (monotonic), status, Retry-After."""
     statuses: list = []
     first_429 = None
     while len(statuses) < budget and time.monotonic() < deadline:
         wave = min(5, budget - len(statuses))
         base = len(statuses)
-        got = await asyncio.gather(*(ctx.probe.send(envelope(ctx.target.sender), retry_on_429=False,
-                                                    headers=_xff(base + k) if rotate_xff else None)
-                                     for k in range(wave)), return_exceptions=True)
-        for r in got:
+        async def timed(k: int):
+            r = await ctx.probe.send(envelope(ctx.target.sender), retry_on_429=False,
+                                     headers=_xff(base + k) if rotate_xff else None)
+            return r, time.monotonic()
+        got = await asyncio.gather(*(timed(k) for k in range(wave)), return_exceptions=True)
+        for item in got:
+            r, at = item if isinstance(item, tuple) else (item, time.monotonic())
+            if timeline is not None:
+                timeline.append({"burst": "B" if rotate_xff else "A", "t": round(at - t0, 3),
+                                 "status": r.status if isinstance(r, ProbeResponse) else type(r).__name__,
+                                 "retry_after": r.headers.get("retry-after") if isinstance(r, ProbeResponse) else None})
             if isinstance(r, ProbeResponse):
                 statuses.append(r.status)
                 if r.status == 429 and first_429 is None:
@@ -518,11 +527,13 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
         return Finding.skipped(f"the configured limit ({configured}) cannot be exceeded within "
                                f"{budget_a} requests: raise targets[{ctx.target.name}].active_probes.max_requests")
     await asyncio.sleep(1.0)  # let the per-second window of earlier checks drain
-    statuses, first = await _burst(ctx, budget_a, deadline, rotate_xff=False)
+    timeline: list[dict] = []  # every response in time: the evidence page draws it (plots.burst_timeline)
+    statuses, first = await _burst(ctx, budget_a, deadline, rotate_xff=False, timeline=timeline, t0=started)
     evidence = [("burst A: POST /asap, waves of 5 concurrent until the first 429 (each a valid task.request "
                  "envelope with a fresh nonce, the bearer token if configured), no X-Forwarded-For; statuses",
                  _tally(statuses))]
-    details = {"configured_limit_from_log": configured, "max_requests": ap.max_requests, "max_seconds": ap.max_seconds}
+    details = {"configured_limit_from_log": configured, "max_requests": ap.max_requests, "max_seconds": ap.max_seconds,
+               "timeline": timeline}
     elapsed = time.monotonic() - started - 1.0
     if first is None:
         rate = len(statuses) / max(elapsed, 0.001)
@@ -544,7 +555,7 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
         problems.append(f"not enough request budget left ({budget_b}) to test X-Forwarded-For rotation")
         statuses_b, first_b = [], None
     else:
-        statuses_b, first_b = await _burst(ctx, budget_b, deadline, rotate_xff=True)
+        statuses_b, first_b = await _burst(ctx, budget_b, deadline, rotate_xff=True, timeline=timeline, t0=started)
         evidence.append(("burst B: the same, each request with a different X-Forwarded-For (203.0.113.x)",
                          _tally(statuses_b)))
         if first_b is None:
