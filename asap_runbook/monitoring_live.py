@@ -245,7 +245,7 @@ def figure(frames: dict, jobs: dict[str, str], thresholds, section=None, traffic
         for ax in axes:
             ax.axvspan(first, last, color="#999999", alpha=0.15, label=None if ax is not axes[0] else
                        ("the runbook's own traffic" if n == 0 else None))
-        axes[0].annotate(sec, (first, 1.0), xycoords=("data", "axes fraction"), fontsize=7, va="top", color="#57606a")
+        axes[0].annotate(sec, (first, 0.02), xycoords=("data", "axes fraction"), fontsize=7, va="bottom", color="#57606a")
     labels = [("requests / s (traffic)", axes[0]), (f"error ratio over {window}\n(as MON-ALERT-1 judges)", axes[1]),
               (f"latency over {window} (s)\n(as MON-ALERT-2 judges)", axes[2])]
     for ylabel, ax in labels:
