@@ -322,12 +322,11 @@ class Walk:
         the evidence pages show the findings, and the catalog is one `asap-runbook explain ID` away."""
         if self.mode != "lab":
             return None
-        import html
         rows = []
         for i in self._items(subsection):
             how = {"manual": "a person confirms it"}.get(str(i.verification), f"checked by {i.verification}")
             rows.append(f"<li><code>{i.id}</code> {'<b>blocking</b>, ' if i.blocking else ''}{how}: "
-                        f"{_md(i.text)}<br><span style='color:#57606a'><i>Why:</i> {html.escape(i.rationale.strip())}</span></li>")
+                        f"{_md(i.text)}<br><span style='color:#57606a'><i>Why:</i> {_md(i.rationale.strip())}</span></li>")
         return _html(f"<ul>{''.join(rows)}</ul>")
 
     def run(self, subsection: str) -> SectionRun | None:

@@ -191,3 +191,14 @@ def test_a_lab_walk_equals_headless_and_finishes_into_a_run_folder(deployment, t
     nb = json.loads((run_dir / "notebooks" / "scaling.ipynb").read_text())
     assert any("replay = True" in "".join(c["source"]) for c in nb["cells"])
     assert SectionRun.model_validate_json((run_dir / "sections" / "scaling.json").read_text()).results == walk.results.results
+
+
+def test_installed_the_lab_opens_at_a_working_folder_with_copies(tmp_path):
+    from asap_runbook.cli import lab_folder
+    folder = lab_folder(tmp_path / "lab")
+    assert (folder / "notebooks" / "scaling.ipynb").is_file() and (folder / "params" / "demo.yaml").is_file()
+    assert (folder / "examples" / "hardened" / "gunicorn.conf.py").is_file() and (folder / "outputs").is_dir()
+    edited = folder / "params" / "demo.yaml"
+    edited.write_text("# mine\n")
+    lab_folder(tmp_path / "lab")  # opening again keeps what a person changed
+    assert edited.read_text() == "# mine\n"
