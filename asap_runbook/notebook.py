@@ -339,7 +339,9 @@ class Walk:
             self._ensure_run_dir()
             self.results = self._run(ids)
         mine = [r for r in (self.results.results if self.results else []) if r.item_id in ids]
-        _display(_html(f"<style>{style()}</style>" + findings_html(mine)))
+        # the stylesheet once per notebook, not once per subsection: the page carries it a single time
+        styled, self._styled = getattr(self, "_styled", False), True
+        _display(_html(("" if styled else f"<style>{style()}</style>") + findings_html(mine)))
         from .timelines import show_for
         show_for(mine)  # e.g. the rate-limit burst: requests over time, 429s, Retry-After
         if self.mode == "lab" and awaiting_a_person(mine):
