@@ -227,6 +227,8 @@ def finish(run_dir: str | os.PathLike, params_path: str | os.PathLike, say=print
     (nothing sent to a target), the same results.json, junit.xml, pages, drift and manifest.
     Items of a walked section that were not run are `error` (not verified), sections not walked are not run."""
     run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a folder: name the run folder a walk wrote (outputs/<run id>).")
     walked = sorted((run_dir / "sections").glob("*.json")) if (run_dir / "sections").is_dir() else []
     catalog = load_catalog()
     sections = [s for s in catalog.sections if any(p.stem == s for p in walked)]
