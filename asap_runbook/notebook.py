@@ -265,8 +265,8 @@ class Walk:
         if self.mode == "headless":
             self.results = self._run(None)
         elif self.mode == "replay":
-            from .engine import _kept_results
-            self.results = _kept_results(self.run_dir / "sections" / f"{section}.json", set()) if self.run_dir else None
+            from .runner import _load_section  # the same reader the runner assembles results.json with
+            self.results = _load_section(self.run_dir, section) if self.run_dir else None
             if self.results is None:
                 self.error = f"{self.run_dir} holds no results of the {section} section to render"
                 print(f"asap-runbook: {self.error}", file=sys.stderr)
