@@ -202,3 +202,13 @@ def test_installed_the_lab_opens_at_a_working_folder_with_copies(tmp_path):
     edited.write_text("# mine\n")
     lab_folder(tmp_path / "lab")  # opening again keeps what a person changed
     assert edited.read_text() == "# mine\n"
+
+
+def test_lab_opens_at_the_project_root(monkeypatch):
+    from asap_runbook import cli, runner
+    seen = []
+    monkeypatch.setattr(runner, "ensure_kernel", lambda: "asap-runbook")
+    monkeypatch.setattr(cli.subprocess, "call", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["lab", "--no-browser"]) == 0
+    assert f"--ServerApp.root_dir={REPO}" in seen[0] and "--no-browser" in seen[0]
+    assert "--LabApp.default_url=/lab/tree/notebooks" in seen[0]
