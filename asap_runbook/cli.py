@@ -215,12 +215,37 @@ def cmd_diff(args) -> int:
 
 
 def cmd_lab(args) -> int:
+    """JupyterLab at the project root (notebooks/, params/, outputs/ side by side), or, installed from
+    the wheel, at a working folder holding copies of the notebooks, params and examples."""
     from .runner import ensure_kernel
     ensure_kernel()
-    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={_paths.shipped('notebooks')}", *args.lab_args]
+    root = _paths.checkout() or lab_folder(Path(args.dir))
+    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={root}",
+            "--LabApp.default_url=/lab/tree/notebooks", *args.lab_args]
     if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in argv:
         argv.append("--allow-root")  # CI machines and containers run as root
+    print(f"JupyterLab at {root}: open notebooks/<section>.ipynb and walk it; runs go to {root / 'outputs'}")
     return subprocess.call(argv)
+
+
+def lab_folder(folder: Path) -> Path:
+    """A working folder for the lab when installed from the wheel: copies of notebooks/, params/ and
+    examples/ (never overwriting what is there: a person may have edited them), outputs/ beside them."""
+    try:
+        for name in _paths.SHIPPED:
+            if not (folder / name).exists():
+                shutil.copytree(_paths.shipped(name), folder / name)
+        (folder / "outputs").mkdir(exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--dir {folder}: cannot set up the lab's working folder ({e.strerror}).") from None
+    return folder.resolve()
+
+
+def cmd_finish(args) -> int:
+    from .runner import finish
+    code, _ = finish(args.run_dir, args.params, sign_off_by=args.sign_off_by, signing_key=args.signing_key,
+                     fail_on=FailOn(args.fail_on))
+    return code
 
 
 def _positive_int(text: str) -> int:
@@ -382,7 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="open JupyterLab on the notebooks with the project's kernel "
                                      "(other options go to jupyter lab, e.g. --no-browser --port 8888)")
+    lab.add_argument("--dir", default="asap-runbook-lab", help="installed from the wheel: the working folder for "
+                     "copies of the notebooks, params and examples (default: ./asap-runbook-lab); a checkout opens at its root")
     lab.set_defaults(fn=cmd_lab)
+
+    f = sub.add_parser("finish", help="write the run folder (results, pages, signed manifest) from what a walk in "
+                                      "JupyterLab recorded in RUN_DIR, as `run` would")
+    f.add_argument("run_dir", metavar="RUN_DIR", help="the run folder the walk wrote (it holds sections/*.json)")
+    f.add_argument("--params", required=True, help="the YAML parameters file the walk used")
+    f.add_argument("--sign-off-by", metavar="NAME", help="sign the run off as NAME if it is ready")
+    f.add_argument("--signing-key", metavar="PATH", help="Ed25519 key that signs manifest.json (default: $ASAP_RUNBOOK_SIGNING_KEY)")
+    f.add_argument("--fail-on", choices=[x.value for x in FailOn], default=FailOn.INCOMPLETE.value,
+                   help="what makes the exit code non-zero, as for run")
+    f.set_defaults(fn=cmd_finish)
     return p
 
 

@@ -265,25 +265,52 @@ async def _run_phases(items: list[CatalogItem], targets: list[Target], params: P
 
 
 async def run_section_async(section: str, params: Params, *, run_dir: Path | None = None,
-                            targets: list[str] | None = None, progress: Progress | None = None,
-                            transport=None) -> SectionRun:
+                            targets: list[str] | None = None, items: list[str] | None = None,
+                            progress: Progress | None = None, transport=None) -> SectionRun:
+    """Run a section's items against its targets. `items` (ids of this section) runs only those,
+    as a walk through the notebook does one subsection at a time: the section's results file then
+    keeps every other result it already holds and replaces those of the items run again, so it
+    always holds the section as walked so far. Phases and the run lock are the same either way."""
     catalog = load_catalog()
-    items = list(catalog.section(section))
-    if not items:
+    section_items = list(catalog.section(section))
+    if not section_items:
         raise RunbookError(f"unknown section {section!r}; choose from {', '.join(catalog.sections)}")
+    run_items = section_items
+    if items is not None:
+        ids = {i.id for i in section_items}
+        unknown = [i for i in items if i not in ids]
+        if unknown:
+            raise RunbookError(f"{unknown[0]} is not an item of the {section} section")
+        run_items = [i for i in section_items if i.id in set(items)]
     chosen = [t for t in params.targets if not targets or t.name in targets]
     out = Path(run_dir) / "sections" / f"{section}.json" if run_dir else None
-    rec = _Recorder(section, out, total=len(items) * len(chosen))
+    kept = _kept_results(out, {(i.id, t.name) for i in run_items for t in chosen}) if items is not None else None
+    rec = _Recorder(section, out, total=len(run_items) * len(chosen) + len(kept.results if kept else []))
+    if kept:
+        rec.run.started_at, rec.run.results = kept.started_at, list(kept.results)
     rec.flush()
-    await _run_phases(items, chosen, params, rec, run_dir, progress, transport)
-    order = {i.id: n for n, i in enumerate(items)}
-    tnames = [t.name for t in chosen]
-    rec.run.results.sort(key=lambda r: (order[r.item_id], tnames.index(r.target)))
-    rec.run.finished_at = now()
+    n_kept = len(rec.run.results)
+    await _run_phases(run_items, chosen, params, rec, run_dir, progress, transport)
     from .confirmations import apply_records  # confirmations and waivers turn manual/fail into confirmed/waived
-    rec.run.results = apply_records(rec.run.results, params)
+    rec.run.results[n_kept:] = apply_records(rec.run.results[n_kept:], params)  # kept ones had theirs applied
+    order = {i.id: n for n, i in enumerate(section_items)}
+    tnames = [t.name for t in params.targets]
+    rec.run.results.sort(key=lambda r: (order[r.item_id], tnames.index(r.target) if r.target in tnames else len(tnames)))
+    rec.run.finished_at = now()
     rec.flush()
     return rec.run
+
+
+def _kept_results(path: Path | None, rerun: set[tuple[str, str]]) -> SectionRun | None:
+    """What the section's results file already holds, minus the (item, target) pairs about to run again."""
+    if path is None or not path.exists():
+        return None
+    try:
+        previous = SectionRun.model_validate_json(path.read_text())
+    except ValueError:
+        return None  # a torn or foreign file: start the section afresh rather than trust it
+    previous.results = [r for r in previous.results if (r.item_id, r.target) not in rerun]
+    return previous
 
 
 def run_section(section: str, params: Params, **kw) -> SectionRun:

@@ -69,91 +69,211 @@ CLIENT_ERROR_TYPES = ("auth_failed", "sender_mismatch", "invalid_timestamp", "in
                       "invalid_request", "missing_envelope", "invalid_envelope", "handler_not_found", "invalid_params")
 
 
-async def error_rate(prom: Prom, job: str, window: str) -> dict:
-    """Server-side error ratio over the window (what the shipped alert pages on), and beside it the
-    ratio of all errors, client-caused included (the runbook's own negative probes are among them)."""
+def error_exprs(job: str, window: str) -> dict[str, str]:
+    """The PromQL the error-rate verdict (MON-ALERT-1) reads, and the plot too: server-side errors
+    (what the shipped alert pages on), all errors (client-caused included: the runbook's own negative
+    probes are among them) and requests, each an increase over `window`."""
     sel = _sel(job)
     server_sel = _sel(job, f'error_type!~"{"|".join(CLIENT_ERROR_TYPES)}"')
-    server = _scalar(await prom.query(f"sum(increase(asap_requests_error_total{server_sel}[{window}]))"))
-    errors = _scalar(await prom.query(f"sum(increase(asap_requests_error_total{sel}[{window}]))"))
-    total = _scalar(await prom.query(f"sum(increase(asap_requests_total{sel}[{window}]))"))
+    return {"server_errors": f"sum(increase(asap_requests_error_total{server_sel}[{window}]))",
+            "errors": f"sum(increase(asap_requests_error_total{sel}[{window}]))",
+            "requests": f"sum(increase(asap_requests_total{sel}[{window}]))"}
+
+
+def judged_ratio(errors: float | None, requests: float | None) -> float | None:
+    """The ratio a verdict judges: no error series is no error; no request is no ratio (not 0 %)."""
+    return (errors or 0) / requests if requests else None
+
+
+async def error_rate(prom: Prom, job: str, window: str, at: datetime | None = None) -> dict:
+    """Server-side error ratio over the window (what the shipped alert pages on), and beside it the
+    ratio of all errors, client-caused included (the runbook's own negative probes are among them)."""
+    q = error_exprs(job, window)
+    server, errors, total = [_scalar(await prom.query(q[k], at)) for k in ("server_errors", "errors", "requests")]
     return {"window": window, "server_errors": server, "errors": errors, "requests": total,
-            "ratio": (server or 0) / total if total else None,
-            "all_errors_ratio": (errors or 0) / total if total else None,
-            "query": f"sum(increase(asap_requests_error_total{server_sel}[{window}])) / "
-                     f"sum(increase(asap_requests_total{sel}[{window}]))"}
+            "ratio": judged_ratio(server, total), "all_errors_ratio": judged_ratio(errors, total),
+            "query": f"{q['server_errors']} / {q['requests']}"}
 
 
-async def latency(prom: Prom, job: str, window: str, q: float = 0.99) -> dict:
+def latency_exprs(job: str, window: str) -> dict[str, str]:
+    """The PromQL the latency verdict (MON-ALERT-2) reads, and the plot too."""
+    sel = _sel(job)
+    return {"buckets": f"sum by (le) (increase(asap_request_duration_seconds_bucket{sel}[{window}]))",
+            "sum": f"sum(increase(asap_request_duration_seconds_sum{sel}[{window}]))",
+            "count": f"sum(increase(asap_request_duration_seconds_count{sel}[{window}]))"}
+
+
+def _le_pairs(result: list[dict]) -> list[tuple[float, float]]:
+    return sorted((mt._le(r["metric"]["le"]), float(r["value"][1])) for r in result if "le" in r.get("metric", {}))
+
+
+def judged_quantile(q: float, buckets: list[tuple[float, float]], double_cumulated: bool) -> float | None:
+    """The quantile a verdict judges: from de-cumulated buckets when the job double-cumulates them."""
+    return mt.quantile(q, mt.decumulate(buckets) if double_cumulated else buckets)
+
+
+async def double_cumulated(prom: Prom, job: str, at: datetime | None = None) -> bool:
+    """Double cumulation is a property of the exported counters, judged on their current values."""
+    return mt.is_double_cumulated(_le_pairs(await prom.query(f"sum by (le) (asap_request_duration_seconds_bucket{_sel(job)})", at)))
+
+
+async def latency(prom: Prom, job: str, window: str, q: float = 0.99, at: datetime | None = None) -> dict:
     """q-quantile of request latency over the window from increase() of the buckets, de-cumulated
     when they show asap-protocol's double cumulation; plus the exact mean from _sum/_count."""
-    res = await prom.query(f"sum by (le) (increase(asap_request_duration_seconds_bucket{_sel(job)}[{window}]))")
-    buckets = sorted((mt._le(r["metric"]["le"]), float(r["value"][1])) for r in res if "le" in r.get("metric", {}))
-    # double cumulation is a property of the exported counters, judged on their current values
-    raw = await prom.query(f"sum by (le) (asap_request_duration_seconds_bucket{_sel(job)})")
-    current = sorted((mt._le(r["metric"]["le"]), float(r["value"][1])) for r in raw if "le" in r.get("metric", {}))
-    s = _scalar(await prom.query(f"sum(increase(asap_request_duration_seconds_sum{_sel(job)}[{window}]))"))
-    c = _scalar(await prom.query(f"sum(increase(asap_request_duration_seconds_count{_sel(job)}[{window}]))"))
-    summary = mt.latency_summary(buckets, q, double_cumulated=mt.is_double_cumulated(current))
+    e = latency_exprs(job, window)
+    buckets = _le_pairs(await prom.query(e["buckets"], at))
+    broken = await double_cumulated(prom, job, at)
+    s = _scalar(await prom.query(e["sum"], at))
+    c = _scalar(await prom.query(e["count"], at))
     return {
         "window": window, "quantile": q,
-        "value_seconds": summary["value_seconds"],
-        "naive_histogram_quantile_seconds": summary["naive_histogram_quantile_seconds"],
-        "double_cumulated": summary["double_cumulated"],
-        "method": summary["method"],
+        "value_seconds": judged_quantile(q, buckets, broken),
+        "naive_histogram_quantile_seconds": mt.quantile(q, mt.prometheus_monotonic(buckets)),
+        "double_cumulated": broken,
+        "method": ("de-cumulated buckets (scraped[i] - scraped[i-1]): this job's buckets are double-cumulated"
+                   if broken else "buckets as scraped (this job's buckets are sane: no finite bucket above +Inf)"),
         "mean_seconds": (s / c) if c else None,
         "requests": c,
     }
 
 
 # ------------------------------------------------------------------------------------------ plots
-async def timeseries(prom: Prom, job: str, window: str):
-    """A DataFrame indexed by time: request rate, error ratio, mean and p99 latency for the job."""
+async def timeseries(prom: Prom, job: str, window: str, end: datetime | None = None):
+    """A DataFrame indexed by time for the job: request rate (traffic, not judged), and what the
+    alerting verdicts judge at each instant: the server-side error ratio and the p99 (and mean)
+    over the `window` before it, from the same queries and the same functions as the verdicts, so
+    the last point is the number a check run at that instant reports."""
     import pandas as pd
 
     span = window_seconds(window)
     step = max(span // 60, 2)
     rng = f"{max(4 * step, 30)}s"
-    end = datetime.now(UTC)
-    start = end - timedelta(seconds=span)
+    end = (end or datetime.now(UTC)).replace(microsecond=0)  # query_range sends whole seconds: so does the last point
+    start = end - timedelta(seconds=step * (span // step))  # a whole number of steps: the last point is `end`
     sel = _sel(job)
-    queries = {
-        "requests_per_s": f"sum(rate(asap_requests_total{sel}[{rng}]))",
-        "errors_per_s": f"sum(rate(asap_requests_error_total{sel}[{rng}]))",
-        "latency_sum": f"sum(rate(asap_request_duration_seconds_sum{sel}[{rng}]))",
-        "latency_count": f"sum(rate(asap_request_duration_seconds_count{sel}[{rng}]))",
-    }
+    errs, lat = error_exprs(job, window), latency_exprs(job, window)
+    queries = {"requests_per_s": f"sum(rate(asap_requests_total{sel}[{rng}]))",
+               "server_errors": errs["server_errors"], "requests": errs["requests"],
+               "latency_sum": lat["sum"], "latency_count": lat["count"]}
     results = await asyncio.gather(*(prom.query_range(q, start, end, f"{step}s") for q in queries.values()))
     frame = {}
     for name, res in zip(queries, results):
         if res:
             frame[name] = pd.Series({datetime.fromtimestamp(float(t), UTC): float(v) for t, v in res[0]["values"]})
-    buckets = await prom.query_range(f"sum by (le) (rate(asap_request_duration_seconds_bucket{sel}[{rng}]))",
-                                     start, end, f"{step}s")
-    raw = await prom.query(f"sum by (le) (asap_request_duration_seconds_bucket{sel})")
-    broken = mt.is_double_cumulated(sorted((mt._le(r["metric"]["le"]), float(r["value"][1])) for r in raw
-                                           if "le" in r.get("metric", {})))
+    buckets = await prom.query_range(lat["buckets"], start, end, f"{step}s")
+    broken = await double_cumulated(prom, job, end)
     per_time: dict = {}
     for r in buckets:
         le = mt._le(r["metric"].get("le", "+Inf"))
         for t, v in r["values"]:
             per_time.setdefault(float(t), []).append((le, float(v)))
-    p99 = {}
-    for t, bs in per_time.items():
-        bs.sort()
-        p99[datetime.fromtimestamp(t, UTC)] = mt.quantile(0.99, mt.decumulate(bs) if broken else bs)
+    p99 = {datetime.fromtimestamp(t, UTC): judged_quantile(0.99, sorted(bs), broken) for t, bs in per_time.items()}
     if p99:
         frame["p99_seconds"] = pd.Series(p99, dtype="float64")
     df = pd.DataFrame(frame).sort_index()
-    if "errors_per_s" in df and "requests_per_s" in df:
-        df["error_ratio"] = (df["errors_per_s"] / df["requests_per_s"]).where(df["requests_per_s"] > 0)
+    if "requests" in df:
+        server = df["server_errors"] if "server_errors" in df else pd.Series(float("nan"), index=df.index)
+        df["error_ratio"] = [judged_ratio(None if pd.isna(e) else e, None if pd.isna(n) else n)
+                             for e, n in zip(server, df["requests"])]
+        df["error_ratio"] = df["error_ratio"].astype("float64")
     if "latency_sum" in df and "latency_count" in df:
         df["mean_seconds"] = (df["latency_sum"] / df["latency_count"]).where(df["latency_count"] > 0)
-    df.attrs.update(job=job, window=window, rate_range=rng, step=f"{step}s", double_cumulated=broken)
+    df.attrs.update(job=job, window=window, rate_range=rng, step=f"{step}s", double_cumulated=broken,
+                    error_query=f"{errs['server_errors']} / {errs['requests']}")
     return df
 
 
-def monitoring_plots(section=None, params_path: str | None = None, targets: list[str] | None = None):
+def _judged(section, target: str, item_id: str, label_prefix: str) -> tuple[datetime, dict] | None:
+    """(when, data) of the evidence a verdict recorded for this target, to mark it on the plot."""
+    for r in getattr(section, "results", None) or []:
+        if r.item_id == item_id and r.target == target:
+            for e in r.evidence:
+                if e.label.startswith(label_prefix) and isinstance(e.data, dict):
+                    return r.started_at, e.data
+    return None
+
+
+def own_traffic(run_dir, section=None) -> list[tuple[str, datetime, datetime]]:
+    """When this run's checks were sending: (section, first start, last end) per section file in the
+    run folder (every section's probes count on the agent), or of `section` alone without one."""
+    from pathlib import Path
+
+    from .results import SectionRun
+    runs = []
+    if run_dir is not None:
+        for path in sorted((Path(run_dir) / "sections").glob("*.json")):
+            if path.name.endswith(".progress.json"):
+                continue
+            try:
+                runs.append(SectionRun.model_validate_json(path.read_text()))
+            except ValueError:
+                continue  # a section being written right now: the others still mark their traffic
+    elif section is not None:
+        runs = [section]
+    out = []
+    for sr in runs:
+        if sr.results:
+            first = min(r.started_at for r in sr.results)
+            last = max(r.started_at + timedelta(seconds=r.duration_seconds) for r in sr.results)
+            out.append((sr.section, first, last))
+    return out
+
+
+def figure(frames: dict, jobs: dict[str, str], thresholds, section=None, traffic=(), window: str = ""):
+    """The Monitoring figure: traffic, then the two judged quantities with their thresholds (labelled
+    with their source), the verdicts' own values marked, and the runbook's own traffic shaded."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    for name, df in frames.items():
+        label = f"{name} ({jobs[name]})"
+        if df.empty:
+            axes[0].plot([], [], label=f"{label}: no data (not scraped)")
+            continue
+        if "requests_per_s" in df:
+            axes[0].plot(df.index, df["requests_per_s"], label=label)
+        if "error_ratio" in df:
+            line, = axes[1].plot(df.index, df["error_ratio"], label=f"{label}: server-side errors / requests")
+            seen = _judged(section, name, "MON-ALERT-1", "error rate over")
+            if seen and seen[1].get("ratio") is not None:
+                axes[1].plot([seen[0]], [seen[1]["ratio"]], "o", color=line.get_color(),
+                             label=f"{name}: MON-ALERT-1 judged {seen[1]['ratio']:.1%}")
+        if "p99_seconds" in df:
+            line, = axes[2].plot(df.index, df["p99_seconds"], label=f"{label} p99"
+                                 + (" (de-cumulated buckets)" if df.attrs.get("double_cumulated") else ""))
+            seen = _judged(section, name, "MON-ALERT-2", "latency over")
+            if seen and seen[1].get("value_seconds") is not None:
+                axes[2].plot([seen[0]], [seen[1]["value_seconds"]], "o", color=line.get_color(),
+                             label=f"{name}: MON-ALERT-2 judged {seen[1]['value_seconds']:.3g} s")
+        if "mean_seconds" in df:
+            axes[2].plot(df.index, df["mean_seconds"], linestyle="--", label=f"{label} mean (_sum/_count)")
+    er, p99 = thresholds.error_rate_ratio, thresholds.p99_latency_seconds
+    axes[1].axhline(er.value, color="#8c0b07", linewidth=0.9, linestyle=":",
+                    label=f"threshold {er.value:.0%}: {er.source}")
+    axes[2].axhline(p99.value, color="#8c0b07", linewidth=0.9, linestyle=":",
+                    label=f"threshold {p99.value:g} s: {p99.source}")
+    for n, (sec, first, last) in enumerate(traffic):
+        for ax in axes:
+            ax.axvspan(first, last, color="#999999", alpha=0.15, label=None if ax is not axes[0] else
+                       ("the runbook's own traffic" if n == 0 else None))
+        axes[0].annotate(sec, (first, 0.02), xycoords=("data", "axes fraction"), fontsize=7, va="bottom", color="#57606a")
+    labels = [("requests / s (traffic)", axes[0]), (f"error ratio over {window}\n(as MON-ALERT-1 judges)", axes[1]),
+              (f"latency over {window} (s)\n(as MON-ALERT-2 judges)", axes[2])]
+    for ylabel, ax in labels:
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    some = next((df for df in frames.values() if not df.empty), None)
+    rng = some.attrs.get("rate_range") if some is not None else "?"
+    axes[0].set_title(f"Prometheus, last {window}: traffic (rate over {rng}); each later point is the value "
+                      f"over the {window} before it", fontsize=9)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def monitoring_plots(section=None, params_path: str | None = None, targets: list[str] | None = None,
+                     run_dir=None, save_to=None):
     """Request rate, error ratio and latency (p99 + mean) over `prometheus.window` for every target
     with a `prometheus_job`, as one matplotlib figure (a static PNG in the HTML evidence).
     Returns the per-job DataFrames; a Prometheus that does not answer is one sentence, no plot."""
@@ -195,33 +315,9 @@ def monitoring_plots(section=None, params_path: str | None = None, targets: list
     except RunbookError as e:
         say(e.message)
         return {}
-    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
-    panels = [("requests_per_s", "requests / s", axes[0]), ("error_ratio", "error ratio", axes[1])]
-    for name, df in frames.items():
-        label = f"{name} ({jobs[name]})"
-        if df.empty:
-            axes[0].plot([], [], label=f"{label}: no data (not scraped)")
-            continue
-        for col, _, ax in panels:
-            if col in df:
-                ax.plot(df.index, df[col], label=label)
-        if "p99_seconds" in df:
-            axes[2].plot(df.index, df["p99_seconds"], label=f"{label} p99"
-                         + (" (de-cumulated buckets)" if df.attrs.get("double_cumulated") else ""))
-        if "mean_seconds" in df:
-            axes[2].plot(df.index, df["mean_seconds"], linestyle="--", label=f"{label} mean (_sum/_count)")
-    th = params.thresholds
-    axes[1].axhline(th.error_rate_ratio.value, color="grey", linewidth=0.8, linestyle=":", label="threshold")
-    axes[2].axhline(th.p99_latency_seconds.value, color="grey", linewidth=0.8, linestyle=":", label="p99 threshold")
-    for (_, ylabel, ax) in panels + [(None, "latency (s)", axes[2])]:
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    some = next((df for df in frames.values() if not df.empty), None)
-    rng = some.attrs.get("rate_range") if some is not None else "?"
-    axes[0].set_title(f"Prometheus, last {window} (rate over {rng})")
-    fig.autofmt_xdate()
-    fig.tight_layout()
+    fig = figure(frames, jobs, params.thresholds, section, own_traffic(run_dir, section), window)
+    if save_to is not None:
+        fig.savefig(save_to, dpi=90)
     plt.show()
     plt.close(fig)
     return frames

@@ -47,7 +47,7 @@ def run(section: str, params_path: str, run_dir: str | None = None, targets: lis
             bar.close()
 
 
-def _progress_bar(section: str, params, targets: list[str] | None):
+def _progress_bar(section: str, params, targets: list[str] | None, n_items: int | None = None):
     """A progress bar while the section runs, in JupyterLab (a widget) or a terminal.
 
     Not in headless runs (`asap-runbook run` sets ASAP_RUNBOOK_HEADLESS): there the CLI shows
@@ -57,7 +57,7 @@ def _progress_bar(section: str, params, targets: list[str] | None):
     from tqdm.auto import tqdm
     from .catalog import load_catalog
     n_targets = len([t for t in params.targets if not targets or t.name in targets])
-    total = len(list(load_catalog().section(section))) * n_targets
+    total = (n_items if n_items is not None else len(list(load_catalog().section(section)))) * n_targets
     return tqdm(total=total, desc=section, unit="check")
 
 
@@ -185,3 +185,238 @@ def drill_timelines(section_run: SectionRun | None) -> int:
         _display(_html("<p>No drill ran here (they are opt-in: <code>targets[].active_probes.drills</code>, "
                        "plus each drill's parameters, see docs/drills.md).</p>"))
     return shown
+
+
+# ----------------------------------------------------------------------------------------- the walk
+DEMO_HINT = ("Start the reference deployment with <code>asap-runbook demo --serve</code> in a terminal "
+             "(JupyterLab: File &gt; New &gt; Terminal), then paste the <code>export</code> lines it prints "
+             "into <code>rb.demo_env(\"\"\"...\"\"\")</code> in a cell here (or start <code>asap-runbook lab</code> "
+             "from a shell where you pasted them), and run this cell again.")
+
+
+def demo_env(export_lines: str) -> list[str]:
+    """Set the variables of `asap-runbook demo --serve`'s `export NAME=value` lines in this kernel;
+    return their names. The token line reads its file (`"$(cat FILE)"`), as the shell would."""
+    import re
+    import shlex
+    names = []
+    for line in export_lines.splitlines():
+        m = re.fullmatch(r"\s*export\s+([A-Za-z_][A-Za-z0-9_]*)=(.*)", line)
+        if not m:
+            continue
+        name, raw = m.groups()
+        cat = re.fullmatch(r'"\$\(cat (.+)\)"', raw.strip())
+        if cat:
+            value = Path(shlex.split(cat.group(1))[0]).read_text().strip()
+        else:
+            value = " ".join(shlex.split(raw))
+        os.environ[name] = value
+        names.append(name)
+    if not names:
+        print("no `export NAME=value` line found: paste the lines `asap-runbook demo --serve` printed", file=sys.stderr)
+    return names
+
+
+async def _reachable(url: str, timeout: float) -> str | None:
+    """None when a TCP connection to the URL's host and port opens within `timeout`, else why not."""
+    import asyncio
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(u.hostname, port), timeout)
+    except (OSError, asyncio.TimeoutError) as e:
+        return f"{u.hostname}:{port} {'did not answer within %g s' % timeout if isinstance(e, asyncio.TimeoutError) else 'refused the connection'}"
+    writer.close()
+    return None
+
+
+def unreachable_targets(params, targets: list[str] | None = None, timeout: float = 1.0) -> dict[str, str]:
+    """Targets whose base_url does not accept a TCP connection within `timeout` (all at once: never hangs)."""
+    import asyncio
+    import concurrent.futures
+    chosen = [t for t in params.targets if not targets or t.name in targets]
+
+    async def look():
+        return await asyncio.gather(*(_reachable(t.base_url, timeout) for t in chosen))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # works inside Jupyter's running loop too
+        found = pool.submit(asyncio.run, look()).result()
+    return {t.name: why for t, why in zip(chosen, found) if why}
+
+
+class Walk:
+    """A section walked subsection by subsection; one object per section notebook.
+
+    Three modes, one code path (`engine.run_section`):
+    - headless (`asap-runbook run`): the first cell runs the whole section once, with the run's
+      lock and phases exactly as before; each subsection cell then shows that subsection's results.
+    - lab (JupyterLab): nothing runs until a subsection cell does; it runs that subsection's items
+      (`run_section(items=...)`), which the engine merges into the section's results file.
+    - replay (`write_evidence`/`asap-runbook finish`): the notebook re-executed headlessly over a
+      run folder the lab wrote: results are read from it, nothing is sent to any target.
+    """
+
+    def __init__(self, section: str, params_path: str, run_dir: str | None = None,
+                 targets: list[str] | None = None, out_dir: str = "../outputs", replay: bool = False):
+        from .catalog import load_catalog
+        self.section, self.params_path, self.targets = section, params_path, targets
+        self.headless = bool(os.environ.get("ASAP_RUNBOOK_HEADLESS"))
+        self.mode = "replay" if replay else "headless" if self.headless else "lab"
+        self.out_dir = Path(out_dir)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.items = list(load_catalog().section(section))
+        self.params = None
+        self.error: str | None = None
+        self.results: SectionRun | None = None
+        try:
+            self.params = load_params(params_path)
+            from .confirmations import validate_files
+            validate_files(self.params)
+        except RunbookError as e:
+            self.error = e.message
+            demo = "ASAP_DEMO_" in e.message
+            _display(_html(f"<p style='color:#8c0b07'><b>Cannot run:</b> {_esc(e.message)}</p>"
+                           + (f"<p>{DEMO_HINT}</p>" if demo and self.mode == "lab" else "")))
+            print(f"asap-runbook: {e.message}", file=sys.stderr)
+            return
+        if self.mode == "headless":
+            self.results = self._run(None)
+        elif self.mode == "replay":
+            from .runner import _load_section  # the same reader the runner assembles results.json with
+            self.results = _load_section(self.run_dir, section) if self.run_dir else None
+            if self.results is None:
+                self.error = f"{self.run_dir} holds no results of the {section} section to render"
+                print(f"asap-runbook: {self.error}", file=sys.stderr)
+        else:
+            self._greet()
+
+    def subsections(self) -> list[str]:
+        return list(dict.fromkeys(i.subsection for i in self.items))
+
+    def _items(self, subsection: str):
+        chosen = [i for i in self.items if i.subsection == subsection]
+        if not chosen:
+            raise RunbookError(f"no subsection {subsection!r} in the {self.section} section; "
+                               f"choose from {', '.join(self.subsections())}")
+        return chosen
+
+    def _greet(self) -> None:
+        """The lab's first cell: where results go, and whether the targets answer (a quick look)."""
+        down = unreachable_targets(self.params, self.targets)
+        note = ""
+        if down:
+            listed = "; ".join(f"{_esc(t)}: {_esc(why)}" for t, why in down.items())
+            demo = self.params.environment == "demo"
+            note = (f"<p style='color:#8c0b07'><b>Not reachable now:</b> {listed}. Checks that probe "
+                    "these targets will be <code>error</code>.</p>" + (f"<p>{DEMO_HINT}</p>" if demo else ""))
+        where = (f"<code>{_esc(str(self.run_dir))}</code>" if self.run_dir else
+                 f"a new folder in <code>{_esc(str(self.out_dir))}</code>, made when the first subsection runs")
+        _display(_html(
+            f"<p>Walk the <b>{self.section}</b> section subsection by subsection: read what the items ask, run "
+            f"them, fix or confirm, go on. Results go to {where}; the last cell writes the run folder (results, "
+            f"pages, manifest) as <code>asap-runbook run</code> does. To walk several sections into one run "
+            f"folder, give their notebooks the same <code>run_dir</code>.</p>" + note))
+
+    def _ensure_run_dir(self) -> Path:
+        if self.run_dir is None:
+            from .runner import new_run_id
+            self.run_dir = (self.out_dir / new_run_id()).resolve()
+            self.run_dir.mkdir(parents=True)
+        return self.run_dir
+
+    def _run(self, items: list[str] | None) -> SectionRun:
+        total = len(items) if items is not None else len(self.items)
+        bar = _progress_bar(self.section, self.params, self.targets, total)
+        try:
+            return run_section(self.section, self.params, run_dir=self.run_dir, targets=self.targets, items=items,
+                               progress=_advance(bar) if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def read(self, subsection: str):
+        """What the subsection's items ask and why (the catalog), before running them. Only in the lab:
+        the evidence pages show the findings, and the catalog is one `asap-runbook explain ID` away."""
+        if self.mode != "lab":
+            return None
+        rows = []
+        for i in self._items(subsection):
+            how = {"manual": "a person confirms it"}.get(str(i.verification), f"checked by {i.verification}")
+            rows.append(f"<li><code>{i.id}</code> {'<b>blocking</b>, ' if i.blocking else ''}{how}: "
+                        f"{_md(i.text)}<br><span style='color:#57606a'><i>Why:</i> {_md(i.rationale.strip())}</span></li>")
+        return _html(f"<ul>{''.join(rows)}</ul>")
+
+    def run(self, subsection: str) -> SectionRun | None:
+        """Run the subsection's checks (lab) or take them from the section's run (headless, replay);
+        show their findings and fixes, and in the lab a confirm control for each item awaiting a person."""
+        if self.error:
+            return None
+        ids = [i.id for i in self._items(subsection)]
+        if self.mode == "lab":
+            self._ensure_run_dir()
+            self.results = self._run(ids)
+        mine = [r for r in (self.results.results if self.results else []) if r.item_id in ids]
+        # the stylesheet once per notebook, not once per subsection: the page carries it a single time
+        styled, self._styled = getattr(self, "_styled", False), True
+        _display(_html(("" if styled else f"<style>{style()}</style>") + findings_html(mine)))
+        from .timelines import show_for
+        show_for(mine)  # e.g. the rate-limit burst: requests over time, 429s, Retry-After
+        if self.mode == "lab" and awaiting_a_person(mine):
+            from .widgets import confirm_panel as panel
+            _display(panel(SectionRun(section=self.section, started_at=self.results.started_at, results=mine),
+                           self.params_path))
+        return self.results
+
+    def overview(self) -> None:
+        """Where the section stands: statuses per target, and what awaits a person."""
+        if self.error:
+            return
+        _display(summary(self.results))
+        show_pending(self.results)
+        if self.mode != "lab":
+            _display(_confirm_note(self.results, self.params_path))
+
+    def plots(self, **kw):
+        if self.error:
+            return None
+        from .monitoring_live import monitoring_plots as plots
+        return plots(self.results, self.params_path, self.targets, run_dir=self.run_dir, **kw)
+
+    def write_evidence(self, signing_key: str | None = None):
+        """Lab: render and sign what this walk wrote, as `asap-runbook run` would (runner.finish).
+        Headless and replay: nothing to do, the runner writes the evidence."""
+        if self.mode != "lab":
+            return None
+        if self.run_dir is None or not (self.run_dir / "sections").is_dir():
+            _display(_html("<p>Nothing to write yet: run a subsection first.</p>"))
+            return None
+        import concurrent.futures
+        from .runner import finish
+        lines: list[str] = []
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # papermill runs its own event loop
+                code, run_dir = pool.submit(finish, self.run_dir, self.params_path, say=lines.append,
+                                            signing_key=signing_key).result()
+        except RunbookError as e:
+            _display(_html(f"<p style='color:#8c0b07'><b>Cannot write the run folder:</b> {_esc(e.message)}</p>"))
+            return None
+        _display(_html("<pre>" + _esc("\n".join(lines)) + "</pre>"
+                       + f"<p>Run folder: <code>{_esc(str(run_dir))}</code> (exit {code}); open "
+                       f"<code>{_esc(str(run_dir / 'index.html'))}</code>.</p>"))
+        return run_dir
+
+
+def walk(section: str, params_path: str, run_dir: str | None = None, targets: list[str] | None = None,
+         out_dir: str = "../outputs", replay: bool = False) -> Walk:
+    """The first cell of a section notebook: see :class:`Walk`."""
+    return Walk(section, params_path, run_dir, targets, out_dir, replay)
+
+
+def _esc(text: str) -> str:
+    import html
+    return html.escape(text)
+
+
+def _md(text: str) -> str:
+    from .report import _md_code
+    return str(_md_code(text))

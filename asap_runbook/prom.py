@@ -36,8 +36,10 @@ class Prom:
         data = await asyncio.to_thread(self._call, "the targets query", self.client.get_targets)
         return data.get("activeTargets", []) if isinstance(data, dict) else []
 
-    async def query(self, promql: str) -> list[dict]:
-        return await asyncio.to_thread(self._call, f"the query {promql!r}", self.client.custom_query, promql)
+    async def query(self, promql: str, at=None) -> list[dict]:
+        """Instant query, evaluated now or `at` (a datetime): a plot can then ask for the very instant a verdict judged."""
+        params = {"time": f"{at.timestamp():.3f}"} if at is not None else None
+        return await asyncio.to_thread(self._call, f"the query {promql!r}", self.client.custom_query, promql, params)
 
     async def query_range(self, promql: str, start, end, step: str) -> list[dict]:
         return await asyncio.to_thread(self._call, f"the range query {promql!r}", self.client.custom_query_range,

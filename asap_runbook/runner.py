@@ -74,15 +74,17 @@ def _kernel_imports_this_package() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p]])
 
 
-def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | None = None) -> str | None:
-    """Run one section notebook (or `notebook`: the benchmark's floor); return None, or one sentence saying why it failed."""
+def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | None = None,
+            replay: bool = False) -> str | None:
+    """Run one section notebook (or `notebook`: the benchmark's floor); return None, or one sentence saying why it failed.
+    `replay`: render the results already in run_dir (a walk in the lab wrote them); no check runs."""
     import papermill as pm
     _kernel_imports_this_package()
     out = run_dir / "notebooks" / f"{section}.ipynb"
     try:
         pm.execute_notebook(
             str(notebook or notebook_path(section)), str(out),
-            parameters={"params_path": str(params_path), "run_dir": str(run_dir)},
+            parameters={"params_path": str(params_path), "run_dir": str(run_dir), **({"replay": True} if replay else {})},
             kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
             # progress comes from sections/*.progress.json, and papermill saves the notebook at the end
             # and on failure anyway: rewriting (and re-validating) it after every cell cost ~0.2 s of CPU
@@ -309,6 +311,24 @@ def write_manifest(run: RunResults, run_dir: Path, key=None, summary: dict | Non
         signing.build_manifest(run, run_dir, key, signing.previous_link(run_dir), extra=summary), run_dir)
 
 
+def finish(run_dir: str | os.PathLike, params_path: str | os.PathLike, say=print, **kw) -> tuple[int, Path]:
+    """`asap-runbook finish RUN_DIR`: the run folder a walk in JupyterLab wrote (sections/*.json),
+    rendered, gated and signed exactly as `run` does: the same notebooks re-executed in replay mode
+    (nothing sent to a target), the same results.json, junit.xml, pages, drift and manifest.
+    Items of a walked section that were not run are `error` (not verified), sections not walked are not run."""
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a folder: name the run folder a walk wrote (outputs/<run id>).")
+    walked = sorted((run_dir / "sections").glob("*.json")) if (run_dir / "sections").is_dir() else []
+    catalog = load_catalog()
+    sections = [s for s in catalog.sections if any(p.stem == s for p in walked)]
+    if not sections:
+        raise UsageError(f"{run_dir} holds no section results (sections/<section>.json): walk a section first.")
+    if (run_dir / "manifest.json").exists():
+        raise UsageError(f"{run_dir} is already finished (it has a manifest.json): walk again into a new folder.")
+    return run(params_path, run_dir.parent, sections, say=say, walked=run_dir, **kw)
+
+
 def usable_out_dir(out_dir: str | os.PathLike) -> Path:
     """The outputs folder, checked before anything runs: a file or an unwritable place is one sentence."""
     out = Path(out_dir)
@@ -321,9 +341,10 @@ def usable_out_dir(out_dir: str | os.PathLike) -> Path:
 
 def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", sections: list[str] | None = None,
         say=print, sign_off_by: str | None = None, signing_key: str | None = None,
-        fail_on: FailOn = FailOn.INCOMPLETE) -> tuple[int, Path | None]:
+        fail_on: FailOn = FailOn.INCOMPLETE, walked: Path | None = None) -> tuple[int, Path | None]:
     """Run the runbook; return (exit code under `fail_on`, run directory). results.json records the
-    readiness itself. Bad parameters raise ParamsError before anything runs."""
+    readiness itself. Bad parameters raise ParamsError before anything runs. `walked`: a run folder
+    a walk in JupyterLab wrote; its sections are rendered from their results (replay), not run again."""
     params_path = Path(params_path).resolve()
     out_dir = usable_out_dir(out_dir)
     params = load_params(params_path)
@@ -336,15 +357,15 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     if unknown:
         raise UsageError(f"unknown section {unknown[0]!r}; choose from {', '.join(catalog.sections)}.")
     ensure_kernel()
-    run_id = new_run_id()
+    run_id = walked.name if walked else new_run_id()
     run_dir = Path(out_dir).resolve() / run_id
     try:
-        (run_dir / "notebooks").mkdir(parents=True)
+        (run_dir / "notebooks").mkdir(parents=True, exist_ok=walked is not None)
     except OSError as e:
         raise UsageError(f"--out {out_dir}: cannot create the run directory ({e.strerror}).") from None
     handler = logging.FileHandler(run_dir / "runbook.log")
     log.addHandler(handler)
-    started = now()
+    started = min((sr.started_at for s in chosen if (sr := _load_section(run_dir, s))), default=now()) if walked else now()
     say(f"asap-runbook {version()}: run {run_id}, {len(params.targets)} target(s), sections {', '.join(chosen)}")
     problems: list[str] = []
     t0 = time.monotonic()
@@ -352,7 +373,7 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     totals = {s: len(list(catalog.section(s))) * len(params.targets) for s in chosen}
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as pool, \
             watch_sections(run_dir / "sections", totals, say) as tell:
-        futures = {pool.submit(execute, s, params_path, run_dir): s for s in chosen}
+        futures = {pool.submit(execute, s, params_path, run_dir, replay=walked is not None): s for s in chosen}
         renderer = Renderer()  # built while the kernels start; each page is rendered as soon as its notebook is done
         pages = {}
         for fut in concurrent.futures.as_completed(futures):

@@ -87,7 +87,7 @@ def confirm_panel(section_run: SectionRun | None, params_path: str):
             except RunbookError as e:
                 state.value = f"<span style='color:#8c0b07'>{html.escape(e.message)}</span>"
                 return
-            state.value = _state(path, r.item_id, r.target) + " <i>(saved; re-run the section to see it in the results)</i>"
+            state.value = _state(path, r.item_id, r.target) + " <i>(saved; run this subsection again to see it in the results)</i>"
 
         button.on_click(on_click)
         title = w.HTML(f"<h4 style='margin:.6em 0 .2em'><code>{html.escape(r.item_id)}</code> on "

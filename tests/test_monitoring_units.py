@@ -267,7 +267,7 @@ class _CannedPrometheus:
             "query": 'sum(rate(asap_requests_error_total{job="orders"}[5m])) / '
                      'sum(rate(asap_requests_total{job="orders"}[5m])) > 0.1'}]}]
 
-    async def query(self, promql: str):
+    async def query(self, promql: str, at=None):
         if promql.startswith("count("):
             return [{"metric": {}, "value": [0, "1"]}]
         if "asap_requests_error_total" in promql:

@@ -595,17 +595,26 @@ def _xff(i: int) -> dict:
     return {"X-Forwarded-For": f"203.0.113.{(i % 250) + 1}"}  # TEST-NET-3: never a real client
 
 
-async def _burst(ctx: CheckContext, budget: int, deadline: float, rotate_xff: bool) -> tuple[list, ProbeResponse | None]:
-    """Waves of 5 concurrent POSTs until the first 429 or the budget; returns statuses and the first 429."""
+async def _burst(ctx: CheckContext, budget: int, deadline: float, rotate_xff: bool,
+                 timeline: list | None = None, t0: float = 0.0) -> tuple[list, ProbeResponse | None]:
+    """Waves of 5 concurrent POSTs until the first 429 or the budget; returns statuses and the first 429.
+    `timeline` gets one entry per response: seconds since `t0` (monotonic), status, Retry-After."""
     statuses: list = []
     first_429 = None
     while len(statuses) < budget and time.monotonic() < deadline:
         wave = min(5, budget - len(statuses))
         base = len(statuses)
-        got = await asyncio.gather(*(ctx.probe.send(probe_envelope(ctx.target.sender), paced=False,
-                                                    headers=_xff(base + k) if rotate_xff else None)
-                                     for k in range(wave)), return_exceptions=True)
-        for r in got:
+        async def timed(k: int):
+            r = await ctx.probe.send(probe_envelope(ctx.target.sender), paced=False,
+                                     headers=_xff(base + k) if rotate_xff else None)
+            return r, time.monotonic()
+        got = await asyncio.gather(*(timed(k) for k in range(wave)), return_exceptions=True)
+        for item in got:
+            r, at = item if isinstance(item, tuple) else (item, time.monotonic())
+            if timeline is not None:
+                timeline.append({"burst": "B" if rotate_xff else "A", "t": round(at - t0, 3),
+                                 "status": r.status if isinstance(r, ProbeResponse) else type(r).__name__,
+                                 "retry_after": r.headers.get("retry-after") if isinstance(r, ProbeResponse) else None})
             if isinstance(r, ProbeResponse):
                 statuses.append(r.status)
                 if r.status == 429 and first_429 is None:
@@ -657,12 +666,15 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
                                f"{budget_a} requests: raise targets[{ctx.target.name}].active_probes.max_requests")
     waited_a = await _room(ctx, budget_a, None)
     started = time.monotonic()  # active_probes.max_seconds bounds the sending, not the waiting for room
-    statuses, first = await _burst(ctx, budget_a, started + ap.max_seconds, rotate_xff=False)
+    timeline: list[dict] = []  # every response in time: the evidence page draws it (timelines.burst_figure)
+    statuses, first = await _burst(ctx, budget_a, started + ap.max_seconds, rotate_xff=False, timeline=timeline,
+                                   t0=started)
     sending = time.monotonic() - started
     evidence = [("burst A: POST /asap, waves of 5 concurrent until the first 429 (each a read-only envelope "
                  "with a fresh nonce, the bearer token if configured), no X-Forwarded-For; statuses",
                  _tally(statuses))]
-    details = {"configured_limit_from_log": configured, "max_requests": ap.max_requests, "max_seconds": ap.max_seconds}
+    details = {"configured_limit_from_log": configured, "max_requests": ap.max_requests, "max_seconds": ap.max_seconds,
+               "timeline": timeline}
     evidence.insert(0, ("waited before burst A for the window to hold it (what earlier checks and runs sent, "
                         "probe.rate_limit)", f"{waited_a:.1f} s"))
     elapsed = sending
@@ -697,7 +709,7 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
     else:
         started_b = time.monotonic()
         statuses_b, first_b = await _burst(ctx, budget_b, started_b + max(1.0, ap.max_seconds - sending),
-                                           rotate_xff=True)
+                                           rotate_xff=True, timeline=timeline, t0=started)
         evidence.append(("burst B: the same, each request with a different X-Forwarded-For (203.0.113.x)",
                          _tally(statuses_b)))
         if first_b is None:

@@ -1,0 +1,92 @@
+"""Plots that agree with the verdicts: the Monitoring plot draws what MON-ALERT-1/2 judge (the
+same queries, the same functions), and the rate-limit burst's timeline is its own evidence.
+Screenshots (PNG) go to the test's tmp dir; their paths are printed."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from asap_runbook import monitoring_live as live
+from asap_runbook.engine import run_check, run_section
+from asap_runbook.prom import Prom
+from asap_runbook.results import SectionRun, Status
+
+SCREENSHOTS = Path("/work/screenshots")
+JOB = "asap-hardened"
+
+
+def _keep(path: Path) -> None:
+    print(f"screenshot: {path}")
+    if SCREENSHOTS.parent.is_dir():
+        SCREENSHOTS.mkdir(exist_ok=True)
+        shutil.copy(path, SCREENSHOTS / path.name)
+        print(f"screenshot kept: {SCREENSHOTS / path.name}")
+
+
+@pytest.fixture(autouse=True)
+def _agg():
+    import matplotlib
+    matplotlib.use("Agg")
+
+
+def test_the_monitoring_plot_draws_what_the_verdict_judged(demo_params, tmp_path):
+    prom = Prom(demo_params.prometheus)
+    window = demo_params.prometheus.window
+    # the runbook's own negative probes (client-caused errors) hit the agent, as in a real run
+    hardened = demo_params.model_copy(update={"targets": [demo_params.target("hardened")]})
+    probes = run_section("security", hardened, items=["SEC-AUTH-1", "SEC-HANDLER-1", "SEC-REPLAY-1"])
+    deadline = time.monotonic() + 90  # a loaded machine delays scrapes
+    while True:  # until Prometheus has scraped those errors
+        er = asyncio.run(live.error_rate(prom, JOB, window))
+        if (er["errors"] or 0) > (er["server_errors"] or 0) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    at = datetime.now(UTC).replace(microsecond=0)
+    er = asyncio.run(live.error_rate(prom, JOB, window, at))
+    lat = asyncio.run(live.latency(prom, JOB, window, at=at))
+    df = asyncio.run(live.timeseries(prom, JOB, window, end=at))
+    # client-caused errors are there, so a plot of all errors would disagree with the verdict
+    assert er["requests"], (er, [(r.item_id, r.status.value, r.summary[:80]) for r in probes.results])
+    assert er["all_errors_ratio"] > er["ratio"], (er, [(r.item_id, r.status.value, r.duration_seconds, r.summary[:80]) for r in probes.results])
+    assert df.index[-1] == at
+    assert df["error_ratio"].iloc[-1] == pytest.approx(er["ratio"], rel=1e-9, abs=1e-12)
+    assert df["p99_seconds"].iloc[-1] == pytest.approx(lat["value_seconds"], rel=1e-9)
+    assert df.attrs["error_query"] == er["query"]  # one query, shared
+
+    alerts = SectionRun(section="monitoring", started_at=probes.started_at, results=[
+        run_check("MON-ALERT-1", demo_params, "hardened"), run_check("MON-ALERT-2", demo_params, "hardened")])
+    th = demo_params.thresholds
+    fig = live.figure({"hardened": df}, {"hardened": JOB}, th, alerts,
+                      live.own_traffic(None, probes), window)
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    assert f"threshold {th.error_rate_ratio.value:.0%}: {th.error_rate_ratio.source}" in labels
+    assert f"threshold {th.p99_latency_seconds.value:g} s: {th.p99_latency_seconds.source}" in labels
+    judged = live._judged(alerts, "hardened", "MON-ALERT-1", "error rate over")[1]["ratio"]
+    assert f"hardened: MON-ALERT-1 judged {judged:.1%}" in labels
+    assert "the runbook's own traffic" in labels
+    shot = tmp_path / "monitoring-plot.png"
+    fig.savefig(shot, dpi=90)
+    _keep(shot)
+
+
+def test_the_burst_timeline_is_the_burst_s_evidence(demo_params, tmp_path):
+    from asap_runbook.timelines import burst_figure, burst_series
+    r = run_check("SEC-RATE-1", demo_params, "hardened")
+    assert r.status is Status.PASS, r.summary
+    s = burst_series(r.details["timeline"])
+    tally_a = r.evidence[0].data  # "200x5, 429x1": what burst A saw, in order
+    a = [st for st, b in zip(s["status"], s["burst"]) if b == "A"]
+    assert a.index(429) == int(r.summary.split(" after ")[1].split()[0])  # "429 ... after N back-to-back requests"
+    assert sum(int(part.split("x")[1]) for part in tally_a.split(", ")) == len(a)
+    burst, t, wait = s["retry_windows"][0]
+    assert burst == "A" and wait == float(r.summary.split("Retry-After: ")[1].split()[0])
+    fig = burst_figure(r)
+    shot = tmp_path / "rate-limit-burst.png"
+    fig.savefig(shot, dpi=90)
+    _keep(shot)
