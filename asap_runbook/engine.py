@@ -277,8 +277,8 @@ async def run_section_async(section: str, params: Params, *, run_dir: Path | Non
     rec.flush()
     await _run_phases(items, chosen, params, rec, run_dir, progress, transport)
     order = {i.id: n for n, i in enumerate(items)}
-    tnames = [t.name for t in chosen]
-    rec.run.results.sort(key=lambda r: (order[r.item_id], tnames.index(r.target)))
+    rank = {t.name: n for n, t in enumerate(chosen)}  # not list.index: a fleet's sort would be quadratic
+    rec.run.results.sort(key=lambda r: (order[r.item_id], rank[r.target]))
     rec.run.finished_at = now()
     from .confirmations import apply_records  # confirmations and waivers turn manual/fail into confirmed/waived
     rec.run.results = apply_records(rec.run.results, params)
