@@ -121,10 +121,12 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None) -> dict:
+def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None, idle: LoopbackCluster | None = None) -> dict:
+    """`cluster`: run on it; `idle`: a cluster that is up but not used (a local run): not counted."""
     excluded = set(dep.pids().values())
-    if cluster is not None:
-        excluded |= {p.pid for p in cluster.procs}  # their memory is sampled apart, below
+    for c in (cluster, idle):
+        if c is not None:
+            excluded |= {p.pid for p in c.procs}  # a cluster's memory is sampled apart, below
     peak_cluster = 0
     with PeakRSS(excluded) as mem:
         c0, k0, t0 = _cpu(), cluster.cpu() if cluster else 0.0, time.perf_counter()
@@ -178,7 +180,7 @@ def main() -> int:
             runner.run(names_params(dep, 1, work / "warm.yaml"), work / "warm", say=quiet)
             for n in sizes:
                 params = names_params(dep, n, work / f"names-{n}.yaml")
-                figures[f"local-{n}"] = measure(params, work / f"local-{n}", dep, None)
+                figures[f"local-{n}"] = measure(params, work / f"local-{n}", dep, None, idle=cluster)
                 print(f"local {n}: {json.dumps({k: v for k, v in figures[f'local-{n}'].items() if k != 'run_dir'})}",
                       flush=True)
                 if cluster is not None:
