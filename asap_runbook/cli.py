@@ -32,7 +32,7 @@ def cmd_run(args) -> int:
             raise UsageError("--sections is empty: name at least one of security, monitoring, scaling, resilience "
                              "(or leave --sections out to run the whole checklist).")
     code, _ = run(args.params, args.out, sections, sign_off_by=args.sign_off_by, signing_key=args.signing_key,
-                  fail_on=FailOn(args.fail_on))
+                  fail_on=FailOn(args.fail_on), executor=args.executor, unit_targets=args.unit_targets)
     return code
 
 
@@ -275,6 +275,12 @@ def cmd_confirm(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .merge import merge
+    code, _ = merge(args.run_dirs, args.out, args.signing_key, FailOn(args.fail_on))
+    return code
+
+
 def cmd_keygen(args) -> int:
     from .signing import keygen
     key, pub, fp = keygen(args.path)
@@ -354,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what makes the exit code non-zero (CI): blocking = a blocking fail only; incomplete "
                         "(default) = a blocking fail (1) or an incomplete run (3); fail = also any fail (1); "
                         "warn = also any warn (1). results.json keeps the readiness. See docs/ci.md")
+    r.add_argument("--executor", metavar="dask://HOST:PORT", help="run the checks on a Dask cluster in units of "
+                   "(section, group of targets); one run folder here, as a local run writes (docs/fleet.md)")
+    r.add_argument("--unit-targets", type=_positive_int, metavar="N", help="targets per Dask work unit "
+                   "(default: the fleet split over the workers' threads, at most 100)")
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("confirm", help="record that a person confirmed a manual item")
@@ -368,6 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "--params under --out); an item it verified automatically cannot be confirmed")
     c.add_argument("--out", default="outputs", help="where runs are looked up (default: outputs)")
     c.set_defaults(fn=cmd_confirm)
+
+    m = sub.add_parser("merge", help="merge runs made in different places (one per cluster or region) into one "
+                                     "signed fleet report; each source run is verified and recorded")
+    m.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    m.add_argument("--out", required=True, help="where the merged run directory is written")
+    m.add_argument("--signing-key", metavar="PATH", help="default: $ASAP_RUNBOOK_SIGNING_KEY")
+    m.add_argument("--fail-on", choices=[f.value for f in FailOn], default=FailOn.INCOMPLETE.value,
+                   help="what makes the exit code non-zero, as for run")
+    m.set_defaults(fn=cmd_merge)
 
     k = sub.add_parser("keygen", help="make an Ed25519 signing key (PATH, and PATH.pub)")
     k.add_argument("path")

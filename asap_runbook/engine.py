@@ -63,12 +63,14 @@ def _check_timeout(params: Params, target: Target, exclusive: bool) -> float:
 
 
 class _Recorder:
-    """Writes the section's results file as results arrive (state written into the artifact as it runs).
+    """Writes the section's results as they arrive (state written into the artifact as it runs).
 
-    Writes are throttled (at most one per FLUSH_INTERVAL, plus the final one): rewriting the whole
-    file after every result costs O(results^2), which a fleet of 20 targets turns into seconds.
-    Beside it, `<section>.progress.json` says how many checks are done and which are running,
-    for the CLI's progress bar.
+    Each result is appended once to `<section>.partial.jsonl` (at most one write per
+    FLUSH_INTERVAL, plus the final one), and `<section>.json` is written once, when the section is
+    done: a fleet's results are never re-serialised while it runs (rewriting the whole file at
+    every flush cost O(results^2)). If the kernel dies, the runner recovers what the partial file
+    holds. Beside it, `<section>.progress.json` says how many checks are done and which are
+    running, for the CLI's progress bar.
     """
 
     FLUSH_INTERVAL = 0.5
@@ -79,6 +81,7 @@ class _Recorder:
         self.total = total
         self.running: dict[tuple[str, str], None] = {}
         self._last_flush = 0.0
+        self._appended = 0  # results already in the partial file
 
     def start(self, item_id: str, target: str) -> None:
         self.running[(item_id, target)] = None
@@ -98,11 +101,28 @@ class _Recorder:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path, self.run.model_dump_json(indent=1))
+        new = self.run.results[self._appended:]
+        if new:
+            with open(partial_path(self.path), "a") as f:
+                f.write("".join(r.model_dump_json() + "\n" for r in new))
+            self._appended += len(new)
         _write_atomic(self.path.with_name(self.path.stem + ".progress.json"), json.dumps({
             "section": self.run.section, "done": len(self.run.results), "total": self.total,
             "running": [f"{i} on {t}" for i, t in self.running], "finished": self.run.finished_at is not None,
         }))
+
+    def finish(self) -> None:
+        """The section is done: its results file, once; the partial file is no longer needed."""
+        self.flush()
+        if self.path is None:
+            return
+        _write_atomic(self.path, self.run.model_dump_json(indent=1))
+        partial_path(self.path).unlink(missing_ok=True)
+
+
+def partial_path(section_json: Path) -> Path:
+    """Where a running section appends its results (one JSON object per line)."""
+    return section_json.with_name(section_json.stem + ".partial.jsonl")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -294,10 +314,10 @@ async def run_section_async(section: str, params: Params, *, run_dir: Path | Non
     from .confirmations import apply_records  # confirmations and waivers turn manual/fail into confirmed/waived
     rec.run.results[n_kept:] = apply_records(rec.run.results[n_kept:], params)  # kept ones had theirs applied
     order = {i.id: n for n, i in enumerate(section_items)}
-    tnames = [t.name for t in params.targets]
-    rec.run.results.sort(key=lambda r: (order[r.item_id], tnames.index(r.target) if r.target in tnames else len(tnames)))
+    rank = {t.name: n for n, t in enumerate(params.targets)}  # not list.index: a fleet's sort would be quadratic
+    rec.run.results.sort(key=lambda r: (order[r.item_id], rank.get(r.target, len(rank))))
     rec.run.finished_at = now()
-    rec.flush()
+    rec.finish()
     return rec.run
 
 

@@ -24,13 +24,12 @@ def build_matrix(run: RunResults, groups: dict[str, dict[str, str]] | None = Non
     """The targets x items matrix for the summary page: per-target readiness, one cell per (item, target)."""
     groups = groups or {}
     by_key = {(r.item_id, r.target): r.status.value for r in run.results}
-    per_target: dict[str, list] = {name: [] for name in run.targets}
-    for r in run.results:  # one pass, not one scan of every result per target
+    per_target: dict[str, list] = {name: [] for name in run.targets}  # one pass: a fleet's results x targets is millions
+    for r in run.results:
         per_target.setdefault(r.target, []).append(r)
     targets = []
     for name in run.targets:
-        mine = per_target[name]
-        code = exit_code(mine, sections_not_run=run.sections_not_run)
+        code = exit_code(per_target[name], sections_not_run=run.sections_not_run)
         targets.append({"name": name, "groups": groups.get(name, {}), "exit_code": code, "readiness": READINESS[code]})
     group_keys = sorted({k for g in groups.values() for k in g})
     catalog = load_catalog()

@@ -12,11 +12,14 @@ for rate limits, nonces) but they connect lazily.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,12 +166,41 @@ def _snapshot_child(ref: str) -> int:
     return 0
 
 
+# One child per distinct app, not per target: a fleet names the same app (same module, path and
+# environment) for many targets, and each child imports asap-protocol (~1.5 s of CPU). Answers are
+# kept for CACHE_SECONDS, long enough for one section run, short enough that a notebook re-run in
+# JupyterLab after the app's code changed looks again.
+CACHE_SECONDS = 300.0
+_cache: dict[tuple, tuple[float, dict[str, Any] | IntrospectionError]] = {}
+_locks: dict[tuple, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
 def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, str] | None = None,
                    timeout: float = DEFAULT_TIMEOUT_SECONDS, drop_env: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load `module:attr` in a child process and return its configuration; raise IntrospectionError.
 
     The child gets the runbook's environment without ASAP_*/OTEL_* (the operator's `app_env` says
-    what the app should see) and without `drop_env` (the target's token variable)."""
+    what the app should see) and without `drop_env` (the target's token variable). Concurrent
+    calls for the same app wait for one child (threads: the checks call this through to_thread)."""
+    key = (ref, str(app_path or ""), tuple(sorted((app_env or {}).items())), timeout, tuple(sorted(drop_env)))
+    with _locks_guard:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:
+        hit = _cache.get(key)
+        if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
+            try:
+                hit = (time.monotonic(), _introspect_child(ref, app_path, app_env, timeout, drop_env))
+            except IntrospectionError as e:
+                hit = (time.monotonic(), e)
+            _cache[key] = hit
+    if isinstance(hit[1], IntrospectionError):
+        raise IntrospectionError(hit[1].message)
+    return copy.deepcopy(hit[1])
+
+
+def _introspect_child(ref: str, app_path: Path | None, app_env: dict[str, str] | None, timeout: float,
+                      drop_env: tuple[str, ...]) -> dict[str, Any]:
     env = child_env(app_path, app_env, drop_env)
     try:
         proc = subprocess.run([sys.executable, "-m", "asap_runbook.introspect", ref], env=env, capture_output=True,

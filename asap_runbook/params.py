@@ -300,15 +300,23 @@ def _resolve_paths(data: dict, base: Path) -> None:
     _map_paths(data, _absolute(base))
 
 
+def portable_params(src: str | os.PathLike, without: tuple[str, ...] = ()) -> dict:
+    """The parameters file as data, its relative paths made absolute (`${NAME}` values stay as
+    written: they are resolved where the parameters are loaded)."""
+    src = Path(src).resolve()
+    data = {k: v for k, v in yaml.safe_load(src.read_text()).items() if k not in without}
+    fix = _absolute(src.parent)
+    _map_paths(data, lambda v: v if isinstance(v, str) and "${" in v else fix(v))
+    return data
+
+
 def copy_params(src: str | os.PathLike, dest: str | os.PathLike, why: str, without: tuple[str, ...] = ()) -> Path:
     """Copy a parameters file to `dest`, its relative paths made absolute so it means the same there,
     minus the top-level keys `without`. `${NAME}` values stay as written; the confirmations file (unless
     named) is the copy's own, beside it. The demo runs the packaged parameters this way when installed,
     so nothing is written into the installed package."""
     src, dest = Path(src).resolve(), Path(dest)
-    data = {k: v for k, v in yaml.safe_load(src.read_text()).items() if k not in without}
-    fix = _absolute(src.parent)
-    _map_paths(data, lambda v: v if isinstance(v, str) and "${" in v else fix(v))
+    data = portable_params(src, without)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(f"# {why}\n# copied from {src} (relative paths made absolute)\n"
                     + yaml.safe_dump(data, sort_keys=False))

@@ -74,22 +74,24 @@ def _kernel_imports_this_package() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p]])
 
 
-def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | None = None,
+def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | None = None, *, targets: list[str] | None = None,
             replay: bool = False) -> str | None:
     """Run one section notebook (or `notebook`: the benchmark's floor); return None, or one sentence saying why it failed.
-    `replay`: render the results already in run_dir (a walk in the lab wrote them); no check runs."""
+    `targets`: only these (a work unit of a distributed run). `replay`: show the section's results file that is
+    already in `run_dir` instead of probing (the pages of a distributed run, rendered where its results are put together)."""
     import papermill as pm
     _kernel_imports_this_package()
     out = run_dir / "notebooks" / f"{section}.ipynb"
     try:
         pm.execute_notebook(
             str(notebook or notebook_path(section)), str(out),
-            parameters={"params_path": str(params_path), "run_dir": str(run_dir), **({"replay": True} if replay else {})},
+            parameters={"params_path": str(params_path), "run_dir": str(run_dir),
+                        **({"replay": True} if replay else {}), **({"targets": targets} if targets is not None else {})},
             kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
             # progress comes from sections/*.progress.json, and papermill saves the notebook at the end
             # and on failure anyway: rewriting (and re-validating) it after every cell cost ~0.2 s of CPU
             log_output=False, request_save_on_cell_execute=False,
-            kernel_manager_class=ipc_kernel_manager(),
+            kernel_manager_class=ipc_kernel_manager(replay=replay),
             shutdown_kernel="immediate",  # the notebook is saved and complete: do not wait for the interpreter to wind down
         )
     except pm.PapermillExecutionError as e:
@@ -99,7 +101,7 @@ def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | Non
     return None
 
 
-def ipc_kernel_manager():
+def ipc_kernel_manager(replay: bool = False):
     """Kernels talk to us over Unix sockets in a private directory, not loopback TCP: ipykernel
     warns on stderr about unencrypted TCP for every notebook, and other local users cannot
     connect to an ipc socket in a 0700 directory."""
@@ -118,6 +120,8 @@ def ipc_kernel_manager():
             # only the kernels of a headless run know they are headless (notebook.py): no progress
             # widget, no confirm controls nobody can click; this process's environment is untouched
             kw["env"] = {**(kw.get("env") or os.environ), "ASAP_RUNBOOK_HEADLESS": "1"}
+            if replay:  # notebook.run reads the section's results instead of probing (a distributed run's pages)
+                kw["env"]["ASAP_RUNBOOK_REPLAY"] = "1"
             return await super()._async_pre_start_kernel(**kw)
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
@@ -170,9 +174,20 @@ def stamp_section_pages(run: RunResults, run_dir: Path, pages: dict[str, str]) -
 
 
 def _load_section(run_dir: Path, section: str) -> SectionRun | None:
+    """The section's results file; if its kernel died first, what the partial file holds."""
+    from .engine import partial_path
     path = run_dir / "sections" / f"{section}.json"
     if not path.exists():
-        return None
+        partial = partial_path(path)
+        if not partial.exists():
+            return None
+        results = []
+        for line in partial.read_text().splitlines():
+            try:
+                results.append(Result.model_validate_json(line))
+            except ValueError:  # a line cut short when the kernel died
+                break
+        return SectionRun(section=section, started_at=now(), results=results)
     try:
         return SectionRun.model_validate_json(path.read_text())
     except ValueError:
@@ -339,12 +354,89 @@ def usable_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def _execute_and_render(chosen: list[str], params_path: Path, run_dir: Path, totals: dict[str, int], say,
+                        replay: bool = False) -> tuple[list[str], dict[str, str]]:
+    """Every section's notebook in its own kernel, in parallel; each page rendered as soon as its notebook is done."""
+    problems: list[str] = []
+    t0 = time.monotonic()
+    from .progress import watch_sections
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as pool, \
+            watch_sections(run_dir / "sections", totals, say) as tell:
+        futures = {pool.submit(execute, s, params_path, run_dir, replay=replay): s for s in chosen}
+        renderer = Renderer()  # built while the kernels start
+        pages = {}
+        for fut in concurrent.futures.as_completed(futures):
+            section, why = futures[fut], fut.result()
+            if why:
+                problems.append(why)
+            tell(f"  {section}: {'executed' if not why else why}{' (pages)' if replay else ''} "
+                 f"({time.monotonic() - t0:.1f} s)")
+            nb = run_dir / "notebooks" / f"{section}.ipynb"
+            if nb.exists():
+                renderer.render(nb, run_dir / f"{section}.html")
+                pages[section] = f"{section}.html"
+    return problems, pages
+
+
+def write_evidence(run_results: RunResults, run_dir: Path, pages: dict[str, str], groups: dict[str, dict[str, str]],
+                   key, fail_on: FailOn, sign_off_by: str | None, say=print, *, handler: logging.Handler | None = None,
+                   manifest_extra: dict | None = None) -> int:
+    """Everything a run writes once its results are known (a local run, a Dask run, a merge of runs):
+    results.json, junit.xml, drift, sign-off, index.html, summary.md, the signed manifest, the
+    outputs index; the verdict on the terminal. Returns the exit code under `fail_on`."""
+    from . import signing
+    (run_dir / "results.json").write_text(run_results.model_dump_json(indent=1))
+    drop_section_files(run_dir)
+    stamp_section_pages(run_results, run_dir, pages)
+    from . import ci
+    ci.write_junit(run_results, run_dir / "junit.xml", pages, fail_on)
+    for r in run_results.results:  # expired waivers are ignored, loudly
+        if "expired_waiver" in r.details:
+            say(f"  warning: waiver for {r.item_id} on {r.target} ({r.details['expired_waiver']['ticket']}) "
+                f"expired on {r.details['expired_waiver']['expires'][:10]}; it is ignored")
+    from . import drift as drift_mod, fleet, outputs_index
+    previous = signing.previous_link(run_dir)  # the manifest chain, as write_manifest will record it
+    drift = drift_mod.drift_since_previous(run_results, run_dir, previous["manifest_sha256"] if previous else None)
+    drift_mod.write_drift(drift, run_dir)
+    sign_off = signing.sign_off_record(run_results, sign_off_by, key)
+    signing.write_sign_off(sign_off, run_dir)
+    matrix = fleet.build_matrix(run_results, groups)
+    write_index(run_results, run_dir, pages, sign_off, drift=drift, matrix=matrix)
+    write_target_pages(run_results, run_dir, matrix)
+    gated = gated_exit_code(run_results.results, run_results.problems, run_results.sections_not_run, fail_on)
+    ci.write_summary(ci.summary_markdown(run_results, pages, fail_on, gated, drift), run_dir, say)
+    if handler is not None:  # the run's log is complete: the manifest covers it
+        log.removeHandler(handler)
+        handler.close()
+    write_manifest(run_results, run_dir, key, {**outputs_index.summary_fields(run_results, drift, sign_off),
+                                              **(manifest_extra or {})})
+    outputs_index.write_outputs_index(run_dir.parent)
+    signing.report_sign_off(sign_off, key, say)
+    for line in verdict_lines(run_results):
+        say(line)
+    for target, cause, ids in collapse_causes(run_results.results):
+        say(f"  {len(ids)} check{'s' if len(ids) > 1 else ''} could not run on {target}: {cause}")
+    for p in run_results.problems:
+        say(f"  problem: {p}")
+    if drift.base_run_id:
+        c = drift.counts()
+        say(f"since {drift.base_run_id}: {c['new_failures']} new failure(s), {c['fixed']} fixed, "
+            f"{c['regressed']} regressed, {c['expired']} expired, {c['unchanged']} unchanged")
+    if gated != run_results.exit_code:
+        say(f"exit {gated} under --fail-on {fail_on.value} (readiness: {run_results.readiness}, "
+            f"exit {run_results.exit_code})")
+    return gated
+
+
 def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", sections: list[str] | None = None,
         say=print, sign_off_by: str | None = None, signing_key: str | None = None,
-        fail_on: FailOn = FailOn.INCOMPLETE, walked: Path | None = None) -> tuple[int, Path | None]:
+        fail_on: FailOn = FailOn.INCOMPLETE, walked: Path | None = None, executor: str | None = None,
+        unit_targets: int | None = None) -> tuple[int, Path | None]:
     """Run the runbook; return (exit code under `fail_on`, run directory). results.json records the
     readiness itself. Bad parameters raise ParamsError before anything runs. `walked`: a run folder
-    a walk in JupyterLab wrote; its sections are rendered from their results (replay), not run again."""
+    a walk in JupyterLab wrote; its sections are rendered from their results (replay), not run again.
+    `executor`: ``dask://HOST:PORT`` runs the checks on a Dask cluster in units of `unit_targets`
+    targets (dask_run.py)."""
     params_path = Path(params_path).resolve()
     out_dir = usable_out_dir(out_dir)
     params = load_params(params_path)
@@ -357,6 +449,10 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     if unknown:
         raise UsageError(f"unknown section {unknown[0]!r}; choose from {', '.join(catalog.sections)}.")
     ensure_kernel()
+    cluster = None
+    if executor:  # a bad address or an unreachable scheduler: one sentence before anything runs
+        from . import dask_run
+        cluster = dask_run.connect(executor)
     run_id = walked.name if walked else new_run_id()
     run_dir = Path(out_dir).resolve() / run_id
     try:
@@ -367,24 +463,14 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
     log.addHandler(handler)
     started = min((sr.started_at for s in chosen if (sr := _load_section(run_dir, s))), default=now()) if walked else now()
     say(f"asap-runbook {version()}: run {run_id}, {len(params.targets)} target(s), sections {', '.join(chosen)}")
-    problems: list[str] = []
-    t0 = time.monotonic()
-    from .progress import watch_sections
     totals = {s: len(list(catalog.section(s))) * len(params.targets) for s in chosen}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as pool, \
-            watch_sections(run_dir / "sections", totals, say) as tell:
-        futures = {pool.submit(execute, s, params_path, run_dir, replay=walked is not None): s for s in chosen}
-        renderer = Renderer()  # built while the kernels start; each page is rendered as soon as its notebook is done
-        pages = {}
-        for fut in concurrent.futures.as_completed(futures):
-            section, why = futures[fut], fut.result()
-            if why:
-                problems.append(why)
-            tell(f"  {section}: {'executed' if not why else why} ({time.monotonic() - t0:.1f} s)")
-            nb = run_dir / "notebooks" / f"{section}.ipynb"
-            if nb.exists():
-                renderer.render(nb, run_dir / f"{section}.html")
-                pages[section] = f"{section}.html"
+    if cluster is not None:  # the checks run on a Dask cluster; the results and pages are put together here
+        from . import dask_run
+        problems = dask_run.run_units(cluster, params_path, params, chosen, run_dir, say, unit_targets)
+        page_problems, pages = _execute_and_render(chosen, params_path, run_dir, totals, say, replay=True)
+        problems += page_problems
+    else:
+        problems, pages = _execute_and_render(chosen, params_path, run_dir, totals, say, replay=walked is not None)
     results: list[Result] = []
     for section in chosen:
         sr = _load_section(run_dir, section)
@@ -404,42 +490,7 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         readiness=READINESS[code], blockers=blockers(results, not_run), problems=problems,
         sections_not_run=not_run, coverage=run_coverage(results, tnames, not_run),
     )
-    (run_dir / "results.json").write_text(run_results.model_dump_json(indent=1))
-    drop_section_files(run_dir)
-    stamp_section_pages(run_results, run_dir, pages)
-    from . import ci
-    ci.write_junit(run_results, run_dir / "junit.xml", pages, fail_on)
-    for r in results:  # expired waivers are ignored, loudly
-        if "expired_waiver" in r.details:
-            say(f"  warning: waiver for {r.item_id} on {r.target} ({r.details['expired_waiver']['ticket']}) "
-                f"expired on {r.details['expired_waiver']['expires'][:10]}; it is ignored")
-    from . import drift as drift_mod, fleet, outputs_index
-    previous = signing.previous_link(run_dir)  # the manifest chain, as write_manifest will record it
-    drift = drift_mod.drift_since_previous(run_results, run_dir, previous["manifest_sha256"] if previous else None)
-    drift_mod.write_drift(drift, run_dir)
-    sign_off = signing.sign_off_record(run_results, sign_off_by, key)
-    signing.write_sign_off(sign_off, run_dir)
-    matrix = fleet.build_matrix(run_results, {t.name: t.groups for t in params.targets})
-    write_index(run_results, run_dir, pages, sign_off, drift=drift, matrix=matrix)
-    write_target_pages(run_results, run_dir, matrix)
-    gated = gated_exit_code(results, problems, not_run, fail_on)
-    ci.write_summary(ci.summary_markdown(run_results, pages, fail_on, gated, drift), run_dir, say)
-    log.removeHandler(handler)
-    handler.close()
-    write_manifest(run_results, run_dir, key, outputs_index.summary_fields(run_results, drift, sign_off))
-    outputs_index.write_outputs_index(run_dir.parent)
-    signing.report_sign_off(sign_off, key, say)
-    for line in verdict_lines(run_results):
-        say(line)
-    for target, cause, ids in collapse_causes(results):
-        say(f"  {len(ids)} check{'s' if len(ids) > 1 else ''} could not run on {target}: {cause}")
-    for p in problems:
-        say(f"  problem: {p}")
-    if drift.base_run_id:
-        c = drift.counts()
-        say(f"since {drift.base_run_id}: {c['new_failures']} new failure(s), {c['fixed']} fixed, "
-            f"{c['regressed']} regressed, {c['expired']} expired, {c['unchanged']} unchanged")
-    if gated != code:
-        say(f"exit {gated} under --fail-on {fail_on.value} (readiness: {run_results.readiness}, exit {code})")
+    gated = write_evidence(run_results, run_dir, pages, {t.name: t.groups for t in params.targets}, key, fail_on,
+                           sign_off_by, say, handler=handler)
     say(f"evidence: {run_dir / 'index.html'}")
     return gated, run_dir

@@ -290,17 +290,19 @@ class Verification:
     removed: list[str] = field(default_factory=list)
     signature: list[str] = field(default_factory=list)   # problems with the signature
     chain: list[str] = field(default_factory=list)       # problems with the link to the previous run
+    sources: list[str] = field(default_factory=list)     # problems with the source runs of a merged run
     notes: list[str] = field(default_factory=list)       # facts that are not tampering
     unsigned: bool = False                               # no signature at all: intact says nothing of who wrote it
 
     @property
     def intact(self) -> bool:
-        return not (self.changed or self.added or self.removed or self.signature or self.chain)
+        return not (self.changed or self.added or self.removed or self.signature or self.chain or self.sources)
 
     def lines(self) -> list[str]:
         out = [f"changed: {p}" for p in self.changed] + [f"added: {p}" for p in self.added]
         out += [f"removed: {p}" for p in self.removed] + [f"signature: {s}" for s in self.signature]
-        out += [f"chain: {c}" for c in self.chain] + [f"note: {n}" for n in self.notes]
+        out += [f"chain: {c}" for c in self.chain] + [f"sources: {c}" for c in self.sources]
+        out += [f"note: {n}" for n in self.notes]
         return out
 
 
@@ -328,6 +330,11 @@ def verify(run_dir: str | os.PathLike, public_key: Ed25519PublicKey | None = Non
     v.removed = sorted(p for p in listed if p not in actual)
     _verify_signature(manifest, public_key, v)
     _verify_chain(manifest, run_dir, v)
+    if manifest.get("sources"):  # a merged run: each source run's manifest and signature, again
+        from .merge import verify_sources
+        problems, notes = verify_sources(manifest, run_dir)
+        v.sources += problems
+        v.notes += notes
     return v
 
 

@@ -136,3 +136,56 @@ def test_progress_in_a_log_prints_plain_lines(tmp_path, monkeypatch):
         pass
     assert "progress: 5/16 checks · scaling 5/16 · running SCALE-SERVER-1 on a" in stream.getvalue()
     assert "\r" not in stream.getvalue()
+
+
+def test_introspection_runs_one_child_per_distinct_app(monkeypatch):
+    """A fleet naming one app for many targets costs one child process, not one per target."""
+    import threading
+    from asap_runbook import introspect
+    calls = []
+
+    def child(ref, app_path, app_env, timeout, drop_env):
+        calls.append((ref, dict(app_env or {})))
+        return {"app_class": "ASAPApp", "rate_limits": ["10/second"]}
+    monkeypatch.setattr(introspect, "_introspect_child", child)
+    monkeypatch.setattr(introspect, "_cache", {})
+    threads = [threading.Thread(target=introspect.introspect_app, args=("m:app", None, {"A": "1"}, 10.0, ("TOK",)))
+               for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [("m:app", {"A": "1"})]
+    got = introspect.introspect_app("m:app", None, {"A": "1"}, 10.0, ("TOK",))
+    got["rate_limits"].append("mutated by one check")  # each caller gets its own copy
+    assert introspect.introspect_app("m:app", None, {"A": "1"}, 10.0, ("TOK",))["rate_limits"] == ["10/second"]
+    introspect.introspect_app("m:app", None, {"A": "2"}, 10.0, ("TOK",))  # another environment: another child
+    assert len(calls) == 2
+
+
+def test_section_results_are_appended_once_and_recovered_if_the_kernel_dies(tmp_path):
+    """Results go to a partial file as they arrive (each written once); the results file is
+    written at the end; a section whose kernel died is recovered from the partial file."""
+    from asap_runbook import engine, runner
+    from asap_runbook.results import Result
+
+    def result(i: int) -> Result:
+        return Result(item_id="SEC-TLS-1", target=f"t{i}", section="security", subsection="TLS", title="TLS",
+                      status=Status.PASS, summary="ok", severity="critical", blocking=True, verification="probe")
+    path = tmp_path / "sections" / "security.json"
+    rec = engine._Recorder("security", path, total=3)
+    rec.add(result(0))
+    rec.add(result(1))
+    rec.flush()
+    rec.add(result(2))
+    rec.flush()
+    partial = engine.partial_path(path)
+    assert [json.loads(line)["target"] for line in partial.read_text().splitlines()] == ["t0", "t1", "t2"]
+    assert not path.exists()
+    with open(partial, "a") as f:
+        f.write('{"item_id": "SEC-TLS-1", "tar')  # the kernel died mid-line
+    got = runner._load_section(tmp_path, "security")
+    assert [r.target for r in got.results] == ["t0", "t1", "t2"]
+    rec.finish()
+    assert not partial.exists()
+    assert [r.target for r in runner._load_section(tmp_path, "security").results] == ["t0", "t1", "t2"]
