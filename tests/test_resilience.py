@@ -57,6 +57,66 @@ def test_resume_is_read_from_the_store(section):
     assert obs["before_kill"]["versions"] and set(obs["before_kill"]["versions"]) <= set(obs["final"]["versions"])
 
 
+
+# ------------------------------------------------------------- the stock agent, drilled through params only
+@pytest.fixture(scope="module")
+def stock(demo_params):
+    """The resilience section on the stock agent alone (after the others: agent starts and store-reader
+    imports of three targets at once do not fit their 40 s bounds on a loaded 2-core host)."""
+    from asap_runbook.engine import run_section
+    run = run_section("resilience", demo_params, targets=["stock"])
+    return {r.item_id: r for r in run.results}
+
+
+@pytest.mark.parametrize("item_id", DRILLS)
+def test_stock_agent_gets_a_verdict(stock, item_id):
+    """The stock agent's unchanged code, drilled with only a drills: block in its params: a verdict,
+    the one the catalog expects (RES-1 pass, RES-2..4 fail), never a skip."""
+    r = stock[item_id]
+    assert r.status is expected(item_id, "stock"), r.summary
+    assert r.evidence[0].label == "observation"
+
+
+def test_stock_agent_retries_with_the_librarys_defaults(stock):
+    """check_stock's ASAPClient has no retry_config: the library's default retries resent the same
+    envelope after each 503 and after the 429, and the call then completed."""
+    obs = stock["RES-1"].evidence[0].data
+    assert obs["task"]["skill"] == "check_stock" and "INVENTORY_AGENT_URL=" in obs["how"]
+    by_envelope: dict[str, list[str]] = {}
+    for a in obs["arrivals"]:
+        by_envelope.setdefault(a["envelope_id"], []).append(a["action"])
+    assert sorted(by_envelope.values()) == sorted([["503", "ok"], ["503", "503", "ok"], ["429:1", "ok"]])
+    assert [c["outcome"] for c in obs["calls"]] == ["completed"] * 3
+
+
+def test_stock_agent_has_no_breaker_and_no_fallback(stock):
+    breaker = stock["RES-2"].evidence[0].data
+    # no breaker: every call the agent was asked to make reached the failing downstream
+    reached = [c for c in breaker["calls"] if any(c["t0"] <= a["t"] <= c["t1"] for a in breaker["arrivals"])]
+    assert len(reached) == len(breaker["calls"]) == 8
+    fallback = stock["RES-3"].evidence[0].data
+    assert [c["outcome"] for c in fallback["calls"]] == ["completed", "failed"]
+    assert fallback["calls"][1]["result"] == {"error": "inventory unavailable"}
+
+
+def test_stock_agent_loses_its_snapshots_on_restart(stock):
+    """reconcile_orders saves to the default in-memory store: the restart took it away, and the task
+    sent again walked every order from the first one."""
+    obs = stock["RES-4"].evidence[0].data
+    assert obs["store"]["store"]["class"] == "InMemorySnapshotStore"
+    assert obs["restart"]["exit_code"] == 0
+    assert obs["second_run"]["outcome"] == "completed" and obs["second_run"]["result"]["resumed_at"] == 0
+
+
+def test_stock_agent_drains_on_sigterm(check):
+    """uvicorn's defaults bound no drain: the request held in flight across SIGTERM is answered and the
+    process exits, within Kubernetes' default 30 s grace (the stock manifest sets none)."""
+    r = check("MON-HEALTH-4", "stock")
+    assert r.status is expected("MON-HEALTH-4", "stock"), r.summary
+    obs = r.evidence[0].data
+    assert obs["response_status"] == 200 and obs["grace_seconds"] == 30
+    assert "run-agent stock" in obs["timeline"][0]["command"]
+
 def test_drills_need_the_real_request(check, demo_params):
     no_task = demo_params.target("hardened").drills.model_copy(update={"downstream_task": None})
     r = check("RES-1", "hardened", one_target(demo_params, "hardened", drills=no_task, source_dir=None))

@@ -7,11 +7,13 @@
   task log they write to; their ``/ready`` ignores it) depend on. The command talks to the
   process that runs the deployment through ``DIR/control.sock``, so that process keeps owning
   (and eventually stops) whatever is restarted.
-* ``run-agent hardened|misconfigured [--port P]``: exec a uvicorn agent on ``127.0.0.1:$PORT``
+* ``run-agent hardened|misconfigured|stock [--port P]``: exec a uvicorn agent on ``127.0.0.1:$PORT``
   in the foreground, for the drills that start their own copy (the drain drill sets ``PORT`` and
   sends SIGTERM; RES-1..3 also set ``INVENTORY_AGENT_URL`` to their fault proxy).
   The hardened one drains for up to 20 s (``--timeout-graceful-shutdown 20``); the
-  misconfigured one is started the careless way, with a 1 s drain that cuts slow requests.
+  misconfigured one is started the careless way, with a 1 s drain that cuts slow requests; the
+  stock one runs the team's unchanged source the way the deployment runs it (``uvicorn
+  orders_service.app:app --app-dir examples/stock/src``, uvicorn's defaults: no drain bound).
 
 The deployment exports the command prefix as ``ASAP_DEMO_CONTROL``; ``params/demo.yaml`` uses it
 for ``drills.dependency_stop`` / ``dependency_start`` / ``agent_start``.
@@ -120,7 +122,7 @@ def _request(workdir: Path, line: str, timeout: float = 30) -> tuple[bool, str]:
 
 
 def _run_agent(workdir: Path, role: str, port: int) -> int:
-    from .deployment import HARDENED_APP, MISCONFIGURED_APP, PACKAGE_ROOT
+    from .deployment import HARDENED_APP, MISCONFIGURED_APP, PACKAGE_ROOT, STOCK_AGENT_ID, STOCK_APP, _stock_example
 
     info = json.loads((workdir / INFO_NAME).read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASAP_", "OTEL_"))}
@@ -136,6 +138,14 @@ def _run_agent(workdir: Path, role: str, port: int) -> int:
             "ASAP_REF_TOKEN": Path(info["token_file"]).read_text().strip(),
         })
         app, drain = HARDENED_APP, HARDENED_DRAIN_SECONDS
+    elif role == "stock":
+        # its ConfigMap and Secret (examples/stock/k8s); INVENTORY_AGENT_URL comes from the caller
+        # (RES-1..3 point it at their fault proxy), like the ConfigMap value the drill overrides
+        env.update({"PUBLIC_URL": public, "AGENT_ID": STOCK_AGENT_ID,
+                    "API_TOKEN": Path(info["token_file"]).read_text().strip()})
+        argv = [info["python"], "-m", "uvicorn", STOCK_APP, "--host", "127.0.0.1", "--port", str(port),
+                "--no-server-header", "--app-dir", str(_stock_example() / "src")]
+        os.execve(argv[0], argv, env)
     else:
         env.update({"ASAP_RATE_LIMIT": "100000/second", "ASAP_REF_PUBLIC_URL": public})
         if info.get("misconfigured_redis_url"):
@@ -156,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(verb)
         p.add_argument("which", choices=sorted(_REDIS))
     p = sub.add_parser("run-agent")
-    p.add_argument("role", choices=["hardened", "misconfigured"])
+    p.add_argument("role", choices=["hardened", "misconfigured", "stock"])
     p.add_argument("--port", type=int, default=None, help="default: $PORT")
     args = parser.parse_args(argv)
     if args.command == "run-agent":
