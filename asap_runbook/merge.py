@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UsageError
-from .results import READINESS, FailOn, RunResults, blockers, counts, exit_code, now
+from .results import READINESS, FailOn, RunResults, blockers, counts, exit_code
 
 SOURCES = "sources"
 
