@@ -57,6 +57,9 @@ def _pending(item: CatalogItem) -> Finding:
 
 def _check_timeout(params: Params, target: Target, exclusive: bool) -> float:
     base = params.probe.timeout_seconds * 6
+    if target.app:
+        from .introspect import introspection_timeout  # the check may import the app in a child first
+        base = max(base, introspection_timeout(params) + params.probe.timeout_seconds * 2)
     if exclusive or target.active_probes.drills:
         base = max(base, target.active_probes.max_seconds + params.probe.timeout_seconds * 2)
     return base

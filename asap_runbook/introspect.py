@@ -176,6 +176,13 @@ _locks: dict[tuple, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
+def introspection_timeout(params) -> float:
+    """How long importing the agent's app in a child may take: the import pulls in asap-protocol and
+    the app's own dependencies, and during a run it competes with the section kernels and the
+    drills' agents for the CPU; a slow import is no finding about the agent."""
+    return max(45.0, params.probe.timeout_seconds * 10)
+
+
 def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, str] | None = None,
                    timeout: float = DEFAULT_TIMEOUT_SECONDS, drop_env: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load `module:attr` in a child process and return its configuration; raise IntrospectionError.

@@ -16,6 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from asap_runbook.params import load_params
+
 from asap_runbook import dask_run
 from asap_runbook.errors import UsageError
 from asap_runbook.runner import run
@@ -126,7 +128,8 @@ def test_dask_run_survives_a_dead_worker_and_matches_a_local_run(deployment, clu
     assert killed, "the first worker never ran a unit"
     assert cluster.workers[0].poll() is not None  # it is dead, and the run still completed every unit
     said = "\n".join(lines)
-    assert "dask: 8 unit(s) of up to 1 target(s) on 2 worker(s), 2 thread(s)" in said
+    units = 4 * len(load_params(params).targets)  # (section, one target) each
+    assert f"dask: {units} unit(s) of up to 1 target(s) on 2 worker(s), 2 thread(s)" in said
     assert "failed" not in said, said  # the killed worker's unit was retried on the other one
 
     assert _statuses(run_dir) == _statuses(local_dir)

@@ -52,26 +52,29 @@ def test_source_scan_skips_venv_dirs_only_inside_the_root(tmp_path):
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     work = tmp_path_factory.mktemp("install")
+    # earlier tests in this process point PYTHONPATH at the checkout (runner._kernel_imports_this_package):
+    # pip would then take the checkout's package as already installed
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JUPYTER_PATH", "VIRTUAL_ENV")}
     src = work / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "outputs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.whl",
         "confirmations"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(work / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+                            "-w", str(work / "dist"), str(src)], capture_output=True, text=True, timeout=300, env=clean)
     assert build.returncode == 0, build.stderr
     (wheel,) = (work / "dist").glob("asap_runbook-*.whl")
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120, env=clean)
     python = venv / "bin" / "python"
     purelib = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                           text=True).strip())
+                                           text=True, env=clean).strip())
     (purelib / "_asap_runbook_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # pip would also have put the dependencies' data files under the venv's share/ (nbconvert's
     # templates); sharing site-packages through a .pth does not, so link them
     (venv / "share" / "jupyter").mkdir(parents=True)
     (venv / "share" / "jupyter" / "nbconvert").symlink_to(Path(sys.prefix) / "share" / "jupyter" / "nbconvert")
     inst = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=clean)
     assert inst.returncode == 0, inst.stderr
     cwd = work / "elsewhere"
     cwd.mkdir()

@@ -42,7 +42,8 @@ def test_passes_on_hardened(check, item_id):
 def test_fails_or_warns_on_misconfigured(check, item_id):
     r = check(item_id, "misconfigured")
     assert r.status is expected(item_id, "misconfigured"), f"{r.status}: {r.summary}"
-    assert r.remediation, "a failure carries its remediation"
+    if r.status in (Status.FAIL, Status.WARN):
+        assert r.remediation, "a failure carries its remediation"
 
 
 @pytest.mark.parametrize("item_id", sorted(SKIP_ON_MISCONFIGURED))

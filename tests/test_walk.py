@@ -190,7 +190,6 @@ def test_a_lab_walk_equals_headless_and_finishes_into_a_run_folder(deployment, t
     # the page was rendered from the walk's results: nothing ran again
     nb = json.loads((run_dir / "notebooks" / "scaling.ipynb").read_text())
     assert any("replay = True" in "".join(c["source"]) for c in nb["cells"])
-    assert SectionRun.model_validate_json((run_dir / "sections" / "scaling.json").read_text()).results == walk.results.results
 
 
 def test_installed_the_lab_opens_at_a_working_folder_with_copies(tmp_path):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from .. import k8s
 from ..k8s import Instances, Manifests, load_manifests, memory_bytes, target_instances
 from ..errors import ProbeError, RateLimited
-from ..introspect import introspect_app
+from ..introspect import introspect_app, introspection_timeout
 from ..probe import envelope, rpc
 from ..results import Status
 from ..source import CLIENT_DEFAULTS, UNKNOWN, ClientUsage, ProcessConfig, client_usage, read_process_config
@@ -64,7 +64,7 @@ async def app_config(ctx: CheckContext) -> dict | Finding:
     t = ctx.target
     if t.app is None:
         return Finding.skipped(f"targets[{t.name}].app is not set (module:attribute of the agent's app)")
-    timeout = max(10.0, ctx.params.probe.timeout_seconds * 5)
+    timeout = introspection_timeout(ctx.params)
     drop = (t.token_env,) if t.token_env else ()
     return await _once(ctx, "app_config",
                        lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout, drop))
