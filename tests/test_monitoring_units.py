@@ -77,8 +77,8 @@ def test_real_scrape_is_double_cumulated_and_decumulates(deployment):
     assert not mt.histogram_problems(fixed)
     summary = mt.latency_summary(buckets)
     assert summary["double_cumulated"] and "de-cumulated" in summary["method"]
-    # the naive reading is inflated (how much depends on the agent's traffic so far)
-    assert summary["naive_histogram_quantile_seconds"] > summary["value_seconds"]
+    # the naive reading is wrong (which way and how much depends on the agent's traffic so far)
+    assert summary["naive_histogram_quantile_seconds"] != pytest.approx(summary["value_seconds"])
 
 
 def test_hardened_wrapper_serves_sane_buckets(deployment):
