@@ -299,8 +299,6 @@ def build_inner_app() -> FastAPI:
     )
     skills.STORE = inner.state.snapshot_store
     inner.state.request_handler.nonce_store = RedisNonceStore(_redis)
-    # startup evidence for the runbook's shared-nonce-store check (the package logs no store kind)
-    logger.info("refagent.nonce_store", manifest_id=AGENT_ID, store="RedisNonceStore", backend="redis", shared=True)
     inner.add_api_route("/ready", ready, methods=["GET"], include_in_schema=False)
     new_route = inner.router.routes.pop()
     assert isinstance(new_route, APIRoute) and new_route.path == "/ready"
