@@ -363,14 +363,43 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _did_you_mean(key: str, model: type[BaseModel] | None) -> str:
+    """A near spelling in the same mapping, a name that the key is part of (`url` -> `base_url`), or
+    the place where that key does belong (`timeout_seconds` -> `probe.timeout_seconds`)."""
+    here = list(model.model_fields) if model else []
+    close = difflib.get_close_matches(key, here, n=1, cutoff=0.6)
+    if not close:
+        close = [f for f in here if key in f.split("_")]
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    paths = _field_paths(Params)
+    elsewhere = difflib.get_close_matches(key, list(paths), n=1, cutoff=0.8)
+    return f"; not a key here (did you mean {' or '.join(paths[elsewhere[0]])}?)" if elsewhere else ""
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
+    """Every key of the params, by name, with the dotted paths it lives at."""
+    out: dict[str, list[str]] = {}
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        out.setdefault(name, []).append(path)
+        inner = _inner_model(field.annotation)
+        if inner is not None and inner is not model:
+            for k, v in _field_paths(inner, f"{path}[]." if _is_list(field.annotation) else f"{path}.").items():
+                out.setdefault(k, []).extend(v)
+    return out
+
+
+def _is_list(annotation: Any) -> bool:
+    return getattr(annotation, "__origin__", None) is list or any(_is_list(a) for a in get_args(annotation))
+
+
 def _validation_problems(exc: ValidationError) -> list[Problem]:
     out = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
         if err["type"] == "extra_forbidden":
-            model = _model_at(loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields) if model else [], n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = _did_you_mean(str(loc[-1]), _model_at(loc[:-1]))
             out.append(Problem(loc, f"unknown key {_where(loc)}{hint}"))
         elif err["type"] == "missing":
             out.append(Problem(loc, f"missing required key {_where(loc)}"))

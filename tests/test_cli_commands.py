@@ -129,6 +129,17 @@ def test_validate_nested_unknown_key_and_unset_variable(tmp_path, capsys, monkey
     assert len(out) == 3
 
 
+def test_did_you_mean_finds_the_longer_name_and_the_right_place(tmp_path, capsys):
+    p = tmp_path / "p.yaml"
+    p.write_text("targets:\n  - name: a\n    url: https://a.example\n    timout_seconds: 5\n")
+    assert main(["validate", str(p)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert f"{p}:3:5: unknown key targets[0].url; did you mean 'base_url'?" in out
+    # no such key on a target: the hint names every place the key does live
+    assert (f"{p}:4:5: unknown key targets[0].timout_seconds; not a key here "
+            "(did you mean prometheus.timeout_seconds or probe.timeout_seconds?)") in out
+
+
 @pytest.mark.parametrize("text, line", [
     ("targets: [\n", "p.yaml:2:1: is not valid YAML (expected the node content, but found '<stream end>')"),
     ("- a list\n", "p.yaml: must be a mapping with a 'targets' list"),
