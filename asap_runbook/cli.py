@@ -138,7 +138,9 @@ def cmd_validate(args) -> int:
         if needs:
             print(f"{target.name}: {len(needs)} item(s) cannot be verified with these parameters:")
             for item, entries in needs.items():
-                print(f"  {item}: set {' and '.join(e.replace(' | ', ' or ') for e in entries)}")
+                # parentheses keep "a or b, and c or d" from reading as "a or (b and c) or d"
+                said = [e.replace(" + ", " and ").replace(" | ", " or ") for e in entries]
+                print(f"  {item}: set {' and '.join(f'({s})' if len(said) > 1 and ' or ' in s else s for s in said)}")
     return 0
 
 

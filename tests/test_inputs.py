@@ -55,6 +55,9 @@ def test_validate_names_what_each_target_cannot_verify(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{p}: valid; 1 target(s): api. Nothing was contacted."
     assert out[1].startswith("api: ") and out[1].endswith(" item(s) cannot be verified with these parameters:")
-    assert "  SEC-RATE-4: set prometheus.url + targets[].prometheus_job" in out
+    assert "  SEC-RATE-4: set prometheus.url and targets[].prometheus_job" in out
     assert "  SCALE-STATE-1: set targets[].app or targets[].log_file or targets[].log_command" in out
+    # two inputs, each with alternatives: grouped, so the "and" cannot be misread
+    assert ("  SCALE-HSCALE-2: set (targets[].app or targets[].log_file or targets[].log_command) and "
+            "(targets[].process_config or targets[].k8s_manifests)") in out
     assert not any(line.startswith(("  SEC-TLS-5:", "  SCALE-CLIENT-1:")) for line in out)  # http_url, source_dir given
