@@ -35,34 +35,58 @@ def _agg():
     matplotlib.use("Agg")
 
 
-@pytest.mark.skip(reason="flaky at the end of the stop that merged read-only probes: once in two runs Prometheus "
-                         "showed no request of the hardened job within 90 s; to be made deterministic next stop")
+# the hardened job's successful task.requests: the series the test's echo requests add to
+SUCCESSES = "sum(asap_requests_total%s)" % live._sel(JOB, 'payload_type="task.request"', 'status="success"')
+
+
+def _echo(params, n: int) -> list:
+    """n real echo task.requests to the hardened agent (paced under its limit); their JSON-RPC results."""
+    from asap_runbook.probe import Probe, envelope
+    t = params.targets[0]
+
+    async def send():
+        async with Probe(t, params.probe) as p:
+            return [(await p.send(envelope(t.sender))).rpc_result() for _ in range(n)]
+    return asyncio.run(send())
+
+
+def _scraped(prom: Prom, at_least: float) -> tuple[datetime, float]:
+    """Wait until Prometheus's raw sample of SUCCESSES, asked at a whole-second instant `at` (the
+    instant the plot and the verdict functions are then asked at), reaches `at_least`: (at, sample).
+    The bound only keeps a stalled Prometheus from hanging the test."""
+    deadline = time.monotonic() + 120
+    while True:
+        at = datetime.now(UTC).replace(microsecond=0)
+        seen = live._scalar(asyncio.run(prom.query(SUCCESSES, at)))
+        if seen is not None and seen >= at_least:
+            return at, seen
+        if time.monotonic() > deadline:
+            pytest.fail(f"after 120 s Prometheus held {seen} for {SUCCESSES} at {at}, not {at_least}: no scrape counted "
+                        "the requests")
+        time.sleep(0.5)
+
+
 def test_the_monitoring_plot_draws_what_the_verdict_judged(demo_params, tmp_path):
     prom = Prom(demo_params.prometheus)
     window = demo_params.prometheus.window
     # the runbook's own negative probes (client-caused errors) hit the agent, as in a real run
     hardened = demo_params.model_copy(update={"targets": [demo_params.target("hardened")]})
     probes = run_section("security", hardened, items=["SEC-AUTH-1", "SEC-HANDLER-1", "SEC-REPLAY-1"])
-    # the default probes are read-only (refused before the agent counts a request): send real ones too
-
-    async def echo(n: int):
-        from asap_runbook.probe import Probe, envelope
-        t = hardened.targets[0]
-        async with Probe(t, hardened.probe) as p:
-            for _ in range(n):
-                await p.send(envelope(t.sender))
-    asyncio.run(echo(5))
-    deadline = time.monotonic() + 90  # a loaded machine delays scrapes
-    while True:  # until Prometheus has scraped those requests, at the very instant the plot is asked for
-        at = datetime.now(UTC).replace(microsecond=0)
-        er = asyncio.run(live.error_rate(prom, JOB, window, at))
-        if er["requests"] or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    # The default probes are read-only (refused before the agent counts a request): send real ones.
+    # A labelled counter has no series until its first request, and increase() never counts a
+    # series' first sample: requests that are all in that first scrape never show in the window.
+    # So one request first, until Prometheus holds the series (the baseline), then the five.
+    assert all(_echo(hardened, 1)), "the hardened agent refused the echo"
+    _, baseline = _scraped(prom, 1)
+    assert all(_echo(hardened, 5)), "the hardened agent refused an echo"
+    at, seen = _scraped(prom, baseline + 5)
+    er = asyncio.run(live.error_rate(prom, JOB, window, at))
     lat = asyncio.run(live.latency(prom, JOB, window, at=at))
     df = asyncio.run(live.timeseries(prom, JOB, window, end=at))
-    assert er["requests"], (er, [(r.item_id, r.status.value, r.summary[:80]) for r in probes.results])
+    # the baseline sample, scraped before the five, is in the window: the increase counts them all
+    assert er["requests"] >= 5, (baseline, seen, er, [(r.item_id, r.status.value, r.summary[:80]) for r in probes.results])
     assert df.index[-1] == at
+    assert df["requests"].iloc[-1] == pytest.approx(er["requests"], rel=1e-9)
     assert df["error_ratio"].iloc[-1] == pytest.approx(er["ratio"], rel=1e-9, abs=1e-12)
     assert df["p99_seconds"].iloc[-1] == pytest.approx(lat["value_seconds"], rel=1e-9)
     assert df.attrs["error_query"] == er["query"]  # one query, shared
