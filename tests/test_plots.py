@@ -5,6 +5,7 @@ Screenshots (PNG) go to the test's tmp dir; their paths are printed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from datetime import UTC, datetime
@@ -15,7 +16,8 @@ import pytest
 from asap_runbook import monitoring_live as live
 from asap_runbook.engine import run_check, run_section
 from asap_runbook.prom import Prom
-from asap_runbook.results import SectionRun, Status
+from asap_runbook.params import Thresholds
+from asap_runbook.results import Result, SectionRun, Status
 
 SCREENSHOTS = Path("/work/screenshots")
 JOB = "asap-hardened"
@@ -96,6 +98,9 @@ def test_the_monitoring_plot_draws_what_the_verdict_judged(demo_params, tmp_path
     th = demo_params.thresholds
     fig = live.figure({"hardened": df}, {"hardened": JOB}, th, alerts,
                       live.own_traffic(None, probes), window)
+    drawn = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+    assert drawn[f"hardened ({JOB}): server-side errors / requests"].get_ydata()[-1] == pytest.approx(er["ratio"], abs=1e-12)
+    assert drawn[f"hardened ({JOB}) p99"].get_ydata()[-1] == pytest.approx(lat["value_seconds"], rel=1e-9)
     labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
     assert f"threshold {th.error_rate_ratio.value:.0%}: {th.error_rate_ratio.source}" in labels
     assert f"threshold {th.p99_latency_seconds.value:g} s: {th.p99_latency_seconds.source}" in labels
@@ -105,6 +110,96 @@ def test_the_monitoring_plot_draws_what_the_verdict_judged(demo_params, tmp_path
     shot = tmp_path / "monitoring-plot.png"
     fig.savefig(shot, dpi=90)
     _keep(shot)
+
+
+# ------------------------------------------------- the same plot from a recorded Prometheus answer
+AT = datetime(2026, 11, 30, 8, 26, 52, tzinfo=UTC)
+SEL = '{job="asap-hardened"}'
+# What Prometheus answered at AT for the hardened job of a fresh deployment (recorded by the live test
+# above, buckets trimmed): every series is new in the 1m window, so each range query holds one point.
+# Keyed by the query text: a plot that asked anything else than the verdict functions finds no answer.
+RECORDED = {
+    f"sum(rate(asap_requests_total{SEL}[30s]))": [({}, "0.471567")],
+    f"sum(increase(asap_requests_total{SEL}[1m]))": [({}, "14.147")],
+    f"sum(increase(asap_requests_error_total{SEL}[1m]))": [({}, "3.021")],
+    'sum(increase(asap_requests_error_total{job="asap-hardened", error_type!~"auth_failed|sender_mismatch|'
+    'invalid_timestamp|invalid_nonce|parse_error|invalid_request|missing_envelope|invalid_envelope|'
+    'handler_not_found|invalid_params"}[1m]))': [],  # no server-side error series: none happened
+    f"sum(increase(asap_request_duration_seconds_sum{SEL}[1m]))": [({}, "0.09214")],
+    f"sum(increase(asap_request_duration_seconds_count{SEL}[1m]))": [({}, "14.147")],
+    f"sum by (le) (increase(asap_request_duration_seconds_bucket{SEL}[1m]))":
+        [({"le": "0.005"}, "3.03"), ({"le": "0.01"}, "11.1"), ({"le": "0.025"}, "14.147"), ({"le": "+Inf"}, "14.147")],
+    f"sum by (le) (asap_request_duration_seconds_bucket{SEL})":
+        [({"le": "0.005"}, "3"), ({"le": "0.01"}, "11"), ({"le": "0.025"}, "14"), ({"le": "+Inf"}, "14")],
+}
+
+
+class RecordedProm:
+    """Answers RECORDED at AT, as Prometheus's HTTP API shapes them; any other query or instant is a test failure."""
+
+    def _answer(self, promql: str, when: datetime) -> list[tuple[dict, str]]:
+        assert when == AT, when
+        assert promql in RECORDED, f"not recorded: {promql}"
+        return RECORDED[promql]
+
+    async def query(self, promql: str, at=None) -> list[dict]:
+        return [{"metric": m, "value": [AT.timestamp(), v]} for m, v in self._answer(promql, at)]
+
+    async def query_range(self, promql: str, start, end, step: str) -> list[dict]:
+        return [{"metric": m, "values": [[AT.timestamp(), v]]} for m, v in self._answer(promql, end)]
+
+
+def _alert_result(item_id: str, concern: str, observed: dict) -> Result:
+    """MON-ALERT-1/2's result as the engine makes it: the recorded alert observation (the loaded rules)
+    with the live number `observed`, judged by the verdict function."""
+    from asap_runbook.catalog import load_catalog
+    from asap_runbook.checks import mon_alerting as ma
+    from asap_runbook.engine import _result
+    from asap_runbook.params import Target
+    obs = json.loads((Path(__file__).parent / "verdicts" / "data" / "alert_error_rate_hardened.json").read_text())
+    obs = ma.AlertObservation(**obs | {"concern": concern, "error_rate": None, concern: observed})
+    obs.series = {m: True for c in ma._coverage(obs)[0] for m in c.metrics}  # the hardened job exports them all
+    th = Thresholds()
+    finding = ma.judge_alert(obs, getattr(th, ma.THRESHOLDS[concern]).value)
+    target = Target.model_construct(name="hardened")
+    return _result(load_catalog().get(item_id), target, finding, AT, 0.0)
+
+
+def test_the_plot_draws_the_recorded_answer_as_the_verdict_reads_it():
+    """Offline: from one recorded Prometheus answer, the verdict functions' numbers, the plot's last
+    point and the judged marks are the same numbers, and a series with one point in the window shows."""
+    prom, window = RecordedProm(), "1m"
+    er = asyncio.run(live.error_rate(prom, JOB, window, AT))
+    lat = asyncio.run(live.latency(prom, JOB, window, at=AT))
+    df = asyncio.run(live.timeseries(prom, JOB, window, end=AT))
+    assert list(df.index) == [AT]
+    assert (er["ratio"], er["requests"], er["all_errors_ratio"]) == (0.0, 14.147, pytest.approx(3.021 / 14.147))
+    assert lat["value_seconds"] == pytest.approx(0.01 + 0.015 * (0.99 * 14.147 - 11.1) / (14.147 - 11.1))
+    assert df["error_ratio"].iloc[-1] == er["ratio"] and df["p99_seconds"].iloc[-1] == lat["value_seconds"]
+    assert df["mean_seconds"].iloc[-1] == lat["mean_seconds"]
+
+    alerts = SectionRun(section="monitoring", started_at=AT, results=[
+        _alert_result("MON-ALERT-1", "error_rate", er), _alert_result("MON-ALERT-2", "latency", lat)])
+    assert [r.status for r in alerts.results] == [Status.PASS, Status.PASS], [r.summary for r in alerts.results]
+    th = Thresholds()
+    fig = live.figure({"hardened": df}, {"hardened": JOB}, th, alerts, [("security", AT, AT)], window)
+    drawn = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+    expected = {  # label: (x, y), what each drawn line holds
+        "hardened (asap-hardened)": df["requests_per_s"].iloc[-1],
+        "hardened (asap-hardened): server-side errors / requests": er["ratio"],
+        "hardened: MON-ALERT-1 judged 0.0%": er["ratio"],
+        "hardened (asap-hardened) p99": lat["value_seconds"],
+        f"hardened: MON-ALERT-2 judged {lat['value_seconds']:.3g} s": lat["value_seconds"],
+        "hardened (asap-hardened) mean (_sum/_count)": lat["mean_seconds"],
+    }
+    for label, y in expected.items():
+        line = drawn[label]
+        assert list(line.get_xdata()) == [AT] and list(line.get_ydata()) == [y], label
+        assert line.get_marker() not in (None, "", " ", "None"), f"{label}: one point and no marker draws nothing"
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    assert f"threshold {th.error_rate_ratio.value:.0%}: {th.error_rate_ratio.source}" in labels
+    assert f"threshold {th.p99_latency_seconds.value:g} s: {th.p99_latency_seconds.source}" in labels
+    assert "the runbook's own traffic" in labels
 
 
 def test_the_burst_timeline_is_the_burst_s_evidence(demo_params, tmp_path):
