@@ -1,6 +1,7 @@
 """Plots that agree with the verdicts: the Monitoring plot draws what MON-ALERT-1/2 judge (the
 same queries, the same functions), and the rate-limit burst's timeline is its own evidence.
-Screenshots (PNG) go to the test's tmp dir; their paths are printed."""
+Also: a real drill's timeline (RES-2) holds what the drill observed. Screenshots (PNG) go to the
+test's tmp dir (and /work/screenshots/ when /work exists); their paths are printed."""
 
 from __future__ import annotations
 
@@ -216,4 +217,58 @@ def test_the_burst_timeline_is_the_burst_s_evidence(demo_params, tmp_path):
     fig = burst_figure(r)
     shot = tmp_path / "rate-limit-burst.png"
     fig.savefig(shot, dpi=90)
+    _keep(shot)
+
+
+def test_the_drill_timeline_draws_what_the_breaker_drill_observed(demo_params, tmp_path, monkeypatch):
+    """One real drill (RES-2 on the hardened agent: a copy of it started with its downstream behind the
+    fault proxy), drawn by the function the evidence page uses (drills.timeline_png, from the result's
+    "observation" evidence, as notebook.drill_timelines does); the picture holds what the drill saw."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from asap_runbook.drills import timeline_png
+    from conftest import expected
+
+    r = run_check("RES-2", demo_params, "hardened")
+    assert r.status is expected("RES-2", "hardened"), r.summary
+    obs = next(e.data for e in r.evidence if e.label == "observation")
+    per_call = next(e.data for e in r.evidence if e.label == "attempts at the proxy per call")
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)  # keep the figure timeline_png renders, to read it back
+    png = timeline_png(r.item_id, r.target, obs)
+    assert png.startswith(b"\x89PNG") and len(drawn) == 1
+    ax = drawn[0].axes[0]
+    assert ax.get_title() == "RES-2 on hardened"
+
+    # what the drill observed, on its clock (the picture starts at the first call)
+    origin = min([a["t"] for a in obs["arrivals"]] + [c["t0"] for c in obs["calls"]])
+    faults = [a["t"] - origin for a in obs["arrivals"] if a["action"] != "ok"]
+    recovered = next(a["t"] - origin for a in obs["arrivals"] if a["action"] == "ok" and a["t"] - origin > max(faults))
+
+    # the outage: shaded from the first fault the proxy injected to the last
+    outage = next(p for p in ax.patches if p.get_label() == "outage (faults injected)")
+    assert (outage.get_x(), outage.get_x() + outage.get_width()) == pytest.approx((min(faults), max(faults)))
+    # every attempt at the proxy, at its time, coloured by what the proxy did (faults red/purple, ok green)
+    points = sorted((float(x), to_hex(c)) for pc in ax.collections if len(pc.get_offsets())
+                    for (x, _), c in zip(pc.get_offsets(), pc.get_facecolors()))
+    ok = "#2e7d32"
+    assert [x for x, _ in points] == pytest.approx([a["t"] - origin for a in obs["arrivals"]])
+    assert [c == ok for _, c in points] == [a["action"] == "ok" for a in obs["arrivals"]]
+    # recovery: the first green attempt after the outage, as long after its end as the drill saw
+    first_ok_after = min(x for x, c in points if c == ok and x > outage.get_x() + outage.get_width())
+    assert first_ok_after - (outage.get_x() + outage.get_width()) == pytest.approx(recovered - max(faults))
+
+    # the agent's answers: one bar per call; the calls the open circuit kept home have no attempt inside
+    bars = [line.get_xdata() for line in ax.get_lines() if list(line.get_ydata()) == [2, 2]]
+    assert [(b[0], b[1]) for b in bars] == [pytest.approx((c["t0"] - origin, c["t1"] - origin)) for c in obs["calls"]]
+    attempts = [sum(b[0] <= x <= b[1] for x, _ in points) for b in bars]
+    assert attempts == [c["attempts"] for c in per_call]
+    kept_home = int(r.summary.split("circuit opened: ")[1].split()[0])  # "... opened: N call(s) never reached ..."
+    half_open = int(r.summary.split("then call ")[1].split()[0])        # "then call N reached it again"
+    assert attempts.count(0) == kept_home and attempts[half_open - 1] > 0
+    assert attempts[half_open - 1 - kept_home:half_open - 1] == [0] * kept_home  # kept home right before it
+
+    shot = tmp_path / "drill-timeline-RES-2-hardened.png"
+    shot.write_bytes(png)  # the very picture the evidence page shows
     _keep(shot)
