@@ -225,28 +225,29 @@ def figure(frames: dict, jobs: dict[str, str], thresholds, section=None, traffic
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    dots = {"marker": ".", "markersize": 4}  # a point between gaps (a series new in the window) draws no line
     for name, df in frames.items():
         label = f"{name} ({jobs[name]})"
         if df.empty:
             axes[0].plot([], [], label=f"{label}: no data (not scraped)")
             continue
         if "requests_per_s" in df:
-            axes[0].plot(df.index, df["requests_per_s"], label=label)
+            axes[0].plot(df.index, df["requests_per_s"], label=label, **dots)
         if "error_ratio" in df:
-            line, = axes[1].plot(df.index, df["error_ratio"], label=f"{label}: server-side errors / requests")
+            line, = axes[1].plot(df.index, df["error_ratio"], label=f"{label}: server-side errors / requests", **dots)
             seen = _judged(section, name, "MON-ALERT-1", "error rate over")
             if seen and seen[1].get("ratio") is not None:
                 axes[1].plot([seen[0]], [seen[1]["ratio"]], "o", color=line.get_color(),
                              label=f"{name}: MON-ALERT-1 judged {seen[1]['ratio']:.1%}")
         if "p99_seconds" in df:
             line, = axes[2].plot(df.index, df["p99_seconds"], label=f"{label} p99"
-                                 + (" (de-cumulated buckets)" if df.attrs.get("double_cumulated") else ""))
+                                 + (" (de-cumulated buckets)" if df.attrs.get("double_cumulated") else ""), **dots)
             seen = _judged(section, name, "MON-ALERT-2", "latency over")
             if seen and seen[1].get("value_seconds") is not None:
                 axes[2].plot([seen[0]], [seen[1]["value_seconds"]], "o", color=line.get_color(),
                              label=f"{name}: MON-ALERT-2 judged {seen[1]['value_seconds']:.3g} s")
         if "mean_seconds" in df:
-            axes[2].plot(df.index, df["mean_seconds"], linestyle="--", label=f"{label} mean (_sum/_count)")
+            axes[2].plot(df.index, df["mean_seconds"], linestyle="--", label=f"{label} mean (_sum/_count)", **dots)
     er, p99 = thresholds.error_rate_ratio, thresholds.p99_latency_seconds
     axes[1].axhline(er.value, color="#8c0b07", linewidth=0.9, linestyle=":",
                     label=f"threshold {er.value:.0%}: {er.source}")
