@@ -128,6 +128,11 @@ def cmd_validate(args) -> int:
         return ExitCode.BAD_USAGE
     names = ", ".join(t.name for t in params.targets)
     print(f"{args.params}: valid; {len(params.targets)} target(s): {names}. Nothing was contacted.")
+    # the run's environment may differ from this shell's (CI secrets): a note, not a problem
+    for name, param in params.prometheus.all_env_names() if params.prometheus else []:
+        if name not in os.environ:
+            print(f"note: {name} ({param}) is not set here; where it is not set, the checks that need it "
+                  "end in error")
     from .inputs import coverage_offline
     missing = coverage_offline(params)
     for target in params.targets:  # items that will be skipped or in error there: say so before the run

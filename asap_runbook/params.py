@@ -251,8 +251,8 @@ class HttpEndpoint(_Model):
         """What requests takes as `verify`: the CA file, else the system's trust store, or False."""
         return (str(self.ca_file) if self.ca_file else True) if self.tls_verify else False
 
-    def credentials_hint(self, where: str) -> str:
-        """Which credentials are configured (names only), for an error sentence."""
+    def credentials_hint(self, where: str) -> str | None:
+        """Which credentials are configured (names only, never a value), for an error sentence; None: none."""
         if self.basic_auth:
             return f"basic auth as {self.basic_auth.username!r} ({where}.basic_auth)"
         if self.bearer_token_env:
@@ -260,7 +260,7 @@ class HttpEndpoint(_Model):
         secret_headers = [k for k, v in self.headers.items() if isinstance(v, FromEnv)]
         if secret_headers:
             return f"the header(s) {', '.join(secret_headers)} ({where}.headers)"
-        return f"no credentials (set {where}.basic_auth, bearer_token_env or headers)"
+        return None
 
 
 class Prometheus(HttpEndpoint):

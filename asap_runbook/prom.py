@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import warnings
 from typing import Any
 
 import requests
 from prometheus_api_client import PrometheusConnect
 from requests.adapters import Retry
+from urllib3.exceptions import InsecureRequestWarning
 
 from .errors import PrometheusError
 from .params import HttpEndpoint
@@ -29,6 +31,8 @@ class Prom:
         self.settings, self.where, self.name = settings, where, name
         session = requests.Session()
         session.verify = settings.verify
+        if not settings.tls_verify:  # the operator's explicit choice: no warning per request in the report
+            warnings.filterwarnings("ignore", category=InsecureRequestWarning)
         # no retries: a down Prometheus must cost one timeout, not several
         self.client = PrometheusConnect(url=settings.url, timeout=settings.timeout_seconds, session=session,
                                         headers=settings.request_headers() or None,
@@ -60,10 +64,14 @@ class Prom:
             return "its answer is not the Prometheus API's JSON (is the URL's path prefix right?)"
         m = _STATUS.search(text)
         code = int(m.group(1) or m.group(2)) if m else getattr(getattr(e, "response", None), "status_code", None)
+        sent = self.settings.credentials_hint(self.where)
+        if code in (401, 403) and sent is None:
+            return (f"{code} {'Unauthorized' if code == 401 else 'Forbidden'}, it wants credentials and none are "
+                    f"configured (set {self.where}.basic_auth, bearer_token_env or headers)")
         if code == 401:
-            return f"401 Unauthorized, it refused {self.settings.credentials_hint(self.where)}"
+            return f"401 Unauthorized, it refused {sent}"
         if code == 403:
-            return f"403 Forbidden, {self.settings.credentials_hint(self.where)} may not read it"
+            return f"403 Forbidden, {sent} may not read it"
         if code == 404:
             return (f"404 Not Found, nothing answers the API under {self.settings.url} (is the path prefix "
                     f"right, e.g. https://host/prometheus?)")
