@@ -138,4 +138,7 @@ async def _run_promtool(path: Path) -> RuleFile:
     if res.returncode is None:
         raise RulesUnavailable(res.failure(f"promtool check rules {path}"))
     lines = [ln.strip() for ln in res.output.splitlines() if ln.strip() and not ln.startswith("Checking ")]
-    return RuleFile(str(path), res.ok, " / ".join(lines[:6])[:600])
+    said = ""
+    for line in lines[:6]:  # "FAILED:" then one line per error
+        said += (" " if not said or said.endswith(":") else "; ") + line
+    return RuleFile(str(path), res.ok, said.strip()[:600])
