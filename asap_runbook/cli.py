@@ -157,7 +157,8 @@ def cmd_init(args) -> int:
 
 _VERIFIED_BY = {
     "probe": "black-box HTTP(S) requests to the running agent (targets[].base_url; token_env where auth is on)",
-    "prometheus": "queries to your Prometheus (prometheus.url and targets[].prometheus_job)",
+    "prometheus": "queries to your Prometheus (prometheus.url and targets[].prometheus_job; alerting rules from "
+                  "prometheus.rules_api or rule_files when set)",
     "static": "files you point at, read and never executed (app, source_dir, nginx_conf, k8s_manifests, "
               "process_config, log_file)",
     "drill": "an opt-in action, for staging (targets[].active_probes.drills and the drills: commands)",
