@@ -195,3 +195,23 @@ def test_rule_files_judge_like_the_live_rules(demo_params, tmp_path):
     assert {s for s, _ in bad.values()} == {Status.FAIL}
     assert all(summary.startswith(f"rule file {broken} does not load (promtool check rules: FAILED:")
                for _, summary in bad.values())
+
+
+def test_rules_from_a_ruler_elsewhere_with_its_own_credentials(secure_prometheus, demo_params, monkeypatch):
+    """The reference (open) Prometheus scrapes; the rules are read from another API behind basic auth,
+    TLS and a prefix (here the secure Prometheus, which serves the same /api/v1/rules as a ruler)."""
+    monkeypatch.setenv(PASSWORD_ENV, secure_prometheus.password)
+    ruler = {"url": secure_prometheus.url, "ca_file": secure_prometheus.ca_file,
+             "basic_auth": {"username": USER, "password_env": PASSWORD_ENV}}
+    params = one_target(demo_params, "hardened").model_copy(update={"prometheus": Prometheus.model_validate(
+        demo_params.prometheus.model_dump() | {"rules_api": ruler})})
+    r = run_check("MON-ALERT-3", params, "hardened")
+    assert r.status == Status.PASS, r.summary
+    source = next(e.data for e in r.evidence if e.label == "alerting rules read from")
+    assert source == {"kind": "rules_api", "where": f"{secure_prometheus.url}/api/v1/rules"}
+
+    monkeypatch.setenv(PASSWORD_ENV, "not-" + secure_prometheus.password)
+    r = run_check("MON-ALERT-3", params, "hardened")
+    assert r.status == Status.ERROR
+    assert r.summary == (f"The rules API at {secure_prometheus.url} could not answer the rules query: 401 Unauthorized, "
+                         f"it refused basic auth as '{USER}' (prometheus.rules_api.basic_auth)")
