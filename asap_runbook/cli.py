@@ -128,6 +128,11 @@ def cmd_validate(args) -> int:
         return ExitCode.BAD_USAGE
     names = ", ".join(t.name for t in params.targets)
     print(f"{args.params}: valid; {len(params.targets)} target(s): {names}. Nothing was contacted.")
+    # the run's environment may differ from this shell's (CI secrets): a note, not a problem
+    for name, param in params.prometheus.all_env_names() if params.prometheus else []:
+        if name not in os.environ:
+            print(f"note: {name} ({param}) is not set here; where it is not set, the checks that need it "
+                  "end in error")
     from .inputs import coverage_offline
     missing = coverage_offline(params)
     for target in params.targets:  # items that will be skipped or in error there: say so before the run
@@ -154,7 +159,8 @@ def cmd_init(args) -> int:
 
 _VERIFIED_BY = {
     "probe": "black-box HTTP(S) requests to the running agent (targets[].base_url; token_env where auth is on)",
-    "prometheus": "queries to your Prometheus (prometheus.url and targets[].prometheus_job)",
+    "prometheus": "queries to your Prometheus (prometheus.url and targets[].prometheus_job; alerting rules from "
+                  "prometheus.rules_api or rule_files when set)",
     "static": "files you point at, read and never executed (app, source_dir, nginx_conf, k8s_manifests, "
               "process_config, log_file)",
     "drill": "an opt-in action, for staging (targets[].active_probes.drills and the drills: commands)",

@@ -9,6 +9,7 @@ chosen at start; do not interpolate secrets that way.
 from __future__ import annotations
 
 import difflib
+import glob
 import hashlib
 import os
 import re
@@ -24,6 +25,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .errors import ParamsError
@@ -168,10 +170,130 @@ class Target(_Model):
         return os.environ.get(self.token_env) if self.token_env else None
 
 
-class Prometheus(_Model):
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+_CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie"}
+
+
+class FromEnv(_Model):
+    """A value read from the environment variable `env` when it is used, so it never sits in a file."""
+
+    env: EnvName
+
+
+class BasicAuth(_Model):
+    username: str = Field(min_length=1)
+    password_env: EnvName = Field(description="the variable holding the password")
+
+
+class HttpEndpoint(_Model):
+    """How to reach an HTTP API the runbook reads (Prometheus, a rules API): its URL, path prefix
+    included (https://host/prometheus), the credentials (read from environment variables the file
+    names, at the moment they are used), the CA that signs its certificate, extra headers."""
+
     url: HttpUrl
     timeout_seconds: float = Field(5, gt=0, le=60)
+    bearer_token_env: EnvName | None = Field(None, description="the variable holding a bearer token")
+    basic_auth: BasicAuth | None = None
+    ca_file: Path | None = Field(None, description="the CA certificate (PEM) its TLS certificate chains to")
+    tls_verify: bool = Field(True, description="false only to look past a broken certificate")
+    headers: dict[str, str | FromEnv] = Field(
+        default_factory=dict, description="extra request headers, e.g. X-Scope-OrgID: team-a; a secret one as "
+                                          "{env: NAME}")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_ok(cls, headers: dict[str, str | FromEnv]) -> dict[str, str | FromEnv]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if name.lower() in _CREDENTIAL_HEADERS and isinstance(value, str):
+                raise ValueError(f"the {name} header carries a credential: give it as {{env: NAME}} "
+                                 "(or use bearer_token_env / basic_auth), never in the file")
+        return headers
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> "HttpEndpoint":
+        if self.bearer_token_env and self.basic_auth:
+            raise ValueError("set bearer_token_env or basic_auth, not both")
+        return self
+
+    def env_names(self, where: str) -> list[tuple[str, str]]:
+        """(variable, the parameter naming it) for every variable this endpoint reads."""
+        out = [(self.bearer_token_env, f"{where}.bearer_token_env")] if self.bearer_token_env else []
+        if self.basic_auth:
+            out.append((self.basic_auth.password_env, f"{where}.basic_auth.password_env"))
+        out += [(v.env, f"{where}.headers.{k}") for k, v in self.headers.items() if isinstance(v, FromEnv)]
+        return out
+
+    def unset_env(self, where: str) -> str | None:
+        """One sentence naming the first variable this endpoint needs that is not set, or None."""
+        unset = [(name, param) for name, param in self.env_names(where) if name not in os.environ]
+        if not unset:
+            return None
+        names = ", ".join(f"{n} ({p})" for n, p in unset)
+        return f"the environment variable{'s' if len(unset) > 1 else ''} {names} {'are' if len(unset) > 1 else 'is'} not set"
+
+    def request_headers(self) -> dict[str, str]:
+        """The headers to send, secrets read from the environment now (unset ones left out: see unset_env)."""
+        out = {k: v if isinstance(v, str) else os.environ.get(v.env) for k, v in self.headers.items()}
+        if self.bearer_token_env and os.environ.get(self.bearer_token_env):
+            out["Authorization"] = f"Bearer {os.environ[self.bearer_token_env]}"
+        return {k: v for k, v in out.items() if v is not None}
+
+    def basic_credentials(self) -> tuple[str, str] | None:
+        if self.basic_auth is None or self.basic_auth.password_env not in os.environ:
+            return None
+        return self.basic_auth.username, os.environ[self.basic_auth.password_env]
+
+    @property
+    def verify(self) -> bool | str:
+        """What requests takes as `verify`: the CA file, else the system's trust store, or False."""
+        return (str(self.ca_file) if self.ca_file else True) if self.tls_verify else False
+
+    def credentials_hint(self, where: str) -> str | None:
+        """Which credentials are configured (names only, never a value), for an error sentence; None: none."""
+        if self.basic_auth:
+            return f"basic auth as {self.basic_auth.username!r} ({where}.basic_auth)"
+        if self.bearer_token_env:
+            return f"the bearer token in {self.bearer_token_env} ({where}.bearer_token_env)"
+        secret_headers = [k for k, v in self.headers.items() if isinstance(v, FromEnv)]
+        if secret_headers:
+            return f"the header(s) {', '.join(secret_headers)} ({where}.headers)"
+        return None
+
+
+class Prometheus(HttpEndpoint):
+    """The Prometheus that scrapes the agents; its alerting rules come from it unless they live
+    elsewhere: `rules_api` (a ruler with Prometheus's /api/v1/rules, e.g. Thanos, Mimir, Cortex,
+    Grafana) or `rule_files` (files checked with promtool and read offline)."""
+
     window: str = Field("5m", pattern=r"^\d+[smh]$")
+    rules_api: HttpEndpoint | None = Field(
+        None, description="where the alerting rules are evaluated when not in this Prometheus: the base URL "
+                          "under which /api/v1/rules answers, with its own credentials")
+    rule_files: list[str] = Field(
+        default_factory=list, description="rule files (paths or globs, relative to the parameters file) that hold "
+                                          "the alerting rules, checked with promtool")
+
+    @model_validator(mode="after")
+    def _one_rules_source(self) -> "Prometheus":
+        if self.rules_api is not None and self.rule_files:
+            raise ValueError("set rules_api or rule_files, not both: the alerting rules are read from one place")
+        return self
+
+    def rule_file_paths(self) -> list[Path]:
+        """rule_files with every glob expanded (sorted), each file once."""
+        out: list[Path] = []
+        for pattern in self.rule_files:
+            for name in sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]:
+                if Path(name) not in out:
+                    out.append(Path(name))
+        return out
+
+    def all_env_names(self) -> list[tuple[str, str]]:
+        """env_names of this endpoint and of its rules_api."""
+        return self.env_names("prometheus") + (self.rules_api.env_names("prometheus.rules_api") if self.rules_api else [])
 
 
 class ProbeSettings(_Model):
@@ -285,6 +407,13 @@ def _map_paths(data: dict, fix) -> None:
                 t[key] = fix(t[key])
         if isinstance(t.get("k8s_manifests"), list):
             t["k8s_manifests"] = [fix(v) for v in t["k8s_manifests"]]
+    prom = data.get("prometheus")
+    if isinstance(prom, dict):
+        for endpoint in (prom, prom.get("rules_api")):
+            if isinstance(endpoint, dict) and "ca_file" in endpoint:
+                endpoint["ca_file"] = fix(endpoint["ca_file"])
+        if isinstance(prom.get("rule_files"), list):
+            prom["rule_files"] = [fix(v) for v in prom["rule_files"]]
 
 
 def _absolute(base: Path):
@@ -338,6 +467,30 @@ def _missing_files(data: dict, skip: set[Loc]) -> list[Problem]:
             loc = ("targets", i, *sub)
             if isinstance(value, str) and value and loc not in skip and not Path(value).exists():
                 out.append(Problem(loc, f"targets[{t.get('name', i)}].{sub[0]}: {value} does not exist"))
+    return out + _missing_prometheus_files(data.get("prometheus"), skip)
+
+
+def _missing_prometheus_files(prom: Any, skip: set[Loc]) -> list[Problem]:
+    """CA files that are not there; rule files that are not there, or globs that match no file
+    (Prometheus would load nothing from them, silently)."""
+    if not isinstance(prom, dict):
+        return []
+    out = []
+    for sub, endpoint in ((("prometheus",), prom), (("prometheus", "rules_api"), prom.get("rules_api"))):
+        value = endpoint.get("ca_file") if isinstance(endpoint, dict) else None
+        loc = (*sub, "ca_file")
+        if isinstance(value, str) and value and loc not in skip and not Path(value).exists():
+            out.append(Problem(loc, f"{_where(loc)}: {value} does not exist"))
+    files = prom.get("rule_files")
+    for j, value in enumerate(files if isinstance(files, list) else []):
+        loc = ("prometheus", "rule_files", j)
+        if not isinstance(value, str) or not value or loc in skip:
+            continue
+        if glob.has_magic(value):
+            if not glob.glob(value):
+                out.append(Problem(loc, f"{_where(loc)}: {value} matches no file"))
+        elif not Path(value).is_file():
+            out.append(Problem(loc, f"{_where(loc)}: {value} does not exist"))
     return out
 
 

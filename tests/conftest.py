@@ -134,5 +134,6 @@ def pytest_collection_modifyitems(config, items):
     run drills whose slow requests keep its p99 above 1 s; after 5 minutes of that the shipped
     ASAPHighLatencyP99 rightly *fires*, and MON-ALERT-2 would warn. Which test ran when must not
     decide a result (test_alert_states_table covers the firing case)."""
-    first = [i for i in items if "test_passes_on_hardened[MON-ALERT" in i.nodeid]
+    first = [i for i in items if "test_passes_on_hardened[MON-ALERT" in i.nodeid
+             or "test_rule_files_judge_like_the_live_rules" in i.nodeid]
     items[:] = first + [i for i in items if i not in first]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .. import alerting, proxy_metrics
+from .. import alerting, proxy_metrics, rules_source
 from .. import monitoring_live as live
 from ..prom import prom_for
 from ._observe import judged
@@ -34,6 +34,7 @@ class AlertObservation:
     down_now: list[str] | None = None  # down: instances of the job with up == 0 now
     error_rate: dict | None = None  # monitoring_live.error_rate
     latency: dict | None = None  # monitoring_live.latency
+    rules_source: dict | None = None  # rules_source.RuleSource.record(); None: the scraping Prometheus
 
 
 def _proxy(obs: AlertObservation) -> alerting.ProxyCounter | None:
@@ -68,7 +69,8 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
         return Finding.skipped(f"targets[{ctx.target.name}].prometheus_job is not set")
     window = ctx.params.prometheus.window
     t = ctx.target
-    obs = AlertObservation(key, job, window, await prom.rules(), target=t.name)
+    source = await rules_source.load(ctx.params, prom)
+    obs = AlertObservation(key, job, window, source.groups, target=t.name, rules_source=source.record())
     if key == "rate_limit" and t.proxy_requests:
         try:
             p = alerting.proxy_counter(t.proxy_requests, t.proxy_status_label)
@@ -101,8 +103,20 @@ def judge_alert(obs: AlertObservation, threshold: float | None = None, threshold
     concern, job, window = alerting.CONCERNS[obs.concern], obs.job, obs.window
     agent_cov, proxy_cov = _coverage(obs)
     proxy = obs.proxy
+    source = obs.rules_source or {"kind": "prometheus"}
+    from_files = source["kind"] == "rule_files"
     ev = [(f"loaded alerting rules reading {concern.hint}", [c.row() for c in agent_cov] or "none"),
-          (f"alerts pending or firing now for job {job}", alerting.active_alerts(obs.groups, job) or "none")]
+          (f"alerts pending or firing now for job {job}", alerting.active_alerts(obs.groups, job) or "none")
+          if not from_files else ("alert states", "not known: the rules are read from files (prometheus.rule_files), "
+                                                  "not from where they are evaluated")]
+    if obs.rules_source:
+        ev.insert(0, ("alerting rules read from", obs.rules_source))
+    broken = [f for f in source.get("files", []) if not f["loads"]]
+    if broken:
+        return Finding.failed(f"rule file {broken[0]['path']} does not load (promtool check rules: "
+                              f"{broken[0]['promtool'] or 'no reason given'})"
+                              + (f", nor do {len(broken) - 1} other(s)" if len(broken) > 1 else "")
+                              + ": Prometheus refuses it, so none of its alerts can fire", ev)
     if proxy:
         ev.append((f"proxy 429 counter (targets[].proxy_requests): {proxy['of_status']}",
                    {"series for this target": proxy["has_series"], "rules reading it": [c.row() for c in proxy_cov]
@@ -119,6 +133,7 @@ def judge_alert(obs: AlertObservation, threshold: float | None = None, threshold
     state = ", ".join(sorted({f"{c.name} {a['state']}" for c in effective for a in c.alerts}))
     covered = (f"{', '.join(c.name for c in effective)} cover(s) job {job!r} (reads {rule.selectors[0]}"
                + (", ..." if len(rule.selectors) > 1 else "") + f", for {rule.for_seconds:g}s)")
+    quiet = "not firing" if not from_files else "whether it fires is not known here (rules read from files)"
     if obs.concern == "down":
         ev.append((f"targets of job {job} with up == 0 now", obs.down_now or "none"))
         if firing or obs.down_now:
@@ -126,7 +141,7 @@ def judge_alert(obs: AlertObservation, threshold: float | None = None, threshold
             why = next((t.get("lastError") for t in obs.scrape_targets if t.get("health") != "up"), "")
             return Finding.failed(f"{state} for job {job!r} now: the agent is down or unscrapeable"
                                   + (f" ({why})" if why else ""), ev)
-        return Finding.passed(f"{covered}; not firing", ev)
+        return Finding.passed(f"{covered}; {quiet}", ev)
     extra = ""
     if obs.error_rate is not None:
         er = obs.error_rate
@@ -157,7 +172,7 @@ def judge_alert(obs: AlertObservation, threshold: float | None = None, threshold
     # only "above the line right now" (the runbook's own drills can do that) and is reported, not judged.
     if any(a.get("state") == "firing" for a in firing):
         return Finding.warned(f"{covered}; {state} now{extra}", ev)
-    return Finding.passed(f"{covered}; " + (f"{state} now (not firing)" if firing else "not firing") + extra, ev)
+    return Finding.passed(f"{covered}; " + (f"{state} now (not firing)" if firing else quiet) + extra, ev)
 
 
 def _not_covered(obs: AlertObservation, agent_cov: list, covering: list, proxy_cov: list, ev: list) -> Finding:
