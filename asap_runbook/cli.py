@@ -467,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted.")
         return 130
+    except BrokenPipeError:  # `asap-runbook validate P | head`: the reader left, which is not an error
+        # Python would still report the pipe at exit when it flushes stdout: point stdout at nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

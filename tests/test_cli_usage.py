@@ -49,3 +49,18 @@ def test_waivers_file_that_does_not_exist(tmp_path, capsys):
     assert main(["run", "--params", str(p), "--out", str(tmp_path / "o")]) == 2
     one_sentence(capsys, "waivers file", "does not exist")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`asap-runbook list | head -1`: a closed pipe ends the command quietly, with no traceback."""
+    import os
+    import subprocess
+    import sys
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone: every write meets a broken pipe
+    try:
+        proc = subprocess.run([sys.executable, "-m", "asap_runbook", "list"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")
