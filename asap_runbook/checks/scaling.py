@@ -22,8 +22,10 @@ from ..introspect import introspect_app, introspection_timeout
 from ..probe import envelope, rpc
 from ..results import Status
 from ..source import CLIENT_DEFAULTS, UNKNOWN, ClientUsage, ProcessConfig, client_usage, read_process_config
+from ._observe import judged
 from ._registry import AGENT, CheckContext, Finding, check
 
+STATE_ENV = ("ASAP_RATE_LIMIT_BACKEND", "ASAP_STORAGE_BACKEND")  # the container settings SCALE-HSCALE-2 reads
 IDLE_WORKER_BYTES = 80 * 2**20  # reference §3.2: ~80 MB RSS per idle asap-protocol worker
 PRIVATE_CONSTANTS_NOTE = ("DEFAULT_POOL_MAXSIZE, DEFAULT_POOL_CONNECTIONS and MANIFEST_REQUEST_TIMEOUT are private "
                           "client-side constants in asap.transport.client._helpers (asap-protocol 2.5.10): not server "
@@ -589,16 +591,75 @@ def judge_stateless_pods(m: Manifests, cfg: dict | str, n: int, how: str) -> Fin
                           "outside the process", ev)
 
 
-async def _shared_state_from_manifests(ctx: CheckContext, m: Manifests) -> Finding:
+@dataclass
+class SharedStateObservation:
+    """SCALE-HSCALE-2's observation: the processes serving the target, the session affinity the manifests set,
+    and where per-process state lives: the introspected app, or (without targets[].app) the container
+    environment of the first workload, where ASAP_RATE_LIMIT_BACKEND is the only knob that settles a store."""
+    instances: int                      # at least this many processes
+    how: str                            # how they were counted
+    sticky: list[str]                   # session affinity found in the manifests
+    app: dict | None = None             # introspect.describe() of the app; None: not introspected
+    env: dict[str, str] | None = None   # container environment (plain values, "<from ...>" for references)
+
+
+async def observe_shared_state(ctx: CheckContext) -> SharedStateObservation | Finding:
+    if ctx.target.app is None and ctx.target.k8s_manifests:
+        m = await manifests(ctx)
+        if isinstance(m, Finding):
+            return m
+        n, how = _count(await instances(ctx))
+        env = {k: v for c in m.workloads[0].containers() for k, v in k8s.env(c).items()}
+        return SharedStateObservation(n, how, m.sticky(), env={k: env[k] for k in STATE_ENV if k in env})
+    cfg = await app_config(ctx)
+    if isinstance(cfg, Finding):
+        return cfg
+    n, how = _count(await instances(ctx))
+    m = await manifests(ctx) if ctx.target.k8s_manifests else None
+    return SharedStateObservation(n, how, m.sticky() if isinstance(m, Manifests) else [], app=cfg)
+
+
+@check("SCALE-HSCALE-2")
+async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
+    obs = await observe_shared_state(ctx)
+    return obs if isinstance(obs, Finding) else judged(judge_shared_state(obs), obs)
+
+
+def judge_shared_state(obs: SharedStateObservation) -> Finding:
+    """At least n processes, the session affinity, and the per-process state of the introspected app (or,
+    from the manifests alone, the rate-limit storage)."""
+    if obs.app is None:
+        return _judge_shared_state_from_env(obs)
+    cfg, n = obs.app, obs.instances
+    ev = _app_evidence(cfg, n, obs.how)
+    ev.append(("session affinity", obs.sticky or "none"))
+    stores = _stores(cfg)
+    split = {"rate limits": "the effective limit becomes N x the configured one",
+             "nonces": "a replayed envelope is accepted once per instance",
+             "snapshots": "a task's snapshots are visible only on the instance that saved them"}
+    metrics_note = "metrics are always per process (scrape every pod/worker)"
+    if n > 1 and stores:
+        what = "; ".join(f"{k}: {split[k]}" for k in stores)
+        if obs.sticky:
+            return Finding.warned(f"{n} instances with per-process state ({what}); session affinity "
+                                  f"({', '.join(obs.sticky)}) keeps sessions on one pod but does not share limits", ev)
+        return Finding.failed(f"{n} instances with per-process state and no session affinity: {what}; {metrics_note}", ev)
+    if stores:
+        return Finding.warned(f"one instance today, but per-process state ({', '.join(stores)}) splits as soon as it "
+                              f"runs more workers or replicas", ev)
+    return Finding.passed(f"{n} instance(s) share state: rate limits in {cfg['rate_limit_storage']}, nonces in "
+                          f"{(cfg['nonce_store'] or {}).get('class', 'none')}, snapshots in "
+                          f"{(cfg['snapshot_store'] or {}).get('class', 'none')}; no sticky sessions needed; "
+                          f"{metrics_note}", ev)
+
+
+def _judge_shared_state_from_env(obs: SharedStateObservation) -> Finding:
     """Without the app object only the rate-limit storage is certain (ASAP_RATE_LIMIT_BACKEND is its
     only knob); snapshot and nonce stores can be set in code, so they are reported as unknown."""
-    n, how = _count(await instances(ctx))
-    env = {k: v for c in m.workloads[0].containers() for k, v in k8s.env(c).items()}
+    n, sticky, env = obs.instances, obs.sticky, obs.env or {}
     backend = env.get("ASAP_RATE_LIMIT_BACKEND", "")
-    sticky = m.sticky()
-    ev = [("container environment (plain values)", {k: env.get(k, "unset") for k in
-                                                     ("ASAP_RATE_LIMIT_BACKEND", "ASAP_STORAGE_BACKEND")}),
-          ("instances", f"{n} ({how})"), ("session affinity", sticky or "none")]
+    ev = [("container environment (plain values)", {k: env.get(k, "unset") for k in STATE_ENV}),
+          ("instances", f"{n} ({obs.how})"), ("session affinity", sticky or "none")]
     unknown = "snapshot and nonce stores can be set in code: set targets[].app to see them"
     if backend.startswith("<from"):  # a Secret/ConfigMap reference: its value is not in the files
         return Finding.skipped(f"ASAP_RATE_LIMIT_BACKEND comes {backend.strip('<>')}, whose value the manifests do not "
@@ -610,43 +671,6 @@ async def _shared_state_from_manifests(ctx: CheckContext, m: Manifests) -> Findi
         return Finding.failed(f"{n} instances with rate limits in {backend.split('@')[-1]} (ASAP_RATE_LIMIT_BACKEND), "
                               f"not a shared store; {unknown}", ev)
     return Finding.warned(f"rate limits {'in ' + backend.split('@')[-1] if backend else 'per process'}; {unknown}", ev)
-
-
-@check("SCALE-HSCALE-2")
-async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
-    if ctx.target.app is None and ctx.target.k8s_manifests:
-        m = await manifests(ctx)
-        return m if isinstance(m, Finding) else await _shared_state_from_manifests(ctx, m)
-    cfg = await app_config(ctx)
-    if isinstance(cfg, Finding):
-        return cfg
-    n, how = _count(await instances(ctx))
-    m = await manifests(ctx) if ctx.target.k8s_manifests else None
-    return judge_shared_state(cfg, n, how, m.sticky() if isinstance(m, Manifests) else [])
-
-
-def judge_shared_state(cfg: dict, n: int, how: str, sticky: list[str]) -> Finding:
-    """The introspected app, at least n processes, and the session affinity the manifests set."""
-    ev = _app_evidence(cfg, n, how)
-    ev.append(("session affinity", sticky or "none"))
-    stores = _stores(cfg)
-    split = {"rate limits": "the effective limit becomes N x the configured one",
-             "nonces": "a replayed envelope is accepted once per instance",
-             "snapshots": "a task's snapshots are visible only on the instance that saved them"}
-    metrics_note = "metrics are always per process (scrape every pod/worker)"
-    if n > 1 and stores:
-        what = "; ".join(f"{k}: {split[k]}" for k in stores)
-        if sticky:
-            return Finding.warned(f"{n} instances with per-process state ({what}); session affinity "
-                                  f"({', '.join(sticky)}) keeps sessions on one pod but does not share limits", ev)
-        return Finding.failed(f"{n} instances with per-process state and no session affinity: {what}; {metrics_note}", ev)
-    if stores:
-        return Finding.warned(f"one instance today, but per-process state ({', '.join(stores)}) splits as soon as it "
-                              f"runs more workers or replicas", ev)
-    return Finding.passed(f"{n} instance(s) share state: rate limits in {cfg['rate_limit_storage']}, nonces in "
-                          f"{(cfg['nonce_store'] or {}).get('class', 'none')}, snapshots in "
-                          f"{(cfg['snapshot_store'] or {}).get('class', 'none')}; no sticky sessions needed; "
-                          f"{metrics_note}", ev)
 
 
 @check("SCALE-HSCALE-3")
