@@ -13,7 +13,7 @@ import gzip
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .. import k8s
 from ..k8s import Instances, Manifests, load_manifests, memory_bytes, target_instances
@@ -22,7 +22,7 @@ from ..introspect import introspect_app, introspection_timeout
 from ..probe import envelope, rpc
 from ..results import Status
 from ..source import CLIENT_DEFAULTS, UNKNOWN, ClientUsage, ProcessConfig, client_usage, read_process_config
-from ._observe import judged
+from ._observe import judged, judged_by
 from ._registry import AGENT, CheckContext, Finding, check
 
 STATE_ENV = ("ASAP_RATE_LIMIT_BACKEND", "ASAP_STORAGE_BACKEND")  # the container settings SCALE-HSCALE-2 reads
@@ -133,7 +133,7 @@ def judge_connection_pooling(u: ClientUsage) -> Finding:
 @check("SCALE-CLIENT-1")
 async def connection_pooling(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
-    return u if isinstance(u, Finding) else judge_connection_pooling(u)
+    return u if isinstance(u, Finding) else judged_by(judge_connection_pooling, u)
 
 
 async def _gzip_probe(ctx: CheckContext) -> dict:
@@ -194,7 +194,7 @@ async def compression(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
     if isinstance(u, Finding):
         return u
-    return judge_compression(u, await _gzip_probe(ctx))
+    return judged_by(judge_compression, u, await _gzip_probe(ctx))
 
 
 RETRY_NAMES = ["max_retries", "base_delay", "max_delay", "jitter", "circuit_breaker_enabled",
@@ -228,7 +228,7 @@ def judge_retry_config(u: ClientUsage) -> Finding:
 @check("SCALE-CLIENT-3")
 async def retry_config(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
-    return u if isinstance(u, Finding) else judge_retry_config(u)
+    return u if isinstance(u, Finding) else judged_by(judge_retry_config, u)
 
 
 def judge_timeouts(u: ClientUsage, limit: float, limit_source: str) -> Finding:
@@ -269,7 +269,7 @@ async def timeouts(ctx: CheckContext) -> Finding:
     if isinstance(u, Finding):
         return u
     limit = ctx.threshold("client_timeout_max_seconds")
-    return judge_timeouts(u, limit.value, limit.source)
+    return judged_by(judge_timeouts, u, limit.value, limit.source)
 
 
 # ------------------------------------------------------------------------------------------ server
@@ -296,7 +296,7 @@ async def multiple_workers(ctx: CheckContext) -> Finding:
     path = ctx.target.process_config
     if path is None:
         return Finding.skipped(f"targets[{ctx.target.name}].process_config is not set (gunicorn.conf.py or the server command line)")
-    return judge_multiple_workers(read_process_config(path), str(path))
+    return judged_by(judge_multiple_workers, read_process_config(path), str(path))
 
 
 def judge_workers_per_core(cfg: ProcessConfig, w, lo: float, hi: float, source: str) -> Finding:
@@ -342,7 +342,7 @@ async def workers_per_core(ctx: CheckContext) -> Finding:
     if isinstance(m, Finding):
         return m
     lo, hi = ctx.threshold("workers_per_core_min"), ctx.threshold("workers_per_core_max")
-    return judge_workers_per_core(process(ctx), m.workloads[0], lo.value, hi.value, lo.source)
+    return judged_by(judge_workers_per_core, process(ctx), m.workloads[0], lo.value, hi.value, lo.source)
 
 
 SERVER3_MANUAL = ("What this verifies: the source does not assign the private client constants and each ASAPClient's "
@@ -379,7 +379,7 @@ def judge_pool_constants(u: ClientUsage) -> Finding:
 @check("SCALE-SERVER-3")
 async def pool_constants(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
-    return u if isinstance(u, Finding) else judge_pool_constants(u)
+    return u if isinstance(u, Finding) else judged_by(judge_pool_constants, u)
 
 
 # ------------------------------------------------------------------------------------------ caching
@@ -407,7 +407,7 @@ def judge_manifest_caching(u: ClientUsage) -> Finding:
 @check("SCALE-CACHE-1")
 async def manifest_caching(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
-    return u if isinstance(u, Finding) else judge_manifest_caching(u)
+    return u if isinstance(u, Finding) else judged_by(judge_manifest_caching, u)
 
 
 @dataclass
@@ -476,9 +476,7 @@ def judge_manifest_ttl(obs: ManifestFetches, ttl: float, ttl_source: str) -> Fin
 async def manifest_cache_ttl(ctx: CheckContext) -> Finding:
     ttl = ctx.threshold("manifest_cache_ttl_seconds")
     obs = await observe_manifest_ttl(ctx)
-    f = judge_manifest_ttl(obs, ttl.value, ttl.source)
-    f.details["observation"] = {k: v for k, v in asdict(obs).items() if k != "exchanges"}
-    return f
+    return judged(judge_manifest_ttl(obs, ttl.value, ttl.source), obs, omit=("exchanges",))
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -522,7 +520,7 @@ def judge_snapshot_store(cfg: dict, n: int, how: str) -> Finding:
 @check("SCALE-STATE-1")
 async def persistent_snapshot_store(ctx: CheckContext) -> Finding:
     cfg = await app_config(ctx)
-    return cfg if isinstance(cfg, Finding) else judge_snapshot_store(cfg, *_count(await instances(ctx)))
+    return cfg if isinstance(cfg, Finding) else judged_by(judge_snapshot_store, cfg, *_count(await instances(ctx)))
 
 
 def judge_no_in_memory_snapshots(cfg: dict, n: int, how: str) -> Finding:
@@ -541,7 +539,9 @@ def judge_no_in_memory_snapshots(cfg: dict, n: int, how: str) -> Finding:
 @check("SCALE-STATE-2")
 async def no_in_memory_snapshots(ctx: CheckContext) -> Finding:
     cfg = await app_config(ctx)
-    return cfg if isinstance(cfg, Finding) else judge_no_in_memory_snapshots(cfg, *_count(await instances(ctx)))
+    if isinstance(cfg, Finding):
+        return cfg
+    return judged_by(judge_no_in_memory_snapshots, cfg, *_count(await instances(ctx)))
 
 
 # ------------------------------------------------------------------------------------------ horizontal
@@ -552,8 +552,8 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
         return m
     cfg = await app_config(ctx)
     if isinstance(cfg, dict):
-        return judge_stateless_pods(m, cfg, *_count(await instances(ctx)))
-    return judge_stateless_pods(m, cfg.summary, 0, "")
+        return judged_by(judge_stateless_pods, m, cfg, *_count(await instances(ctx)))
+    return judged_by(judge_stateless_pods, m, cfg.summary, 0, "")
 
 
 def judge_stateless_pods(m: Manifests, cfg: dict | str, n: int, how: str) -> Finding:
@@ -610,7 +610,8 @@ async def observe_shared_state(ctx: CheckContext) -> SharedStateObservation | Fi
             return m
         n, how = _count(await instances(ctx))
         env = {k: v for c in m.workloads[0].containers() for k, v in k8s.env(c).items()}
-        return SharedStateObservation(n, how, m.sticky(), env={k: env[k] for k in STATE_ENV if k in env})
+        return SharedStateObservation(n, how, m.sticky(),
+                                      env={k: k8s.shown_setting(k, env[k]) for k in STATE_ENV if k in env})
     cfg = await app_config(ctx)
     if isinstance(cfg, Finding):
         return cfg
@@ -676,7 +677,7 @@ def _judge_shared_state_from_env(obs: SharedStateObservation) -> Finding:
 @check("SCALE-HSCALE-3")
 async def autoscaling(ctx: CheckContext) -> Finding:
     m = await manifests(ctx)
-    return m if isinstance(m, Finding) else judge_autoscaling(m)
+    return m if isinstance(m, Finding) else judged_by(judge_autoscaling, m)
 
 
 def judge_autoscaling(m: Manifests) -> Finding:

@@ -31,6 +31,7 @@ from ..introspect import IntrospectionError, introspect_app, introspection_timeo
 from ..pacing import parse_limits
 from ..probe import ProbeResponse, envelope, iso_ago, passed_gates, probe_envelope, rpc
 from ..results import Status
+from ._observe import judged_by
 from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
 
 _TRACEBACK = "Traceback (most recent call last)"
@@ -185,7 +186,7 @@ async def https_only(ctx: CheckContext) -> Finding:
     """HTTPS everywhere: the target URL, the endpoints the manifest advertises, and no plain-HTTP agent."""
     t = ctx.target
     if not t.base_url.startswith("https://"):
-        return judge_https_only(t.base_url, {}, None, None, [])
+        return judged_by(judge_https_only, t.base_url, {}, None, None, [])
     resp = await ctx.probe.get("/health")
     evidence = [("GET /health over HTTPS", resp.evidence)]
     manifest = await ctx.probe.manifest()
@@ -200,7 +201,7 @@ async def https_only(ctx: CheckContext) -> Finding:
         except ProbeError as e:
             evidence.append((f"GET {t.http_url} (plain HTTP)", e.message))
             plain_status = e.message
-    return judge_https_only(t.base_url, endpoints, plain_status, t.http_url, evidence)
+    return judged_by(judge_https_only, t.base_url, endpoints, plain_status, t.http_url, evidence)
 
 
 @check("SEC-TLS-2", needs=("reach",))
@@ -216,8 +217,8 @@ async def certificate(ctx: CheckContext) -> Finding:
     warn_days = ctx.threshold("cert_expiry_warn_days")
     max_life = ctx.threshold("cert_max_lifetime_days")
     trust = f"the CA file {t.ca_file}" if t.ca_file else "the system trust store"
-    return judge_certificate(rep, trust, _tls.host_port(t.base_url)[0], t.base_url, (warn_days.value, warn_days.source),
-                             (max_life.value, max_life.source), datetime.now(UTC))
+    return judged_by(judge_certificate, rep, trust, _tls.host_port(t.base_url)[0], t.base_url,
+                     (warn_days.value, warn_days.source), (max_life.value, max_life.source), datetime.now(UTC))
 
 
 def judge_certificate(rep: "_tls.CertReport", trust: str, host: str, url: str, warn: tuple[float, str],
@@ -266,7 +267,7 @@ async def tls_versions(ctx: CheckContext) -> Finding:
     caps = await asyncio.to_thread(_tls.client_capabilities)
     host, port = _tls.host_port(t.base_url)
     seen = {v: await asyncio.to_thread(_tls.handshake, host, port, v, timeout) for v in _tls.VERSIONS}
-    return judge_tls_versions(seen, {v: h.ok for v, h in caps.items()}, f"{host}:{port}")
+    return judged_by(judge_tls_versions, seen, {v: h.ok for v, h in caps.items()}, f"{host}:{port}")
 
 
 def judge_tls_versions(seen: dict[str, "_tls.Handshake"], can_speak: dict[str, bool], where: str) -> Finding:
@@ -322,7 +323,7 @@ async def hsts(ctx: CheckContext) -> Finding:
     need = ctx.threshold("hsts_max_age_seconds")
     resp = await ctx.probe.get("/.well-known/asap/manifest.json")
     evidence = [("GET manifest over HTTPS", resp.evidence)] + _nginx_lines(ctx, "add_header", "Strict-Transport-Security")
-    return judge_hsts(resp.headers.get("strict-transport-security"), need.value, need.source, evidence)
+    return judged_by(judge_hsts, resp.headers.get("strict-transport-security"), need.value, need.source, evidence)
 
 
 def judge_http_redirect(start: str, hops: list[dict], evidence: list) -> Finding:
@@ -370,7 +371,7 @@ async def http_redirect(ctx: CheckContext) -> Finding:
                 or nxt.hostname != urlsplit(start).hostname or nxt.scheme != "https":
             break  # the judge says why the chain stops here
         url = location
-    return judge_http_redirect(start, hops, evidence + _nginx_lines(ctx, "return"))
+    return judged_by(judge_http_redirect, start, hops, evidence + _nginx_lines(ctx, "return"))
 
 
 # ================================================================ Authentication
@@ -393,7 +394,7 @@ def judge_manifest_auth(auth: dict | None) -> Finding:
 
 @check("SEC-AUTH-1", needs=AGENT)
 async def manifest_auth(ctx: CheckContext) -> Finding:
-    return judge_manifest_auth((await ctx.probe.manifest()).get("auth"))
+    return judged_by(judge_manifest_auth, (await ctx.probe.manifest()).get("auth"))
 
 
 _OPEN_ROUTES = ["/health", "/ready", "/.well-known/asap/manifest.json", "/.well-known/asap/health", "/asap/metrics",
@@ -418,7 +419,7 @@ async def auth_enforced(ctx: CheckContext) -> Finding:
             open_routes[path] = r.status
         except ProbeError as e:
             open_routes[path] = e.message
-    return judge_auth_enforced(outcomes, open_routes, evidence)
+    return judged_by(judge_auth_enforced, outcomes, open_routes, evidence)
 
 
 def judge_auth_enforced(outcomes: dict[str, dict], open_routes: dict, evidence: list) -> Finding:
@@ -463,7 +464,7 @@ async def no_hardcoded_tokens(ctx: CheckContext) -> Finding:
     if not roots:
         return Finding.skipped(f"targets[{t.name}].source_dir (or k8s_manifests) is not set: nothing to scan")
     scan = await asyncio.to_thread(_source_scan.hardcoded_credentials, roots)
-    return judge_no_hardcoded_tokens(scan, [str(r) for r in roots])
+    return judged_by(judge_no_hardcoded_tokens, scan, [str(r) for r in roots])
 
 
 def _jwt_claims(token: str) -> dict | None:
@@ -497,7 +498,8 @@ async def token_lifetime(ctx: CheckContext) -> Finding:
         return Finding(Status.MANUAL, f"the token in {t.token_env} is opaque (not a JWT), so its lifetime cannot be "
                        "read: confirm who rotates it and how often, and attach the rotation policy",
                        details={"token_kind": "opaque", "length": len(token)})
-    return judge_token_lifetime(claims, lo.value, hi.value, hi.source, datetime.now(UTC).timestamp())
+    shown = {k: claims[k] for k in ("iss", "aud", "iat", "nbf", "exp") if k in claims}  # not sub, email, ...
+    return judged_by(judge_token_lifetime, shown, lo.value, hi.value, hi.source, datetime.now(UTC).timestamp())
 
 
 def judge_token_lifetime(claims: dict, lo: float, hi: float, source: str, now: float) -> Finding:
@@ -585,7 +587,7 @@ async def client_sends_bearer(ctx: CheckContext) -> Finding:
                   f"10 min old): {_brief(ok)}", ok.evidence),
                  (f"POST /asap with the same token as Basic: {_brief(as_basic)}", as_basic.evidence)]
     clients = await asyncio.to_thread(_client_auth, t.source_dir) if t.source_dir else None
-    return judge_client_auth(t.sender, t.token_env, _auth_outcome(ok), _brief(ok), _auth_outcome(as_basic),
+    return judged_by(judge_client_auth, t.sender, t.token_env, _auth_outcome(ok), _brief(ok), _auth_outcome(as_basic),
                              exchanges, clients)
 
 
@@ -1104,7 +1106,7 @@ async def request_size_limited(ctx: CheckContext) -> Finding:
         except ProbeError as e:
             outcomes[label] = f"connection closed: {e.message}"
             evidence.append((label, e.message))
-    return judge_request_size(outcomes, len(body), limit, logged, evidence, details)
+    return judged_by(judge_request_size, outcomes, len(body), limit, logged, evidence, details)
 
 
 def judge_request_size(outcomes: dict[str, int | str], body_bytes: int, limit: int, logged: int | None,
@@ -1158,7 +1160,7 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
     else:
         t = ctx.threshold("max_request_size_bytes")
         agent, source = int(t.value), f"thresholds.max_request_size_bytes ({t.source})"
-    return judge_proxy_body_limit(limits, root.files, agent, source)
+    return judged_by(judge_proxy_body_limit, limits, root.files, agent, source)
 
 
 @check("SEC-SIZE-3", needs=(*AGENT, "prometheus"))
@@ -1199,7 +1201,8 @@ async def payloads_validated(ctx: CheckContext) -> Finding:
             resp = await _post(ctx, env)
             evidence.append((f"skill {skill!r} with unexpected input: {_brief(resp)}", resp.evidence))
             skills_seen[skill] = _answer(resp)
-    return judge_payloads_validated(malformed, skills_seen, len(skills), skip.summary if skip else None, evidence)
+    return judged_by(judge_payloads_validated, malformed, skills_seen, len(skills), skip.summary if skip else None,
+                     evidence)
 
 
 def _answer(resp: ProbeResponse) -> dict:
@@ -1265,7 +1268,7 @@ async def path_traversal(ctx: CheckContext) -> Finding:
     root = ctx.target.source_dir
     if root is None:
         return Finding.skipped(f"targets[{ctx.target.name}].source_dir is not set")
-    return judge_path_traversal(await asyncio.to_thread(_source_scan.file_sinks, root), str(root))
+    return judged_by(judge_path_traversal, await asyncio.to_thread(_source_scan.file_sinks, root), str(root))
 
 
 _DEBUG_ENV = re.compile(r"\bASAP_DEBUG(_LOG)?\s*[=:]\s*[\"']?(1|true|yes|on)\b", re.I)
@@ -1303,7 +1306,7 @@ async def logs_sanitized(ctx: CheckContext) -> Finding:
     for p in [ctx.target.process_config, *ctx.target.k8s_manifests]:
         if p and p.exists() and p.is_file():
             debug += [f"{p.name}: {m.group(0)}" for m in _DEBUG_ENV.finditer(p.read_text(errors="replace"))]
-    return judge_logs_sanitized(rep, debug, str(root))
+    return judged_by(judge_logs_sanitized, rep, debug, str(root))
 
 
 async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
@@ -1442,7 +1445,7 @@ async def timestamp_window(ctx: CheckContext) -> Finding:
         resp = await exchange()
         evidence.append((f"timestamp {label}: {_brief(resp)}", resp.evidence))
         seen[label] = _seen(resp)
-    return judge_timestamp_window(seen, evidence)
+    return judged_by(judge_timestamp_window, seen, evidence)
 
 
 def judge_nonce_checked(seen: dict[str, dict], claims_require_nonce: bool, evidence: list) -> Finding:
@@ -1479,7 +1482,7 @@ async def nonce_checked(ctx: CheckContext) -> Finding:
         resp = await _post(ctx, probe_envelope(t.sender, nonce=value))
         seen[label] = _seen(resp)
         evidence.append((f"{label} nonce: {_brief(resp)}", resp.evidence))
-    return judge_nonce_checked(seen, t.claims_require_nonce, evidence)
+    return judged_by(judge_nonce_checked, seen, t.claims_require_nonce, evidence)
 
 
 @dataclass
