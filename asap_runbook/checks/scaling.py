@@ -34,19 +34,12 @@ PRIVATE_CONSTANTS_NOTE = ("DEFAULT_POOL_MAXSIZE, DEFAULT_POOL_CONNECTIONS and MA
 
 
 # ------------------------------------------------------------------------------------------ evidence
-async def _once(ctx: CheckContext, key: str, make):
-    """Compute a piece of evidence once per target and run, even when checks ask concurrently."""
-    fut = ctx.state.get(key)
-    if fut is None:
-        fut = ctx.state[key] = asyncio.ensure_future(make())
-    return await asyncio.shield(fut)
-
-
+# each read once per target and run (ctx.once), even when checks ask concurrently
 async def usage(ctx: CheckContext) -> ClientUsage | Finding:
     root = ctx.target.source_dir
     if root is None:
         return Finding.skipped(f"targets[{ctx.target.name}].source_dir is not set (the agent's Python source)")
-    u = await _once(ctx, "client_usage", lambda: asyncio.to_thread(client_usage, root))
+    u = await ctx.once("client_usage", lambda: asyncio.to_thread(client_usage, root))
     if not u.clients:
         return Finding.skipped(f"the source under {root} builds no ASAPClient, so the agent calls no downstream agent",
                                [("files that did not parse", u.unparsed)] if u.unparsed else None)
@@ -56,7 +49,7 @@ async def usage(ctx: CheckContext) -> ClientUsage | Finding:
 async def manifests(ctx: CheckContext) -> Manifests | Finding:
     if not ctx.target.k8s_manifests:
         return Finding.skipped(f"targets[{ctx.target.name}].k8s_manifests is not set (Deployment, HPA, Service files)")
-    m = await _once(ctx, "k8s", lambda: asyncio.to_thread(load_manifests, list(ctx.target.k8s_manifests)))
+    m = await ctx.once("k8s", lambda: asyncio.to_thread(load_manifests, list(ctx.target.k8s_manifests)))
     if not m.workloads:
         return Finding.errored(f"no Deployment/StatefulSet in {', '.join(m.files)}")
     return m
@@ -68,8 +61,8 @@ async def app_config(ctx: CheckContext) -> dict | Finding:
         return Finding.skipped(f"targets[{t.name}].app is not set (module:attribute of the agent's app)")
     timeout = introspection_timeout(ctx.params)
     drop = (t.token_env,) if t.token_env else ()
-    return await _once(ctx, "app_config",
-                       lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout, drop))
+    return await ctx.once("app_config",
+                          lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout, drop))
 
 
 def process(ctx: CheckContext) -> ProcessConfig | None:
@@ -79,7 +72,7 @@ def process(ctx: CheckContext) -> ProcessConfig | None:
 
 async def instances(ctx: CheckContext) -> Instances:
     """Processes serving the target, by the one rule (k8s.count_instances)."""
-    return await _once(ctx, "instances", lambda: asyncio.to_thread(target_instances, ctx.target))
+    return await ctx.once("instances", lambda: asyncio.to_thread(target_instances, ctx.target))
 
 
 def _count(inst: Instances) -> tuple[int, str]:

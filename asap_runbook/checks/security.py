@@ -134,12 +134,6 @@ def _brief(resp: ProbeResponse) -> str:
     return f"HTTP {resp.status}"
 
 
-def _instances(ctx: CheckContext) -> tuple[int, str]:
-    """Processes sharing this target, by the one rule (k8s.count_instances): at least this many."""
-    inst = k8s.target_instances(ctx.target)
-    return inst.at_least, inst.how + ("" if inst.exact is not None else f"; at least {inst.at_least}")
-
-
 def _kept(finding: Finding, obs) -> Finding:
     """The observation the verdict was judged from, kept with it (the exchanges are in the evidence already)."""
     finding.details["observation"] = {k: v for k, v in asdataclass(obs).items()
