@@ -479,9 +479,9 @@ async def observe_restart(ctx: CheckContext, kill_after_versions: int = 2) -> di
             return obs
         note("restart command", command=d.agent_restart)
         res = await _shell.run(d.agent_restart, bound.max_seconds, merge_stderr=True)
+        obs["restart"] = res.evidence("drills.agent_restart")
+        obs["restart"]["output"] = redact(obs["restart"]["output"], ctx.probe.secrets)
         code = res.returncode  # None: killed at the timeout
-        out = res.output.strip() if code is not None else res.failure("drills.agent_restart")
-        obs["restart"] = {"exit_code": code, "output": redact(out, ctx.probe.secrets)[-300:]}
         note("restart command finished", exit_code=code)
         if code != 0:  # nothing was restarted: the task left running is not the drill's any more
             first.cancel()
