@@ -86,6 +86,14 @@ def test_the_audit_sees_inline_verdicts():
     assert "judge_rate_burst" in reached(registered()["SEC-RATE-1"].fn)[0]
 
 
+def test_judged_by_keeps_the_arguments_the_judge_read_not_the_evidence():
+    from asap_runbook.checks._observe import judged_by
+    from asap_runbook.checks.security import judge_hsts
+    f = judged_by(judge_hsts, "max-age=60", 31536000, "default", [("GET manifest", {"status": 200})])
+    assert f.details["observation"] == {"header": "max-age=60", "need": 31536000, "need_source": "default"}
+    assert f.details["max_age"] == 60 and f.evidence[0].label == "GET manifest"
+
+
 if __name__ == "__main__":  # the audit as a table: python tests/verdicts/test_every_check_is_judged.py
     for r in AUDIT:
         print(f"{r['item']:15} {r['check']:42} judge:{'Y' if r['judges'] else '-'} "
