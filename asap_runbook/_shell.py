@@ -42,6 +42,13 @@ class CommandResult:
         return None
 
 
+    def evidence(self, what: str, tail: int = 300) -> dict:
+        """What a finding keeps of the run: the command, its exit code (None: killed at the timeout), the
+        seconds, and the output's tail, or why it did not finish."""
+        out = self.output.strip() if self.returncode is not None else self.failure(what)
+        return {"command": self.command, "exit_code": self.returncode, "seconds": self.seconds, "output": out[-tail:]}
+
+
 def expand(command: str) -> str:
     return command.replace("{python}", shlex.quote(sys.executable))
 

@@ -19,9 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .source import python_files, skipped_dir
+from .source import CREDENTIAL_NAME, python_files, skipped_dir
 
-_CRED_NAME = re.compile(r"(token|secret|passw(or)?d|api_?key|apikey|credential|auth_?key|private_?key|bearer)", re.I)
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")  # "ASAP_TOKEN": the name of a variable, not a value
 _PLACEHOLDER = re.compile(r"^(\*+|x+|changeme|change-me|redacted|<.*>|\$\{.*\}|\$\w+|\{\{.*\}\}|none|null|true|false)$", re.I)
 _CONFIG_SUFFIXES = {".yaml", ".yml", ".env", ".json", ".ini", ".cfg", ".toml", ".conf", ".properties"}
@@ -99,20 +98,20 @@ def _py_credentials(tree: ast.AST, rel: str) -> list[Hit]:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             value = _str(node.value)
             names = [n for t in targets for n in _target_names(t)]
-            if value and any(_CRED_NAME.search(n) for n in names):
+            if value and any(CREDENTIAL_NAME.search(n) for n in names):
                 flag(node, value, f"{'/'.join(names)} = '...'")
         elif isinstance(node, ast.Call) and _env_fallback(node):
             name, value = _env_fallback(node)
             # any real-looking literal behind a credential variable: "dev-token" is short and low-entropy, yet it
             # is what the agent accepts the day the variable is missing
-            if _CRED_NAME.search(name) and len(value.strip()) >= 4 and not _PLACEHOLDER.match(value.strip()):
+            if CREDENTIAL_NAME.search(name) and len(value.strip()) >= 4 and not _PLACEHOLDER.match(value.strip()):
                 hits.append(Hit(rel, node.lineno, f"{ast.unparse(node.func)}({name!r}, '...'): a hard-coded fallback "
                                                   f"used whenever {name} is unset (literal of {len(value)} chars, "
                                                   "value not shown)"))
         elif isinstance(node, ast.Call):
             for kw in node.keywords:
                 value = _str(kw.value)
-                if kw.arg and value and _CRED_NAME.search(kw.arg):
+                if kw.arg and value and CREDENTIAL_NAME.search(kw.arg):
                     flag(node, value, f"{kw.arg}='...' in a call")
             for arg in node.args:  # hmac.compare_digest(token, "literal")
                 value = _str(arg)
@@ -125,12 +124,12 @@ def _py_credentials(tree: ast.AST, rel: str) -> list[Hit]:
                     continue
                 for a, b in ((left, right), (right, left)):
                     value = _str(b)
-                    if value and any(_CRED_NAME.search(n) for n in _target_names(a)):
+                    if value and any(CREDENTIAL_NAME.search(n) for n in _target_names(a)):
                         flag(node, value, f"{'/'.join(_target_names(a))} compared with a literal")
         elif isinstance(node, ast.Dict):
             for k, v in zip(node.keys, node.values):
                 key, value = _str(k), _str(v)
-                if key and value and _CRED_NAME.search(key):
+                if key and value and CREDENTIAL_NAME.search(key):
                     flag(node, value, f"'{key}': '...' in a dict")
                 if key and key.lower() == "authorization" and value:
                     m = _BEARER_LITERAL.search(value)
@@ -197,10 +196,10 @@ def hardcoded_credentials(roots: list[Path]) -> ScanResult:
             rep.hits += _py_credentials(tree, rel)
             rep.env_reads += [f"{rel}:{n.lineno} {_str(n.args[0])}" for n in ast.walk(tree)
                               if isinstance(n, ast.Call) and ast.unparse(n.func) in _ENV_GETTERS | {"os.environ.__getitem__"}
-                              and n.args and _str(n.args[0]) and _CRED_NAME.search(_str(n.args[0]))]
+                              and n.args and _str(n.args[0]) and CREDENTIAL_NAME.search(_str(n.args[0]))]
             rep.env_reads += [f"{rel}:{n.lineno} {_str(n.slice)}" for n in ast.walk(tree)
                               if isinstance(n, ast.Subscript) and ast.unparse(n.value) in ("os.environ", "environ")
-                              and _str(n.slice) and _CRED_NAME.search(_str(n.slice))]
+                              and _str(n.slice) and CREDENTIAL_NAME.search(_str(n.slice))]
         for path in _config_files(root):
             rep.files += 1
             rep.hits += _config_credentials(path, _rel(path, root))

@@ -26,7 +26,6 @@ import contextlib
 import io
 import json
 import os
-import shlex
 import signal
 import socket
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from . import _shell
 from .checks._registry import CheckContext, Finding
 from .errors import ProbeError
 from .faultproxy import FaultProxy
@@ -419,19 +419,6 @@ def _store_state(read: dict) -> dict:
             "latest": vs[-1]["data"] if vs else None}
 
 
-async def _run_command(command: str, timeout: float) -> tuple[int, str]:
-    argv = [sys.executable if a == "{python}" else a for a in shlex.split(command)]
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                                                stdin=asyncio.subprocess.DEVNULL)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return -1, f"did not finish within {timeout:g} s"
-    return proc.returncode, out.decode(errors="replace").strip()[-500:]
-
-
 def restart_prerequisites(ctx: CheckContext) -> Finding | None:
     if (skip := ctx.require_active("drills")) is not None:
         return skip
@@ -491,8 +478,10 @@ async def observe_restart(ctx: CheckContext, kill_after_versions: int = 2) -> di
             obs["restart"] = None
             return obs
         note("restart command", command=d.agent_restart)
-        code, out = await _run_command(d.agent_restart, timeout=bound.max_seconds)
-        obs["restart"] = {"exit_code": code, "output": redact(out, ctx.probe.secrets)[-300:]}
+        res = await _shell.run(d.agent_restart, bound.max_seconds, merge_stderr=True)
+        obs["restart"] = res.evidence("drills.agent_restart")
+        obs["restart"]["output"] = redact(obs["restart"]["output"], ctx.probe.secrets)
+        code = res.returncode  # None: killed at the timeout
         note("restart command finished", exit_code=code)
         if code != 0:  # nothing was restarted: the task left running is not the drill's any more
             first.cancel()

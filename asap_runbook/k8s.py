@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import RunbookError
+from .source import CREDENTIAL_NAME
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 DEFAULT_GRACE_SECONDS = 30  # Kubernetes default terminationGracePeriodSeconds
@@ -94,10 +95,27 @@ class Workload:
     def volumes(self) -> list[dict]:
         return [v for v in self.pod_spec.get("volumes") or [] if isinstance(v, dict)]
 
+    def as_dict(self) -> dict[str, Any]:
+        """What the checks read of it; env values only for asap-protocol settings (see shown_setting)."""
+        return {"kind": self.kind, "name": self.name, "file": self.file, "replicas": self.effective_replicas,
+                "volumes": [{"name": v.get("name"), "type": next((k for k in v if k != "name"), None)}
+                            for v in self.volumes],
+                "containers": [{"name": c.get("name"), "resources": resources(c),
+                                "env": {k: shown_setting(k, v) for k, v in env(c).items()}}
+                               for c in self.containers()]}
+
     def grace_seconds(self) -> tuple[int, bool]:
         """(terminationGracePeriodSeconds, whether it was set explicitly)."""
         v = self.pod_spec.get("terminationGracePeriodSeconds")
         return (int(v), True) if isinstance(v, (int, float)) else (DEFAULT_GRACE_SECONDS, False)
+
+
+def shown_setting(name: str, value: str) -> str:
+    """An env value as an observation may show it: asap-protocol's ASAP_* settings (a URL without its
+    user:password), nothing of credential-like or other variables (they may hold secrets)."""
+    if not name.startswith("ASAP_") or CREDENTIAL_NAME.search(name):
+        return "(set)"
+    return re.sub(r"//[^/@]*@", "//***@", value)
 
 
 def documents(paths: list[Path]) -> list[Document]:
@@ -313,6 +331,11 @@ class Manifests:
     services: list[dict[str, Any]] = field(default_factory=list)   # name, sessionAffinity
     ingresses: list[dict[str, Any]] = field(default_factory=list)  # name, affinity annotations
     other_kinds: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "workloads": [w.as_dict() for w in self.workloads],
+                "autoscalers": [vars(a) for a in self.autoscalers], "session affinity": self.sticky(),
+                "other kinds": self.other_kinds}
 
     def hpa_for(self, w: Workload) -> Autoscaler | None:
         return next((a for a in self.autoscalers if a.target_name == w.name and a.target_kind in (None, w.kind)), None)

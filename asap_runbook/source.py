@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+CREDENTIAL_NAME = re.compile(r"(token|secret|passw(or)?d|api_?key|apikey|credential|auth_?key|private_?key|bearer)", re.I)
 
 _SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "site-packages", ".tox"}
 
@@ -219,8 +222,12 @@ class ClientSite:
         return CLIENT_DEFAULTS.get(name), False
 
     def summary(self) -> dict[str, Any]:
+        """What the checks show: credential-like settings (auth_token=...) say whether they are set, never
+        their value (a literal there is SEC-AUTH-3's finding, and stays out of every page)."""
+        kwargs = {k: "(set; value not shown)" if CREDENTIAL_NAME.search(k) and v not in (None, "None") else v
+                  for k, v in self.kwargs.items()}
         return {"at": self.where(), "scope": self.scope, "long_lived": self.long_lived, "why": self.why,
-                "in_loop": self.in_loop, "kwargs": self.kwargs, "settings not resolved": self.unresolved}
+                "in_loop": self.in_loop, "kwargs": kwargs, "settings not resolved": self.unresolved}
 
 
 @dataclass
@@ -234,6 +241,13 @@ class ClientUsage:
     fallbacks: list[dict] = field(default_factory=list)                  # except CircuitOpenError/...: <not just raise>
     unparsed: list[str] = field(default_factory=list)
     files: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "files": self.files, "clients": [c.summary() for c in self.clients],
+                "manifest_caches": [asdict(c) for c in self.manifest_caches],
+                "manifest_lookups": [c.where() for c in self.manifest_lookups],
+                "raw_manifest_fetches": self.raw_manifest_fetches, "private_constant_writes": self.private_constant_writes,
+                "fallbacks": self.fallbacks, "unparsed": self.unparsed}
 
 
 def _decorator_names(fn: ast.AST) -> set[str]:

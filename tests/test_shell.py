@@ -30,3 +30,10 @@ def test_timeout_kills_the_whole_pipeline():
 def test_output_is_bounded_to_its_tail():
     r = run("{python} -c \"print('a' * 1000 + 'END')\"", max_bytes=10)
     assert r.output == "aaaaaaEND\n"
+
+
+def test_evidence_keeps_the_tail_or_why_it_did_not_finish():
+    ok = run("{python} -c \"print('x' * 500 + 'END')\"", merge_stderr=True).evidence("drills.agent_restart", tail=10)
+    assert ok["exit_code"] == 0 and ok["output"] == "xxxxxxxEND" and ok["command"].startswith("{python}")
+    slow = run(f"{sys.executable} -c 'import time; time.sleep(30)'", timeout=0.5).evidence("drills.agent_restart")
+    assert slow["exit_code"] is None and slow["output"] == "drills.agent_restart did not finish within 0.5 s"

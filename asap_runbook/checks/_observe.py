@@ -5,7 +5,8 @@ results.json holds what the verdict was made from and a table test can replay it
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 from ._registry import Finding
 
@@ -14,7 +15,10 @@ MAX_ITEMS = 20
 
 
 def bounded(value: Any) -> Any:
-    """JSON-ready copy of an observation with long strings and lists cut (and saying so)."""
+    """JSON-ready copy of an observation with long strings and lists cut (and saying so). An object with
+    an `as_dict()` is kept as that: its own display form, which leaves out what must not be shown."""
+    if callable(getattr(value, "as_dict", None)) and not isinstance(value, type):
+        return bounded(value.as_dict())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: bounded(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -29,6 +33,18 @@ def bounded(value: Any) -> Any:
     return str(value)
 
 
-def judged(finding: Finding, observation: Any) -> Finding:
-    finding.details["observation"] = bounded(observation)
+def judged(finding: Finding, observation: Any, omit: tuple[str, ...] = ()) -> Finding:
+    """`finding` with the observation it was judged from (less `omit`: what the evidence already holds)."""
+    kept = bounded(observation)
+    finding.details["observation"] = {k: v for k, v in kept.items() if k not in omit} if omit else kept
     return finding
+
+
+IN_EVIDENCE = ("evidence", "exchanges", "details")  # judge arguments the Finding carries already
+
+
+def judged_by(judge: Callable[..., Finding], *args: Any, **kwargs: Any) -> Finding:
+    """`judge(*args, **kwargs)` for a judge that takes its observation as several arguments: the arguments
+    (what it read, and its thresholds), by name, are the observation kept."""
+    named = inspect.signature(judge).bind(*args, **kwargs).arguments
+    return judged(judge(*args, **kwargs), {k: v for k, v in named.items() if k not in IN_EVIDENCE})

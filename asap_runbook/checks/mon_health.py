@@ -35,8 +35,7 @@ _DRILL_LOCK = threading.Lock()  # one dependency drill at a time in this process
 async def _run(cmd: str) -> tuple[bool, dict]:
     """A drill command through the one runner; (succeeded, what the evidence keeps)."""
     res = await _shell.run(cmd, DRILL_COMMAND_TIMEOUT, merge_stderr=True)
-    return res.ok, {"command": cmd, "exit_code": res.returncode, "seconds": res.seconds,
-                    "output": res.output.strip()[-300:]}
+    return res.ok, res.evidence("the drill command")
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,8 @@ def judge_resume(obs: dict) -> Finding:
                                "(give drills.long_task more work)", ev)
     if obs["restart"]["exit_code"] != 0:
         out = (obs["restart"].get("output") or "").splitlines()
-        return Finding.errored(f"the restart command failed (exit {obs['restart']['exit_code']}): "
+        code = obs["restart"]["exit_code"]
+        return Finding.errored(f"the restart command failed{'' if code is None else f' (exit {code})'}: "
                                f"{out[-1] if out else ''}", ev)
     second = obs.get("second_run") or {}
     if store.get("kind") == "memory":

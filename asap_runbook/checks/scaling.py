@@ -13,7 +13,7 @@ import gzip
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .. import k8s
 from ..k8s import Instances, Manifests, load_manifests, memory_bytes, target_instances
@@ -22,8 +22,10 @@ from ..introspect import introspect_app, introspection_timeout
 from ..probe import envelope, rpc
 from ..results import Status
 from ..source import CLIENT_DEFAULTS, UNKNOWN, ClientUsage, ProcessConfig, client_usage, read_process_config
+from ._observe import judged, judged_by
 from ._registry import AGENT, CheckContext, Finding, check
 
+STATE_ENV = ("ASAP_RATE_LIMIT_BACKEND", "ASAP_STORAGE_BACKEND")  # the container settings SCALE-HSCALE-2 reads
 IDLE_WORKER_BYTES = 80 * 2**20  # reference §3.2: ~80 MB RSS per idle asap-protocol worker
 PRIVATE_CONSTANTS_NOTE = ("DEFAULT_POOL_MAXSIZE, DEFAULT_POOL_CONNECTIONS and MANIFEST_REQUEST_TIMEOUT are private "
                           "client-side constants in asap.transport.client._helpers (asap-protocol 2.5.10): not server "
@@ -32,19 +34,12 @@ PRIVATE_CONSTANTS_NOTE = ("DEFAULT_POOL_MAXSIZE, DEFAULT_POOL_CONNECTIONS and MA
 
 
 # ------------------------------------------------------------------------------------------ evidence
-async def _once(ctx: CheckContext, key: str, make):
-    """Compute a piece of evidence once per target and run, even when checks ask concurrently."""
-    fut = ctx.state.get(key)
-    if fut is None:
-        fut = ctx.state[key] = asyncio.ensure_future(make())
-    return await asyncio.shield(fut)
-
-
+# each read once per target and run (ctx.once), even when checks ask concurrently
 async def usage(ctx: CheckContext) -> ClientUsage | Finding:
     root = ctx.target.source_dir
     if root is None:
         return Finding.skipped(f"targets[{ctx.target.name}].source_dir is not set (the agent's Python source)")
-    u = await _once(ctx, "client_usage", lambda: asyncio.to_thread(client_usage, root))
+    u = await ctx.once("client_usage", lambda: asyncio.to_thread(client_usage, root))
     if not u.clients:
         return Finding.skipped(f"the source under {root} builds no ASAPClient, so the agent calls no downstream agent",
                                [("files that did not parse", u.unparsed)] if u.unparsed else None)
@@ -54,7 +49,7 @@ async def usage(ctx: CheckContext) -> ClientUsage | Finding:
 async def manifests(ctx: CheckContext) -> Manifests | Finding:
     if not ctx.target.k8s_manifests:
         return Finding.skipped(f"targets[{ctx.target.name}].k8s_manifests is not set (Deployment, HPA, Service files)")
-    m = await _once(ctx, "k8s", lambda: asyncio.to_thread(load_manifests, list(ctx.target.k8s_manifests)))
+    m = await ctx.once("k8s", lambda: asyncio.to_thread(load_manifests, list(ctx.target.k8s_manifests)))
     if not m.workloads:
         return Finding.errored(f"no Deployment/StatefulSet in {', '.join(m.files)}")
     return m
@@ -66,8 +61,8 @@ async def app_config(ctx: CheckContext) -> dict | Finding:
         return Finding.skipped(f"targets[{t.name}].app is not set (module:attribute of the agent's app)")
     timeout = introspection_timeout(ctx.params)
     drop = (t.token_env,) if t.token_env else ()
-    return await _once(ctx, "app_config",
-                       lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout, drop))
+    return await ctx.once("app_config",
+                          lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout, drop))
 
 
 def process(ctx: CheckContext) -> ProcessConfig | None:
@@ -77,7 +72,7 @@ def process(ctx: CheckContext) -> ProcessConfig | None:
 
 async def instances(ctx: CheckContext) -> Instances:
     """Processes serving the target, by the one rule (k8s.count_instances)."""
-    return await _once(ctx, "instances", lambda: asyncio.to_thread(target_instances, ctx.target))
+    return await ctx.once("instances", lambda: asyncio.to_thread(target_instances, ctx.target))
 
 
 def _count(inst: Instances) -> tuple[int, str]:
@@ -131,7 +126,7 @@ def judge_connection_pooling(u: ClientUsage) -> Finding:
 @check("SCALE-CLIENT-1")
 async def connection_pooling(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
-    return u if isinstance(u, Finding) else judge_connection_pooling(u)
+    return u if isinstance(u, Finding) else judged_by(judge_connection_pooling, u)
 
 
 async def _gzip_probe(ctx: CheckContext) -> dict:
@@ -192,7 +187,7 @@ async def compression(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
     if isinstance(u, Finding):
         return u
-    return judge_compression(u, await _gzip_probe(ctx))
+    return judged_by(judge_compression, u, await _gzip_probe(ctx))
 
 
 RETRY_NAMES = ["max_retries", "base_delay", "max_delay", "jitter", "circuit_breaker_enabled",
@@ -226,7 +221,7 @@ def judge_retry_config(u: ClientUsage) -> Finding:
 @check("SCALE-CLIENT-3")
 async def retry_config(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
-    return u if isinstance(u, Finding) else judge_retry_config(u)
+    return u if isinstance(u, Finding) else judged_by(judge_retry_config, u)
 
 
 def judge_timeouts(u: ClientUsage, limit: float, limit_source: str) -> Finding:
@@ -267,7 +262,7 @@ async def timeouts(ctx: CheckContext) -> Finding:
     if isinstance(u, Finding):
         return u
     limit = ctx.threshold("client_timeout_max_seconds")
-    return judge_timeouts(u, limit.value, limit.source)
+    return judged_by(judge_timeouts, u, limit.value, limit.source)
 
 
 # ------------------------------------------------------------------------------------------ server
@@ -294,7 +289,7 @@ async def multiple_workers(ctx: CheckContext) -> Finding:
     path = ctx.target.process_config
     if path is None:
         return Finding.skipped(f"targets[{ctx.target.name}].process_config is not set (gunicorn.conf.py or the server command line)")
-    return judge_multiple_workers(read_process_config(path), str(path))
+    return judged_by(judge_multiple_workers, read_process_config(path), str(path))
 
 
 def judge_workers_per_core(cfg: ProcessConfig, w, lo: float, hi: float, source: str) -> Finding:
@@ -340,7 +335,7 @@ async def workers_per_core(ctx: CheckContext) -> Finding:
     if isinstance(m, Finding):
         return m
     lo, hi = ctx.threshold("workers_per_core_min"), ctx.threshold("workers_per_core_max")
-    return judge_workers_per_core(process(ctx), m.workloads[0], lo.value, hi.value, lo.source)
+    return judged_by(judge_workers_per_core, process(ctx), m.workloads[0], lo.value, hi.value, lo.source)
 
 
 SERVER3_MANUAL = ("What this verifies: the source does not assign the private client constants and each ASAPClient's "
@@ -377,7 +372,7 @@ def judge_pool_constants(u: ClientUsage) -> Finding:
 @check("SCALE-SERVER-3")
 async def pool_constants(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
-    return u if isinstance(u, Finding) else judge_pool_constants(u)
+    return u if isinstance(u, Finding) else judged_by(judge_pool_constants, u)
 
 
 # ------------------------------------------------------------------------------------------ caching
@@ -405,7 +400,7 @@ def judge_manifest_caching(u: ClientUsage) -> Finding:
 @check("SCALE-CACHE-1")
 async def manifest_caching(ctx: CheckContext) -> Finding:
     u = await usage(ctx)
-    return u if isinstance(u, Finding) else judge_manifest_caching(u)
+    return u if isinstance(u, Finding) else judged_by(judge_manifest_caching, u)
 
 
 @dataclass
@@ -474,9 +469,7 @@ def judge_manifest_ttl(obs: ManifestFetches, ttl: float, ttl_source: str) -> Fin
 async def manifest_cache_ttl(ctx: CheckContext) -> Finding:
     ttl = ctx.threshold("manifest_cache_ttl_seconds")
     obs = await observe_manifest_ttl(ctx)
-    f = judge_manifest_ttl(obs, ttl.value, ttl.source)
-    f.details["observation"] = {k: v for k, v in asdict(obs).items() if k != "exchanges"}
-    return f
+    return judged(judge_manifest_ttl(obs, ttl.value, ttl.source), obs, omit=("exchanges",))
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -520,7 +513,7 @@ def judge_snapshot_store(cfg: dict, n: int, how: str) -> Finding:
 @check("SCALE-STATE-1")
 async def persistent_snapshot_store(ctx: CheckContext) -> Finding:
     cfg = await app_config(ctx)
-    return cfg if isinstance(cfg, Finding) else judge_snapshot_store(cfg, *_count(await instances(ctx)))
+    return cfg if isinstance(cfg, Finding) else judged_by(judge_snapshot_store, cfg, *_count(await instances(ctx)))
 
 
 def judge_no_in_memory_snapshots(cfg: dict, n: int, how: str) -> Finding:
@@ -539,7 +532,9 @@ def judge_no_in_memory_snapshots(cfg: dict, n: int, how: str) -> Finding:
 @check("SCALE-STATE-2")
 async def no_in_memory_snapshots(ctx: CheckContext) -> Finding:
     cfg = await app_config(ctx)
-    return cfg if isinstance(cfg, Finding) else judge_no_in_memory_snapshots(cfg, *_count(await instances(ctx)))
+    if isinstance(cfg, Finding):
+        return cfg
+    return judged_by(judge_no_in_memory_snapshots, cfg, *_count(await instances(ctx)))
 
 
 # ------------------------------------------------------------------------------------------ horizontal
@@ -550,8 +545,8 @@ async def stateless_pods(ctx: CheckContext) -> Finding:
         return m
     cfg = await app_config(ctx)
     if isinstance(cfg, dict):
-        return judge_stateless_pods(m, cfg, *_count(await instances(ctx)))
-    return judge_stateless_pods(m, cfg.summary, 0, "")
+        return judged_by(judge_stateless_pods, m, cfg, *_count(await instances(ctx)))
+    return judged_by(judge_stateless_pods, m, cfg.summary, 0, "")
 
 
 def judge_stateless_pods(m: Manifests, cfg: dict | str, n: int, how: str) -> Finding:
@@ -589,16 +584,76 @@ def judge_stateless_pods(m: Manifests, cfg: dict | str, n: int, how: str) -> Fin
                           "outside the process", ev)
 
 
-async def _shared_state_from_manifests(ctx: CheckContext, m: Manifests) -> Finding:
+@dataclass
+class SharedStateObservation:
+    """SCALE-HSCALE-2's observation: the processes serving the target, the session affinity the manifests set,
+    and where per-process state lives: the introspected app, or (without targets[].app) the container
+    environment of the first workload, where ASAP_RATE_LIMIT_BACKEND is the only knob that settles a store."""
+    instances: int                      # at least this many processes
+    how: str                            # how they were counted
+    sticky: list[str]                   # session affinity found in the manifests
+    app: dict | None = None             # introspect.describe() of the app; None: not introspected
+    env: dict[str, str] | None = None   # container environment (plain values, "<from ...>" for references)
+
+
+async def observe_shared_state(ctx: CheckContext) -> SharedStateObservation | Finding:
+    if ctx.target.app is None and ctx.target.k8s_manifests:
+        m = await manifests(ctx)
+        if isinstance(m, Finding):
+            return m
+        n, how = _count(await instances(ctx))
+        env = {k: v for c in m.workloads[0].containers() for k, v in k8s.env(c).items()}
+        return SharedStateObservation(n, how, m.sticky(),
+                                      env={k: k8s.shown_setting(k, env[k]) for k in STATE_ENV if k in env})
+    cfg = await app_config(ctx)
+    if isinstance(cfg, Finding):
+        return cfg
+    n, how = _count(await instances(ctx))
+    m = await manifests(ctx) if ctx.target.k8s_manifests else None
+    return SharedStateObservation(n, how, m.sticky() if isinstance(m, Manifests) else [], app=cfg)
+
+
+@check("SCALE-HSCALE-2")
+async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
+    obs = await observe_shared_state(ctx)
+    return obs if isinstance(obs, Finding) else judged(judge_shared_state(obs), obs)
+
+
+def judge_shared_state(obs: SharedStateObservation) -> Finding:
+    """At least n processes, the session affinity, and the per-process state of the introspected app (or,
+    from the manifests alone, the rate-limit storage)."""
+    if obs.app is None:
+        return _judge_shared_state_from_env(obs)
+    cfg, n = obs.app, obs.instances
+    ev = _app_evidence(cfg, n, obs.how)
+    ev.append(("session affinity", obs.sticky or "none"))
+    stores = _stores(cfg)
+    split = {"rate limits": "the effective limit becomes N x the configured one",
+             "nonces": "a replayed envelope is accepted once per instance",
+             "snapshots": "a task's snapshots are visible only on the instance that saved them"}
+    metrics_note = "metrics are always per process (scrape every pod/worker)"
+    if n > 1 and stores:
+        what = "; ".join(f"{k}: {split[k]}" for k in stores)
+        if obs.sticky:
+            return Finding.warned(f"{n} instances with per-process state ({what}); session affinity "
+                                  f"({', '.join(obs.sticky)}) keeps sessions on one pod but does not share limits", ev)
+        return Finding.failed(f"{n} instances with per-process state and no session affinity: {what}; {metrics_note}", ev)
+    if stores:
+        return Finding.warned(f"one instance today, but per-process state ({', '.join(stores)}) splits as soon as it "
+                              f"runs more workers or replicas", ev)
+    return Finding.passed(f"{n} instance(s) share state: rate limits in {cfg['rate_limit_storage']}, nonces in "
+                          f"{(cfg['nonce_store'] or {}).get('class', 'none')}, snapshots in "
+                          f"{(cfg['snapshot_store'] or {}).get('class', 'none')}; no sticky sessions needed; "
+                          f"{metrics_note}", ev)
+
+
+def _judge_shared_state_from_env(obs: SharedStateObservation) -> Finding:
     """Without the app object only the rate-limit storage is certain (ASAP_RATE_LIMIT_BACKEND is its
     only knob); snapshot and nonce stores can be set in code, so they are reported as unknown."""
-    n, how = _count(await instances(ctx))
-    env = {k: v for c in m.workloads[0].containers() for k, v in k8s.env(c).items()}
+    n, sticky, env = obs.instances, obs.sticky, obs.env or {}
     backend = env.get("ASAP_RATE_LIMIT_BACKEND", "")
-    sticky = m.sticky()
-    ev = [("container environment (plain values)", {k: env.get(k, "unset") for k in
-                                                     ("ASAP_RATE_LIMIT_BACKEND", "ASAP_STORAGE_BACKEND")}),
-          ("instances", f"{n} ({how})"), ("session affinity", sticky or "none")]
+    ev = [("container environment (plain values)", {k: env.get(k, "unset") for k in STATE_ENV}),
+          ("instances", f"{n} ({obs.how})"), ("session affinity", sticky or "none")]
     unknown = "snapshot and nonce stores can be set in code: set targets[].app to see them"
     if backend.startswith("<from"):  # a Secret/ConfigMap reference: its value is not in the files
         return Finding.skipped(f"ASAP_RATE_LIMIT_BACKEND comes {backend.strip('<>')}, whose value the manifests do not "
@@ -612,47 +667,10 @@ async def _shared_state_from_manifests(ctx: CheckContext, m: Manifests) -> Findi
     return Finding.warned(f"rate limits {'in ' + backend.split('@')[-1] if backend else 'per process'}; {unknown}", ev)
 
 
-@check("SCALE-HSCALE-2")
-async def shared_state_or_sticky(ctx: CheckContext) -> Finding:
-    if ctx.target.app is None and ctx.target.k8s_manifests:
-        m = await manifests(ctx)
-        return m if isinstance(m, Finding) else await _shared_state_from_manifests(ctx, m)
-    cfg = await app_config(ctx)
-    if isinstance(cfg, Finding):
-        return cfg
-    n, how = _count(await instances(ctx))
-    m = await manifests(ctx) if ctx.target.k8s_manifests else None
-    return judge_shared_state(cfg, n, how, m.sticky() if isinstance(m, Manifests) else [])
-
-
-def judge_shared_state(cfg: dict, n: int, how: str, sticky: list[str]) -> Finding:
-    """The introspected app, at least n processes, and the session affinity the manifests set."""
-    ev = _app_evidence(cfg, n, how)
-    ev.append(("session affinity", sticky or "none"))
-    stores = _stores(cfg)
-    split = {"rate limits": "the effective limit becomes N x the configured one",
-             "nonces": "a replayed envelope is accepted once per instance",
-             "snapshots": "a task's snapshots are visible only on the instance that saved them"}
-    metrics_note = "metrics are always per process (scrape every pod/worker)"
-    if n > 1 and stores:
-        what = "; ".join(f"{k}: {split[k]}" for k in stores)
-        if sticky:
-            return Finding.warned(f"{n} instances with per-process state ({what}); session affinity "
-                                  f"({', '.join(sticky)}) keeps sessions on one pod but does not share limits", ev)
-        return Finding.failed(f"{n} instances with per-process state and no session affinity: {what}; {metrics_note}", ev)
-    if stores:
-        return Finding.warned(f"one instance today, but per-process state ({', '.join(stores)}) splits as soon as it "
-                              f"runs more workers or replicas", ev)
-    return Finding.passed(f"{n} instance(s) share state: rate limits in {cfg['rate_limit_storage']}, nonces in "
-                          f"{(cfg['nonce_store'] or {}).get('class', 'none')}, snapshots in "
-                          f"{(cfg['snapshot_store'] or {}).get('class', 'none')}; no sticky sessions needed; "
-                          f"{metrics_note}", ev)
-
-
 @check("SCALE-HSCALE-3")
 async def autoscaling(ctx: CheckContext) -> Finding:
     m = await manifests(ctx)
-    return m if isinstance(m, Finding) else judge_autoscaling(m)
+    return m if isinstance(m, Finding) else judged_by(judge_autoscaling, m)
 
 
 def judge_autoscaling(m: Manifests) -> Finding:

@@ -31,6 +31,7 @@ from ..introspect import IntrospectionError, introspect_app, introspection_timeo
 from ..pacing import parse_limits
 from ..probe import ProbeResponse, envelope, iso_ago, passed_gates, probe_envelope, rpc
 from ..results import Status
+from ._observe import judged_by
 from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
 
 _TRACEBACK = "Traceback (most recent call last)"
@@ -133,16 +134,10 @@ def _brief(resp: ProbeResponse) -> str:
     return f"HTTP {resp.status}"
 
 
-def _instances(ctx: CheckContext) -> tuple[int, str]:
-    """Processes sharing this target, by the one rule (k8s.count_instances): at least this many."""
-    inst = k8s.target_instances(ctx.target)
-    return inst.at_least, inst.how + ("" if inst.exact is not None else f"; at least {inst.at_least}")
-
-
 def _kept(finding: Finding, obs) -> Finding:
     """The observation the verdict was judged from, kept with it (the exchanges are in the evidence already)."""
     finding.details["observation"] = {k: v for k, v in asdataclass(obs).items()
-                                      if k not in ("exchanges", "first_exchange", "raw")}
+                                      if k not in ("exchanges", "first_exchange", "raw", "timeline")}
     return finding
 
 
@@ -185,7 +180,7 @@ async def https_only(ctx: CheckContext) -> Finding:
     """HTTPS everywhere: the target URL, the endpoints the manifest advertises, and no plain-HTTP agent."""
     t = ctx.target
     if not t.base_url.startswith("https://"):
-        return judge_https_only(t.base_url, {}, None, None, [])
+        return judged_by(judge_https_only, t.base_url, {}, None, None, [])
     resp = await ctx.probe.get("/health")
     evidence = [("GET /health over HTTPS", resp.evidence)]
     manifest = await ctx.probe.manifest()
@@ -200,7 +195,7 @@ async def https_only(ctx: CheckContext) -> Finding:
         except ProbeError as e:
             evidence.append((f"GET {t.http_url} (plain HTTP)", e.message))
             plain_status = e.message
-    return judge_https_only(t.base_url, endpoints, plain_status, t.http_url, evidence)
+    return judged_by(judge_https_only, t.base_url, endpoints, plain_status, t.http_url, evidence)
 
 
 @check("SEC-TLS-2", needs=("reach",))
@@ -216,8 +211,8 @@ async def certificate(ctx: CheckContext) -> Finding:
     warn_days = ctx.threshold("cert_expiry_warn_days")
     max_life = ctx.threshold("cert_max_lifetime_days")
     trust = f"the CA file {t.ca_file}" if t.ca_file else "the system trust store"
-    return judge_certificate(rep, trust, _tls.host_port(t.base_url)[0], t.base_url, (warn_days.value, warn_days.source),
-                             (max_life.value, max_life.source), datetime.now(UTC))
+    return judged_by(judge_certificate, rep, trust, _tls.host_port(t.base_url)[0], t.base_url,
+                     (warn_days.value, warn_days.source), (max_life.value, max_life.source), datetime.now(UTC))
 
 
 def judge_certificate(rep: "_tls.CertReport", trust: str, host: str, url: str, warn: tuple[float, str],
@@ -266,7 +261,7 @@ async def tls_versions(ctx: CheckContext) -> Finding:
     caps = await asyncio.to_thread(_tls.client_capabilities)
     host, port = _tls.host_port(t.base_url)
     seen = {v: await asyncio.to_thread(_tls.handshake, host, port, v, timeout) for v in _tls.VERSIONS}
-    return judge_tls_versions(seen, {v: h.ok for v, h in caps.items()}, f"{host}:{port}")
+    return judged_by(judge_tls_versions, seen, {v: h.ok for v, h in caps.items()}, f"{host}:{port}")
 
 
 def judge_tls_versions(seen: dict[str, "_tls.Handshake"], can_speak: dict[str, bool], where: str) -> Finding:
@@ -322,7 +317,7 @@ async def hsts(ctx: CheckContext) -> Finding:
     need = ctx.threshold("hsts_max_age_seconds")
     resp = await ctx.probe.get("/.well-known/asap/manifest.json")
     evidence = [("GET manifest over HTTPS", resp.evidence)] + _nginx_lines(ctx, "add_header", "Strict-Transport-Security")
-    return judge_hsts(resp.headers.get("strict-transport-security"), need.value, need.source, evidence)
+    return judged_by(judge_hsts, resp.headers.get("strict-transport-security"), need.value, need.source, evidence)
 
 
 def judge_http_redirect(start: str, hops: list[dict], evidence: list) -> Finding:
@@ -370,7 +365,7 @@ async def http_redirect(ctx: CheckContext) -> Finding:
                 or nxt.hostname != urlsplit(start).hostname or nxt.scheme != "https":
             break  # the judge says why the chain stops here
         url = location
-    return judge_http_redirect(start, hops, evidence + _nginx_lines(ctx, "return"))
+    return judged_by(judge_http_redirect, start, hops, evidence + _nginx_lines(ctx, "return"))
 
 
 # ================================================================ Authentication
@@ -393,7 +388,7 @@ def judge_manifest_auth(auth: dict | None) -> Finding:
 
 @check("SEC-AUTH-1", needs=AGENT)
 async def manifest_auth(ctx: CheckContext) -> Finding:
-    return judge_manifest_auth((await ctx.probe.manifest()).get("auth"))
+    return judged_by(judge_manifest_auth, (await ctx.probe.manifest()).get("auth"))
 
 
 _OPEN_ROUTES = ["/health", "/ready", "/.well-known/asap/manifest.json", "/.well-known/asap/health", "/asap/metrics",
@@ -418,7 +413,7 @@ async def auth_enforced(ctx: CheckContext) -> Finding:
             open_routes[path] = r.status
         except ProbeError as e:
             open_routes[path] = e.message
-    return judge_auth_enforced(outcomes, open_routes, evidence)
+    return judged_by(judge_auth_enforced, outcomes, open_routes, evidence)
 
 
 def judge_auth_enforced(outcomes: dict[str, dict], open_routes: dict, evidence: list) -> Finding:
@@ -463,7 +458,7 @@ async def no_hardcoded_tokens(ctx: CheckContext) -> Finding:
     if not roots:
         return Finding.skipped(f"targets[{t.name}].source_dir (or k8s_manifests) is not set: nothing to scan")
     scan = await asyncio.to_thread(_source_scan.hardcoded_credentials, roots)
-    return judge_no_hardcoded_tokens(scan, [str(r) for r in roots])
+    return judged_by(judge_no_hardcoded_tokens, scan, [str(r) for r in roots])
 
 
 def _jwt_claims(token: str) -> dict | None:
@@ -497,7 +492,8 @@ async def token_lifetime(ctx: CheckContext) -> Finding:
         return Finding(Status.MANUAL, f"the token in {t.token_env} is opaque (not a JWT), so its lifetime cannot be "
                        "read: confirm who rotates it and how often, and attach the rotation policy",
                        details={"token_kind": "opaque", "length": len(token)})
-    return judge_token_lifetime(claims, lo.value, hi.value, hi.source, datetime.now(UTC).timestamp())
+    shown = {k: claims[k] for k in ("iss", "aud", "iat", "nbf", "exp") if k in claims}  # not sub, email, ...
+    return judged_by(judge_token_lifetime, shown, lo.value, hi.value, hi.source, datetime.now(UTC).timestamp())
 
 
 def judge_token_lifetime(claims: dict, lo: float, hi: float, source: str, now: float) -> Finding:
@@ -585,7 +581,7 @@ async def client_sends_bearer(ctx: CheckContext) -> Finding:
                   f"10 min old): {_brief(ok)}", ok.evidence),
                  (f"POST /asap with the same token as Basic: {_brief(as_basic)}", as_basic.evidence)]
     clients = await asyncio.to_thread(_client_auth, t.source_dir) if t.source_dir else None
-    return judge_client_auth(t.sender, t.token_env, _auth_outcome(ok), _brief(ok), _auth_outcome(as_basic),
+    return judged_by(judge_client_auth, t.sender, t.token_env, _auth_outcome(ok), _brief(ok), _auth_outcome(as_basic),
                              exchanges, clients)
 
 
@@ -626,11 +622,10 @@ async def _burst(ctx: CheckContext, budget: int, deadline: float, rotate_xff: bo
     return statuses, first_429
 
 
-def _retry_after(resp: ProbeResponse | None) -> float | None:
-    if resp is None:
-        return None
+def _retry_after(header: str | None) -> float | None:
+    """A Retry-After header in seconds; None when absent or not a number (an HTTP date is not read)."""
     try:
-        return float(resp.headers.get("retry-after"))
+        return float(header)
     except (TypeError, ValueError):
         return None
 
@@ -645,6 +640,114 @@ def _tally(statuses: list) -> str:
             out.append(f"{prev}x{n}")
         prev, n = s, 1
     return ", ".join(out)
+
+
+@dataclass
+class RateBurst:
+    """SEC-RATE-1's observation: burst A (no X-Forwarded-For) until the first 429, then burst B (a different
+    X-Forwarded-For each request) once Retry-After and the window have passed. Statuses are HTTP codes, or the
+    exception's name when a request got no answer."""
+    configured: str | None               # the agent's logged limit (asap.server.rate_limit_enabled), if any
+    max_requests: int
+    max_seconds: float
+    waited_a: float                      # seconds waited for the window to hold burst A
+    statuses_a: list = field(default_factory=list)
+    seconds_a: float = 0.0               # sending time of burst A
+    retry_after: str | None = None       # the first 429's Retry-After header as sent
+    waited_b: float | None = None        # None: no 429, so no burst B
+    budget_b: int | None = None
+    statuses_b: list | None = None       # None: burst B not sent (no 429, or no budget left)
+    xff_spoof: dict | None = None        # no 429: one spoofed X-Forwarded-For and the log lines naming it
+    first_exchange: dict | None = None   # the first 429 (evidence)
+    timeline: list = field(default_factory=list)  # every response in time (timelines.burst_figure)
+
+    @property
+    def allowed(self) -> int | None:
+        """Requests answered before the first 429 of burst A; None: no 429."""
+        return self.statuses_a.index(429) if 429 in self.statuses_a else None
+
+
+async def observe_rate_burst(ctx: CheckContext, configured: str | None, budget_a: int) -> RateBurst:
+    ap = ctx.target.active_probes
+    obs = RateBurst(configured, ap.max_requests, ap.max_seconds, await _room(ctx, budget_a, None))
+    started = time.monotonic()  # active_probes.max_seconds bounds the sending, not the waiting for room
+    obs.statuses_a, first = await _burst(ctx, budget_a, started + ap.max_seconds, rotate_xff=False,
+                                         timeline=obs.timeline, t0=started)
+    obs.seconds_a = round(time.monotonic() - started, 3)
+    if first is None:
+        obs.xff_spoof = await _xff_spoof(ctx)
+        return obs
+    obs.first_exchange, obs.retry_after = first.evidence, first.headers.get("retry-after")
+    obs.budget_b = min(ap.max_requests - len(obs.statuses_a), obs.allowed + 5)
+    obs.waited_b = await _room(ctx, obs.budget_b, _retry_after(obs.retry_after))
+    if obs.budget_b > obs.allowed:
+        started_b = time.monotonic()
+        obs.statuses_b, _ = await _burst(ctx, obs.budget_b, started_b + max(1.0, ap.max_seconds - obs.seconds_a),
+                                         rotate_xff=True, timeline=obs.timeline, t0=started)
+    # no need to leave the window clean: the probe logged every accepted request and the 429's Retry-After,
+    # so whatever runs next waits for the agent's window (pacing.py)
+    return obs
+
+
+def judge_rate_burst(obs: RateBurst, ceiling: float, probe_rate_limit: str | None) -> Finding:
+    """429 with a numeric Retry-After after the limit, and X-Forwarded-For rotation must not bypass it. No 429
+    is a fail only when burst A went faster than the lowest limit it had to exceed (else it saw nothing)."""
+    configured = obs.configured
+    evidence = [("waited before burst A for the window to hold it (what earlier checks and runs sent, "
+                 "probe.rate_limit)", f"{obs.waited_a:.1f} s"),
+                ("burst A: POST /asap, waves of 5 concurrent until the first 429 (each a read-only envelope "
+                 "with a fresh nonce, the bearer token if configured), no X-Forwarded-For; statuses",
+                 _tally(obs.statuses_a))]
+    details = {"configured_limit_from_log": configured, "max_requests": obs.max_requests,
+               "max_seconds": obs.max_seconds, "timeline": obs.timeline}
+    log_note = f" (log: {configured})" if configured else ""
+    sent, elapsed = len(obs.statuses_a), obs.seconds_a
+    if obs.allowed is None:
+        answered = [s for s in obs.statuses_a if isinstance(s, int)]
+        if not answered:
+            return Finding.errored(f"none of the {sent} requests of the burst got an HTTP answer "
+                                   f"({_tally(obs.statuses_a) or 'none sent'}): nothing to judge the limit by",
+                                   evidence, **details)
+        if obs.xff_spoof is not None:
+            evidence.append((f"POST /asap with X-Forwarded-For: {obs.xff_spoof['spoof']}, then the agent log",
+                             {k: v for k, v in obs.xff_spoof.items() if k != "spoof"}))
+        rate = sent / max(elapsed, 0.001)
+        # no 429 proves nothing unless the burst went faster than the limit it had to meet: on a busy
+        # runbook host the waves can stay under it, and that is no observation of the agent
+        must_exceed = min([n / w for n, w in parse_limits(configured or "") if w <= 1]
+                          + [n / w for n, w in parse_limits(probe_rate_limit or "") if w <= 1] + [ceiling])
+        if rate <= must_exceed:
+            return Finding.errored(
+                f"the burst reached only ~{rate:.1f}/s ({sent} requests in {elapsed:.1f} s), not above "
+                f"{must_exceed:g}/s (the lowest of the agent's logged limit, probe.rate_limit and "
+                "thresholds.rate_limit_max_per_second): this host could not send fast enough to judge the limit",
+                evidence, **details)
+        xff_note = ""
+        if obs.xff_spoof and obs.xff_spoof["log lines naming the spoofed address"]:
+            xff_note = (f"; the agent also logged the spoofed X-Forwarded-For {obs.xff_spoof['spoof']} as the "
+                        "client address, so a per-IP limit would be bypassable")
+        return Finding.failed(f"{sent} requests in {elapsed:.1f} s (~{rate:.0f}/s) and no HTTP 429: "
+                              f"the limit is above that or absent{log_note}{xff_note}", evidence, **details)
+    allowed = obs.allowed
+    evidence.append(("first 429", obs.first_exchange))
+    evidence.append(("waited out Retry-After and the window before burst B", f"{obs.waited_b or 0:.1f} s"))
+    problems = []
+    if _retry_after(obs.retry_after) is None:
+        problems.append("the 429 carries no numeric Retry-After header")
+    if obs.statuses_b is None:
+        problems.append(f"not enough request budget left ({obs.budget_b}) to test X-Forwarded-For rotation")
+    else:
+        evidence.append(("burst B: the same, each request with a different X-Forwarded-For (203.0.113.x)",
+                         _tally(obs.statuses_b)))
+        if 429 not in obs.statuses_b:
+            problems.append(f"rotating X-Forwarded-For bypasses the limit: {len(obs.statuses_b)} requests, no 429 "
+                            "(the agent or proxy trusts a client-supplied header)")
+    if problems:
+        status = Finding.failed if any("bypass" in p for p in problems) else Finding.warned
+        return status(f"429 after {allowed} requests, but " + "; ".join(problems), evidence, **details)
+    return Finding.passed(f"HTTP 429 with Retry-After: {obs.retry_after} after {allowed} back-to-back "
+                          f"requests; rotating X-Forwarded-For did not bypass it (429 after "
+                          f"{obs.statuses_b.index(429)}){log_note}", evidence, **details)
 
 
 @check("SEC-RATE-1", exclusive=True, needs=AGENT_TOKEN)
@@ -664,66 +767,8 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
     if per_second and budget_a < min(per_second) + 1 <= ceiling + 1:  # a sane limit the budget cannot reach
         return Finding.skipped(f"the configured limit ({configured}) cannot be exceeded within "
                                f"{budget_a} requests: raise targets[{ctx.target.name}].active_probes.max_requests")
-    waited_a = await _room(ctx, budget_a, None)
-    started = time.monotonic()  # active_probes.max_seconds bounds the sending, not the waiting for room
-    timeline: list[dict] = []  # every response in time: the evidence page draws it (timelines.burst_figure)
-    statuses, first = await _burst(ctx, budget_a, started + ap.max_seconds, rotate_xff=False, timeline=timeline,
-                                   t0=started)
-    sending = time.monotonic() - started
-    evidence = [("burst A: POST /asap, waves of 5 concurrent until the first 429 (each a read-only envelope "
-                 "with a fresh nonce, the bearer token if configured), no X-Forwarded-For; statuses",
-                 _tally(statuses))]
-    details = {"configured_limit_from_log": configured, "max_requests": ap.max_requests, "max_seconds": ap.max_seconds,
-               "timeline": timeline}
-    evidence.insert(0, ("waited before burst A for the window to hold it (what earlier checks and runs sent, "
-                        "probe.rate_limit)", f"{waited_a:.1f} s"))
-    elapsed = sending
-    if first is None:
-        rate = len(statuses) / max(elapsed, 0.001)
-        # no 429 proves nothing unless the burst went faster than the limit it had to meet: on a busy
-        # runbook host the waves can stay under it, and that is no observation of the agent
-        must_exceed = min([n / w for n, w in parse_limits(configured or "") if w <= 1]
-                          + [n / w for n, w in parse_limits(ctx.params.probe.rate_limit or "") if w <= 1] + [ceiling])
-        if rate <= must_exceed:
-            return Finding.errored(
-                f"the burst reached only ~{rate:.1f}/s ({len(statuses)} requests in {elapsed:.1f} s), not above "
-                f"{must_exceed:g}/s (the lowest of the agent's logged limit, probe.rate_limit and "
-                "thresholds.rate_limit_max_per_second): this host could not send fast enough to judge the limit",
-                evidence, **details)
-        xff_note = await _xff_trusted_note(ctx, evidence)
-        return Finding.failed(f"{len(statuses)} requests in {elapsed:.1f} s (~{rate:.0f}/s) and no HTTP 429: "
-                              f"the limit is above that or absent{' (log: ' + configured + ')' if configured else ''}"
-                              f"{xff_note}", evidence, **details)
-    evidence.append(("first 429", first.evidence))
-    allowed = statuses.index(429)
-    retry = _retry_after(first)
-    budget_b = min(ap.max_requests - len(statuses), allowed + 5)
-    waited_b = await _room(ctx, budget_b, retry)
-    evidence.append(("waited out Retry-After and the window before burst B", f"{waited_b:.1f} s"))
-    problems = []
-    if retry is None:
-        problems.append("the 429 carries no numeric Retry-After header")
-    if budget_b <= allowed:
-        problems.append(f"not enough request budget left ({budget_b}) to test X-Forwarded-For rotation")
-        statuses_b, first_b = [], None
-    else:
-        started_b = time.monotonic()
-        statuses_b, first_b = await _burst(ctx, budget_b, started_b + max(1.0, ap.max_seconds - sending),
-                                           rotate_xff=True, timeline=timeline, t0=started)
-        evidence.append(("burst B: the same, each request with a different X-Forwarded-For (203.0.113.x)",
-                         _tally(statuses_b)))
-        if first_b is None:
-            problems.append(f"rotating X-Forwarded-For bypasses the limit: {len(statuses_b)} requests, no 429 "
-                            "(the agent or proxy trusts a client-supplied header)")
-    # no need to leave the window clean: the probe logged every accepted request and the 429's Retry-After,
-    # so whatever runs next waits for the agent's window (pacing.py)
-    if problems:
-        status = Finding.failed if any("bypass" in p for p in problems) else Finding.warned
-        return status(f"429 after {allowed} requests, but " + "; ".join(problems), evidence, **details)
-    return Finding.passed(f"HTTP 429 with Retry-After: {first.headers.get('retry-after')} after {allowed} back-to-back "
-                          f"requests; rotating X-Forwarded-For did not bypass it (429 after "
-                          f"{statuses_b.index(429)}){' (log: ' + configured + ')' if configured else ''}",
-                          evidence, **details)
+    obs = await observe_rate_burst(ctx, configured, budget_a)
+    return _kept(judge_rate_burst(obs, ceiling, ctx.params.probe.rate_limit), obs)
 
 
 async def _room(ctx: CheckContext, need: int, retry_after: float | None) -> float:
@@ -737,19 +782,17 @@ async def _room(ctx: CheckContext, need: int, retry_after: float | None) -> floa
     return wait + 0.2
 
 
-async def _xff_trusted_note(ctx: CheckContext, evidence: list) -> str:
-    """One request with a spoofed X-Forwarded-For; does the agent log that address as the client?"""
+async def _xff_spoof(ctx: CheckContext) -> dict | None:
+    """One request with a spoofed X-Forwarded-For: does the agent log that address as the client? None
+    without a log file to look in."""
     if not ctx.target.log_file:
-        return ""
+        return None
     spoof = f"203.0.113.{uuid.uuid4().int % 250 + 1}"
     resp = await _post(ctx, probe_envelope(ctx.target.sender), headers={"X-Forwarded-For": spoof})
     await asyncio.sleep(0.3)
     text = await asyncio.to_thread(logs.read_text, ctx.target.log_file, 256 * 1024)
-    seen = [ln.strip()[:200] for ln in text.splitlines() if spoof in ln][-2:]
-    evidence.append((f"POST /asap with X-Forwarded-For: {spoof}, then the agent log", {
-        "response": _brief(resp), "log lines naming the spoofed address": seen}))
-    return (f"; the agent also logged the spoofed X-Forwarded-For {spoof} as the client address, so a per-IP "
-            "limit would be bypassable" if seen else "")
+    return {"spoof": spoof, "response": _brief(resp),
+            "log lines naming the spoofed address": [ln.strip()[:200] for ln in text.splitlines() if spoof in ln][-2:]}
 
 
 @dataclass
@@ -1057,7 +1100,7 @@ async def request_size_limited(ctx: CheckContext) -> Finding:
         except ProbeError as e:
             outcomes[label] = f"connection closed: {e.message}"
             evidence.append((label, e.message))
-    return judge_request_size(outcomes, len(body), limit, logged, evidence, details)
+    return judged_by(judge_request_size, outcomes, len(body), limit, logged, evidence, details)
 
 
 def judge_request_size(outcomes: dict[str, int | str], body_bytes: int, limit: int, logged: int | None,
@@ -1111,7 +1154,7 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
     else:
         t = ctx.threshold("max_request_size_bytes")
         agent, source = int(t.value), f"thresholds.max_request_size_bytes ({t.source})"
-    return judge_proxy_body_limit(limits, root.files, agent, source)
+    return judged_by(judge_proxy_body_limit, limits, root.files, agent, source)
 
 
 @check("SEC-SIZE-3", needs=(*AGENT, "prometheus"))
@@ -1152,7 +1195,8 @@ async def payloads_validated(ctx: CheckContext) -> Finding:
             resp = await _post(ctx, env)
             evidence.append((f"skill {skill!r} with unexpected input: {_brief(resp)}", resp.evidence))
             skills_seen[skill] = _answer(resp)
-    return judge_payloads_validated(malformed, skills_seen, len(skills), skip.summary if skip else None, evidence)
+    return judged_by(judge_payloads_validated, malformed, skills_seen, len(skills), skip.summary if skip else None,
+                     evidence)
 
 
 def _answer(resp: ProbeResponse) -> dict:
@@ -1218,7 +1262,7 @@ async def path_traversal(ctx: CheckContext) -> Finding:
     root = ctx.target.source_dir
     if root is None:
         return Finding.skipped(f"targets[{ctx.target.name}].source_dir is not set")
-    return judge_path_traversal(await asyncio.to_thread(_source_scan.file_sinks, root), str(root))
+    return judged_by(judge_path_traversal, await asyncio.to_thread(_source_scan.file_sinks, root), str(root))
 
 
 _DEBUG_ENV = re.compile(r"\bASAP_DEBUG(_LOG)?\s*[=:]\s*[\"']?(1|true|yes|on)\b", re.I)
@@ -1256,7 +1300,7 @@ async def logs_sanitized(ctx: CheckContext) -> Finding:
     for p in [ctx.target.process_config, *ctx.target.k8s_manifests]:
         if p and p.exists() and p.is_file():
             debug += [f"{p.name}: {m.group(0)}" for m in _DEBUG_ENV.finditer(p.read_text(errors="replace"))]
-    return judge_logs_sanitized(rep, debug, str(root))
+    return judged_by(judge_logs_sanitized, rep, debug, str(root))
 
 
 async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
@@ -1264,64 +1308,102 @@ async def _read_logs(ctx: CheckContext) -> tuple[str | None, str]:
     return (None, "") if got is None else (got[1], got[0])
 
 
+@dataclass
+class CanarySearch:
+    """SEC-HANDLER-4's observation: the debug surfaces' statuses, the canaries sent (never a real secret), and
+    where in the agent's log each was found."""
+    target: str
+    surfaces: dict[str, int]             # GET /docs, /redoc, /openapi.json -> HTTP status
+    log_named: bool                      # targets[].log_file or log_command is set
+    sent: list[dict] = field(default_factory=list)  # {"how", "answer", "canary"} per request that carried one
+    handler_skip: str | None = None      # why no skill was sent the canary (handler_probes off); None: one was
+    log_source: str | None = None        # where the log was read
+    log_error: str | None = None         # why it could not be read (one sentence)
+    found: dict[str, list] = field(default_factory=dict)  # what was found -> line numbers
+
+
+def canary_lines(text: str, needles: list[tuple[str, str]], token: str | None) -> dict[str, list]:
+    """Where each (label, needle) occurs in the log text (first 5 line numbers); the configured token only as
+    present, never where (a line number next to it would point at the secret)."""
+    found = {}
+    for label, needle in needles:
+        lines = [n for n, ln in enumerate(text.splitlines(), 1) if needle in ln]
+        if lines:
+            found[label] = lines[:5]
+    if token and len(token) >= 8 and token in text:
+        found["the configured bearer token"] = ["(present; line numbers withheld)"]
+    return found
+
+
+async def observe_canaries(ctx: CheckContext) -> CanarySearch:
+    t = ctx.target
+    surfaces = {}
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        surfaces[path] = (await ctx.probe.get(path)).status
+    obs = CanarySearch(t.name, surfaces, bool(t.log_file or t.log_command))
+    if not obs.log_named:
+        return obs
+    r1, r2 = await _stale_authenticated(ctx), await _wrong_bearer(ctx)
+    canary, auth_canary = _canary(ctx, "rbcanary"), _canary(ctx, "rbcanaryauth")
+    obs.sent = [{"how": "canary in payload fields api_key/password of a read-only envelope", "answer": _brief(r1),
+                 "canary": canary},
+                {"how": "canary as a bearer token", "answer": _brief(r2), "canary": auth_canary}]
+    handler_skip = ctx.require_active("handler_probes")
+    obs.handler_skip = handler_skip.summary if handler_skip else None
+    if handler_skip is None:
+        skill = _skill(await ctx.probe.manifest())
+        env = envelope(t.sender, payload={"conversation_id": "conv_runbook", "skill_id": skill,
+                                          "input": {"api_key": canary, "password": canary,
+                                                    "note": "asap-runbook canary"}})
+        r3 = await _post(ctx, env)
+        obs.sent.append({"how": f"the same canary sent to skill {skill!r} (its handler runs)", "answer": _brief(r3),
+                         "canary": canary})
+    await asyncio.sleep(0.5)
+    try:
+        text, obs.log_source = await _read_logs(ctx)
+    except logs.LogSourceError as e:
+        obs.log_error = e.message
+        return obs
+    # asap-protocol logs a bearer token's first 8 characters as token_prefix: look for the rest
+    obs.found = canary_lines(text, [("payload canary", canary), ("bearer canary", auth_canary[8:])], t.token)
+    return obs
+
+
+def judge_canaries(obs: CanarySearch) -> Finding:
+    evidence, problems = [("debug surfaces (GET, expect 404)", obs.surfaces)], []
+    open_ = [p for p, s in obs.surfaces.items() if s == 200]
+    if open_:
+        problems.append(f"debug surfaces open ({', '.join(open_)}: ASAP_DEBUG is on, which also returns tracebacks "
+                        "and stops log redaction)")
+    if not obs.log_named:
+        if problems:
+            return Finding.failed("; ".join(problems), evidence)
+        return Finding.skipped(f"debug surfaces closed, but targets[{obs.target}].log_file / log_command is not set, so "
+                               "the canary cannot be looked for", evidence)
+    evidence += [(f"{s['how']}: {s['answer']}", {"canary": s["canary"]}) for s in obs.sent]
+    if obs.log_error is not None:
+        return Finding.errored(obs.log_error, evidence)
+    where = obs.log_source
+    evidence.append((f"searched {where} for the canaries", {"found at lines": obs.found}))
+    if obs.found:
+        problems.append(f"secrets reached the log ({', '.join(obs.found)} in {where})")
+    if problems:
+        return Finding.failed("; ".join(problems), evidence)
+    if obs.handler_skip is not None:
+        return Finding.skipped(f"debug surfaces closed and the canaries of read-only requests do not appear in {where}, "
+                               f"but no skill was sent the canary, so what a handler logs is unseen: "
+                               f"{obs.handler_skip}", evidence)
+    return Finding.passed(f"debug surfaces closed (404); canaries sent as api_key/password (to a skill and on a "
+                          f"read-only request) and as a bearer token do not appear in {where}", evidence)
+
+
 @check("SEC-HANDLER-4", needs=AGENT_TOKEN)
 async def no_secrets_in_logs(ctx: CheckContext) -> Finding:
     """Debug surfaces closed; canary secrets sent in requests do not reach the agent's log. By default the
     canaries ride on read-only requests (the transport's own logging sees them); what a skill's handler logs
     is only seen with handler_probes, which sends the canary to a skill."""
-    t = ctx.target
-    evidence, problems = [], []
-    surfaces = {}
-    for path in ("/docs", "/redoc", "/openapi.json"):
-        r = await ctx.probe.get(path)
-        surfaces[path] = r.status
-    evidence.append(("debug surfaces (GET, expect 404)", surfaces))
-    open_ = [p for p, s in surfaces.items() if s == 200]
-    if open_:
-        problems.append(f"debug surfaces open ({', '.join(open_)}: ASAP_DEBUG is on, which also returns tracebacks "
-                        "and stops log redaction)")
-    if not (t.log_file or t.log_command):
-        if problems:
-            return Finding.failed("; ".join(problems), evidence)
-        return Finding.skipped(f"debug surfaces closed, but targets[{t.name}].log_file / log_command is not set, so "
-                               "the canary cannot be looked for", evidence)
-    r1, r2 = await _stale_authenticated(ctx), await _wrong_bearer(ctx)
-    canary, auth_canary = _canary(ctx, "rbcanary"), _canary(ctx, "rbcanaryauth")
-    evidence.append((f"canary in payload fields api_key/password of a read-only envelope: {_brief(r1)}",
-                     {"canary": canary}))
-    evidence.append((f"canary as a bearer token: {_brief(r2)}", {"canary": auth_canary}))
-    # asap-protocol logs the first 8 characters as token_prefix: look for the rest
-    sent = [("payload canary", canary, canary), ("bearer canary", auth_canary[8:], auth_canary)]
-    handler_skip = ctx.require_active("handler_probes")
-    if handler_skip is None:
-        manifest = await ctx.probe.manifest()
-        skill = _skill(manifest)
-        env = envelope(t.sender, payload={"conversation_id": "conv_runbook", "skill_id": skill,
-                                          "input": {"api_key": canary, "password": canary,
-                                                    "note": "asap-runbook canary"}})
-        r3 = await _post(ctx, env)
-        evidence.append((f"the same canary sent to skill {skill!r} (its handler runs): {_brief(r3)}", {"canary": canary}))
-    await asyncio.sleep(0.5)
-    text, where = await _read_logs(ctx)
-    found = {}
-    for label, needle, _ in sent:
-        lines = [n for n, ln in enumerate(text.splitlines(), 1) if needle in ln]
-        if lines:
-            found[label] = lines[:5]
-    token = t.token
-    if token and len(token) >= 8 and token in text:
-        found["the configured bearer token"] = ["(present; line numbers withheld)"]
-    evidence.append((f"searched {where} for the canaries", {"found at lines": found}))
-    if found:
-        problems.append(f"secrets reached the log ({', '.join(found)} in {where})")
-    if problems:
-        return Finding.failed("; ".join(problems), evidence)
-    if handler_skip is not None:
-        return Finding.skipped(f"debug surfaces closed and the canaries of read-only requests do not appear in {where}, "
-                               f"but no skill was sent the canary, so what a handler logs is unseen: "
-                               f"{handler_skip.summary}", evidence)
-    return Finding.passed(f"debug surfaces closed (404); canaries sent as api_key/password (to a skill and on a "
-                          f"read-only request) and as a bearer token do not appear in {where}", evidence)
+    obs = await observe_canaries(ctx)
+    return _kept(judge_canaries(obs), obs)
 
 
 # ================================================================ Replay Protection
@@ -1357,7 +1439,7 @@ async def timestamp_window(ctx: CheckContext) -> Finding:
         resp = await exchange()
         evidence.append((f"timestamp {label}: {_brief(resp)}", resp.evidence))
         seen[label] = _seen(resp)
-    return judge_timestamp_window(seen, evidence)
+    return judged_by(judge_timestamp_window, seen, evidence)
 
 
 def judge_nonce_checked(seen: dict[str, dict], claims_require_nonce: bool, evidence: list) -> Finding:
@@ -1394,7 +1476,7 @@ async def nonce_checked(ctx: CheckContext) -> Finding:
         resp = await _post(ctx, probe_envelope(t.sender, nonce=value))
         seen[label] = _seen(resp)
         evidence.append((f"{label} nonce: {_brief(resp)}", resp.evidence))
-    return judge_nonce_checked(seen, t.claims_require_nonce, evidence)
+    return judged_by(judge_nonce_checked, seen, t.claims_require_nonce, evidence)
 
 
 @dataclass

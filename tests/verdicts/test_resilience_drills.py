@@ -117,6 +117,8 @@ def _resume(**over):
      Status.FAIL, "started over"),
     (_resume(restart={"exit_code": 1, "output": "error: no such pod"}), Status.ERROR, "no such pod"),
     (_resume(restart=None), Status.ERROR, "finished before the restart"),
+    (_resume(restart={"exit_code": None, "output": "drills.agent_restart did not finish within 30 s"}), Status.ERROR,
+     "the restart command failed: drills.agent_restart did not finish within 30 s"),
     (_resume(before_kill=_state([])), Status.ERROR, "snapshot_task_id"),
     (_resume(final=_state([1, 2, 3])), Status.ERROR, "nothing was left to resume"),
     (_resume(second_run={"outcome": "failed", "result": {"error": "boom"}}), Status.FAIL, "ended failed"),

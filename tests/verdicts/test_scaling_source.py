@@ -192,3 +192,22 @@ def test_manifest_caching_for_unsettled_factory_is_manual():
     u = client_usage(REPO / "asap_runbook" / "reference")
     u.manifest_caches = []
     assert judge_manifest_caching(u).status is Status.MANUAL
+
+
+def test_a_hard_coded_token_reaches_no_evidence_and_no_observation():
+    """The misconfigured example passes auth_token= a literal (SEC-AUTH-3's finding): the scaling checks
+    that show the clients and the manifests say it is set, never its value."""
+    import json
+
+    from asap_runbook.checks._observe import judged_by
+    from asap_runbook.checks.scaling import judge_autoscaling
+    from asap_runbook.k8s import load_manifests
+    secret = "inv-3f9a7c1e5b2d4a6f8e0c"
+    u = client_usage(REPO / "examples" / "misconfigured" / "src")
+    assert u.clients[0].kwargs["auth_token"] == secret  # the scan resolves it; the displays must not show it
+    m = load_manifests([REPO / "examples" / "misconfigured" / "k8s"])
+    for f in (judged_by(judge_manifest_caching, u), judged_by(judge_connection_pooling, u),
+              judged_by(judge_autoscaling, m)):
+        shown = json.dumps([[e.label, e.data] for e in f.evidence] + [f.details], default=str)
+        assert secret not in shown and f.details["observation"], f.summary
+    assert u.clients[0].summary()["kwargs"]["auth_token"] == "(set; value not shown)"

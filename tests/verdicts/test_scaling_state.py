@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from asap_runbook.checks.scaling import judge_autoscaling, judge_no_in_memory_snapshots, judge_snapshot_store
+from asap_runbook import k8s
+from asap_runbook.checks.scaling import STATE_ENV
 from asap_runbook.k8s import count_instances, load_manifests
 from asap_runbook.results import Status
 from asap_runbook.source import read_process_config
@@ -64,21 +66,47 @@ def test_hpa_without_requests_and_no_hpa(tmp_path):
     assert r.status is Status.FAIL and "replicas fixed at 2" in r.summary
 
 
-from asap_runbook.checks.scaling import judge_shared_state  # noqa: E402
+from asap_runbook.checks.scaling import SharedStateObservation, judge_shared_state  # noqa: E402
 
 REDIS_ALL = REDIS_APP | {"rate_limit_storage": "RedisStorage", "rate_limit_storage_kind": "external",
                          "nonce_store": {"class": "RedisNonceStore", "module": "app", "backed_by": ["redis"]},
                          "nonce_store_kind": "external"}
+AFFINITY = ["Service stock-agent: sessionAffinity ClientIP"]
 
 
 @pytest.mark.parametrize("cfg,n,sticky,expected", [
     (STOCK_APP, 6, [], Status.FAIL),
-    (STOCK_APP, 6, ["Service stock-agent: sessionAffinity ClientIP"], Status.WARN),
+    (STOCK_APP, 6, AFFINITY, Status.WARN),
     (STOCK_APP, 1, [], Status.WARN),
     (REDIS_ALL, 12, [], Status.PASS),
 ])
 def test_shared_state(cfg, n, sticky, expected):
-    assert judge_shared_state(cfg, n, "test", sticky).status is expected
+    assert judge_shared_state(SharedStateObservation(n, "test", sticky, app=cfg)).status is expected
+
+
+# without targets[].app: the manifests' container environment, where only the rate-limit storage is settled
+@pytest.mark.parametrize("env,n,sticky,expected,needle", [
+    ({}, 6, [], Status.FAIL, "ASAP_RATE_LIMIT_BACKEND unset"),
+    ({"ASAP_RATE_LIMIT_BACKEND": "memory://"}, 3, [], Status.FAIL, "rate limits in memory://"),
+    ({"ASAP_RATE_LIMIT_BACKEND": "redis://:pw@redis:6379/0"}, 6, [], Status.WARN, "rate limits in redis:6379/0"),
+    ({}, 6, AFFINITY, Status.WARN, "rate limits per process"),
+    ({}, 1, [], Status.WARN, "rate limits per process"),
+    ({"ASAP_RATE_LIMIT_BACKEND": "<from secret agent-redis>"}, 6, [], Status.SKIP, "whose value the manifests do not"),
+])
+def test_shared_state_from_the_manifests_alone(env, n, sticky, expected, needle):
+    r = judge_shared_state(SharedStateObservation(n, "test", sticky, env=env))
+    assert r.status is expected and needle in r.summary, r.summary
+    assert "set targets[].app" in r.summary
+    assert ":pw@" not in r.summary  # the credentials in a backend URL stay out of the summary
+
+
+def test_shared_state_from_the_stock_manifest():
+    """The stock Deployment sets no ASAP_RATE_LIMIT_BACKEND; 2 replicas x 1 worker, no affinity."""
+    m = load_manifests([STOCK])
+    env = {k: v for c in m.workloads[0].containers() for k, v in k8s.env(c).items()}
+    r = judge_shared_state(SharedStateObservation(2, "2 replicas x 1 worker", m.sticky(),
+                                                  env={k: env[k] for k in STATE_ENV if k in env}))
+    assert r.status is Status.FAIL and "2 instances with rate limits in per-process memory" in r.summary, r.summary
 
 
 from asap_runbook.checks.scaling import judge_stateless_pods  # noqa: E402
