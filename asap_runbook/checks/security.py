@@ -657,6 +657,7 @@ class RateBurst:
     waited_b: float | None = None        # None: no 429, so no burst B
     budget_b: int | None = None
     statuses_b: list | None = None       # None: burst B not sent (no 429, or no budget left)
+    seconds_b: float | None = None       # sending time of burst B
     xff_spoof: dict | None = None        # no 429: one spoofed X-Forwarded-For and the log lines naming it
     first_exchange: dict | None = None   # the first 429 (evidence)
     timeline: list = field(default_factory=list)  # every response in time (timelines.burst_figure)
@@ -684,9 +685,29 @@ async def observe_rate_burst(ctx: CheckContext, configured: str | None, budget_a
         started_b = time.monotonic()
         obs.statuses_b, _ = await _burst(ctx, obs.budget_b, started_b + max(1.0, ap.max_seconds - obs.seconds_a),
                                          rotate_xff=True, timeline=obs.timeline, t0=started)
+        obs.seconds_b = round(time.monotonic() - started_b, 3)
     # no need to leave the window clean: the probe logged every accepted request and the 429's Retry-After,
     # so whatever runs next waits for the agent's window (pacing.py)
     return obs
+
+
+def _must_exceed(configured: str | None, probe_rate_limit: str | None, ceiling: float) -> float:
+    """The rate a burst must beat before a missing 429 means anything: the lowest per-second limit known
+    (the agent's logged limit, probe.rate_limit, thresholds.rate_limit_max_per_second)."""
+    return min([n / w for n, w in parse_limits(configured or "") if w <= 1]
+               + [n / w for n, w in parse_limits(probe_rate_limit or "") if w <= 1] + [ceiling])
+
+
+def _limit_shown(obs: RateBurst) -> tuple[float | None, str]:
+    """The per-second rate burst B must beat to be refused: the agent's logged per-second limit, else the rate
+    at which burst A met its first 429 (A's own pace, so at least the limit)."""
+    per_second = [n / w for n, w in parse_limits(obs.configured or "") if w <= 1]
+    if per_second:
+        return min(per_second), "the agent's logged limit"
+    first = next((e for e in obs.timeline if e.get("burst") == "A" and e.get("status") == 429), None)
+    if first is None or not first.get("t") or obs.allowed is None:
+        return None, ""
+    return round((obs.allowed + 1) / first["t"], 1), "the pace at which burst A met its first 429"
 
 
 def judge_rate_burst(obs: RateBurst, ceiling: float, probe_rate_limit: str | None) -> Finding:
@@ -714,8 +735,7 @@ def judge_rate_burst(obs: RateBurst, ceiling: float, probe_rate_limit: str | Non
         rate = sent / max(elapsed, 0.001)
         # no 429 proves nothing unless the burst went faster than the limit it had to meet: on a busy
         # runbook host the waves can stay under it, and that is no observation of the agent
-        must_exceed = min([n / w for n, w in parse_limits(configured or "") if w <= 1]
-                          + [n / w for n, w in parse_limits(probe_rate_limit or "") if w <= 1] + [ceiling])
+        must_exceed = _must_exceed(configured, probe_rate_limit, ceiling)
         if rate <= must_exceed:
             return Finding.errored(
                 f"the burst reached only ~{rate:.1f}/s ({sent} requests in {elapsed:.1f} s), not above "
@@ -739,6 +759,16 @@ def judge_rate_burst(obs: RateBurst, ceiling: float, probe_rate_limit: str | Non
     else:
         evidence.append(("burst B: the same, each request with a different X-Forwarded-For (203.0.113.x)",
                          _tally(obs.statuses_b)))
+        rate_b = len(obs.statuses_b) / max(obs.seconds_b, 0.001) if obs.seconds_b is not None else None
+        limit_b, limit_source = _limit_shown(obs)
+        if 429 not in obs.statuses_b and rate_b is not None and limit_b is not None and rate_b <= limit_b:
+            # as for burst A: a burst slower than the limit is refused by no limiter, so its lack of 429
+            # says nothing about X-Forwarded-For
+            return Finding.errored(
+                f"429 after {allowed} requests, but burst B (rotating X-Forwarded-For) reached only ~{rate_b:.1f}/s "
+                f"({len(obs.statuses_b)} requests in {obs.seconds_b:.1f} s), not above {limit_b:g}/s ({limit_source}): "
+                "this host could not send fast enough to judge whether rotation bypasses the limit",
+                evidence, **details)
         if 429 not in obs.statuses_b:
             problems.append(f"rotating X-Forwarded-For bypasses the limit: {len(obs.statuses_b)} requests, no 429 "
                             "(the agent or proxy trusts a client-supplied header)")

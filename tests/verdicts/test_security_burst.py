@@ -14,13 +14,14 @@ PACED = "8/second"  # probe.rate_limit of params/demo.yaml
 
 
 def burst(statuses_a: list, seconds_a: float = 0.5, retry_after: str | None = "1", statuses_b: list | None = None,
-          budget_b: int | None = 11, xff_log_lines: list[str] | None = None,
+          seconds_b: float | None = 0.5, budget_b: int | None = 11, xff_log_lines: list[str] | None = None,
           configured: str | None = "10/second;100/minute") -> RateBurst:
     """A burst as observe_rate_burst records it (burst B only after a 429)."""
     got_429 = 429 in statuses_a
     return RateBurst(configured, 40, 10.0, 0.0, statuses_a, seconds_a,
                      retry_after=retry_after if got_429 else None, waited_b=1.2 if got_429 else None,
                      budget_b=budget_b if got_429 else None, statuses_b=statuses_b if got_429 else None,
+                     seconds_b=seconds_b if got_429 and statuses_b is not None else None,
                      xff_spoof=None if got_429 or xff_log_lines is None else
                      {"spoof": "203.0.113.7", "response": "HTTP 200 JSON-RPC error -32012",
                       "log lines naming the spoofed address": xff_log_lines},
@@ -38,6 +39,13 @@ HARDENED = burst([200] * 10 + [429], statuses_b=[200] * 3 + [429])  # what the h
                                           statuses_b=[429]), Status.WARN, "no numeric Retry-After"),
     ("rotating X-Forwarded-For bypasses", burst([200] * 10 + [429], statuses_b=[200] * 15), Status.FAIL,
      "bypasses the limit: 15 requests"),
+    # seen on a loaded runner: 15 rotated requests spread over 1.9 s never beat the 8/s limit they had to beat
+    ("burst B too slow to judge rotation", burst([200] * 10 + [429], statuses_b=[200] * 15, seconds_b=1.935),
+     Status.ERROR, "burst B (rotating X-Forwarded-For) reached only ~7.8/s (15 requests in 1.9 s), not above 10/s "
+                   "(the agent's logged limit)"),
+    # faster than probe.rate_limit (8/s) but not than the agent's 10/s: still no observation of a bypass
+    ("burst B under the agent's limit", burst([200] * 10 + [429], statuses_b=[200] * 15, seconds_b=1.6),
+     Status.ERROR, "reached only ~9.4/s"),
     ("no budget left for burst B", burst([200] * 39 + [429], budget_b=0, statuses_b=None), Status.WARN,
      "not enough request budget left (0)"),
     ("no 429 at 80/s", burst([200] * 40, seconds_a=0.5), Status.FAIL, "40 requests in 0.5 s (~80/s) and no HTTP 429"),
@@ -125,3 +133,16 @@ def test_the_configured_token_is_reported_without_where():
     found = canary_lines(LOG + "\nAuthorization: Bearer s3cr3t-token-value", [], "s3cr3t-token-value")
     assert found == {"the configured bearer token": ["(present; line numbers withheld)"]}
     assert canary_lines(LOG, [], "event") == {}  # in the log, but under 8 characters: too common to look for
+
+
+def test_burst_b_without_a_logged_limit_must_beat_burst_a_s_pace():
+    """No limit in the log: burst A met its 429 after 11 requests in 0.5 s (22/s); a burst B at 10/s says
+    nothing, one at 30/s without a 429 is a bypass."""
+    timeline = [{"burst": "A", "t": 0.5, "status": 429}]
+    slow = burst([200] * 10 + [429], statuses_b=[200] * 15, seconds_b=1.5, configured=None)
+    slow.timeline = timeline
+    r = judge_rate_burst(slow, CEILING, PACED)
+    assert r.status is Status.ERROR and "not above 22/s (the pace at which burst A met its first 429)" in r.summary
+    fast = burst([200] * 10 + [429], statuses_b=[200] * 15, seconds_b=0.5, configured=None)
+    fast.timeline = timeline
+    assert judge_rate_burst(fast, CEILING, PACED).status is Status.FAIL
