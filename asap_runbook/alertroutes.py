@@ -79,6 +79,10 @@ async def route(config_file: Path, alert: AlertToRoute, timeout: float) -> dict:
             *(f"{k}={_quoted(v)}" for k, v in sorted(alert.labels.items()))]
     res = await _shell.run(shlex.join(argv), timeout)
     out = {"rule": alert.rule, "labels": alert.labels, "labels_from": alert.labels_from}
+    if res.returncode not in (0, None):  # amtool warns on stderr before it errs: keep the error
+        said = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith("Warning:")]
+        return out | {"error": f"amtool config routes test exited with {res.returncode}"
+                               + (f": {said[0].removeprefix('amtool: error: ')[:200]}" if said else "")}
     if (why := res.failure("amtool config routes test")) is not None:
         return out | {"error": why}
     receivers, routes = parse_amtool(res.output)
