@@ -122,6 +122,7 @@ class Routing:
     error: str | None = None  # could not look
     receivers: dict[str, list[str]] = field(default_factory=dict)  # name -> integration kinds
     routes: list[dict] = field(default_factory=list)  # one per alert: rule, labels, receivers, routes | error
+    external_labels_unread: str | None = None  # why Prometheus's external labels are missing from the alerts
 
 
 async def observe(settings, prom, alerts: list[AlertToRoute]) -> Routing:
@@ -139,7 +140,11 @@ async def observe(settings, prom, alerts: list[AlertToRoute]) -> Routing:
             if settings is not None and settings.url:
                 out.source, url = "alertmanager.url", settings.url
             else:
-                data = await prom.alertmanagers()
+                try:
+                    data = await prom.alertmanagers()
+                except PrometheusError as e:
+                    raise LookupError(f"{e.message}; name the Alertmanager with alertmanager.url or "
+                                      "alertmanager.config_file") from None
                 out.discovered = [a.get("url", "") for a in data.get("activeAlertmanagers") or []]
                 if not out.discovered:
                     out.source = DISCOVERED
@@ -160,7 +165,7 @@ async def observe(settings, prom, alerts: list[AlertToRoute]) -> Routing:
             config.chmod(0o600)
             for alert in alerts:
                 out.routes.append(await route(config, alert, max(timeout, 10.0)))
-    except (LookupError, PrometheusError) as e:
+    except LookupError as e:
         out.error = str(e)
     return out
 
@@ -204,6 +209,8 @@ def judge(routing: dict, rules: list[str]) -> RoutingVerdict:
         return RoutingVerdict("error", f"where Alertmanager routes {', '.join(rules)} could not be looked at: {why}",
                               rows)
     nowhere = [r for r in mine if not any(known.get(n) for n in r.get("receivers") or [])]
+    caveat = (" (routed without Prometheus's external labels, which could not be read)"
+              if routing.get("external_labels_unread") else "")
     if nowhere:
         r = nowhere[0]
         names = r.get("receivers") or ["(none)"]
@@ -212,10 +219,11 @@ def judge(routing: dict, rules: list[str]) -> RoutingVerdict:
         others = [x["rule"] for x in mine if x not in nowhere]
         return RoutingVerdict("nowhere", f"Alertmanager ({routing['alertmanager']}) routes {r['rule']} to {what}: "
                                          "it notifies no one"
-                                         + (f" (only {', '.join(others)} reach(es) a receiver)" if others else ""), rows)
+                                         + (f" (only {', '.join(others)} reach(es) a receiver)" if others else "")
+                                         + caveat, rows)
     reached = []
     for r in mine:
         names = [n for n in r["receivers"] if known.get(n)]
         kinds = sorted({k.removesuffix("_configs") for n in names for k in known[n]})
         reached.append(f"{r['rule']} to {', '.join(names)} ({', '.join(kinds)})")
-    return RoutingVerdict("reaches", f"Alertmanager routes {'; '.join(reached)}", rows)
+    return RoutingVerdict("reaches", f"Alertmanager routes {'; '.join(reached)}{caveat}", rows)

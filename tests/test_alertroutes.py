@@ -164,7 +164,7 @@ def test_an_alertmanager_that_does_not_answer_is_an_error(how):
 def test_prometheus_that_cannot_say_is_an_error():
     o = observe(None, FakeProm(PrometheusError("Prometheus at http://p could not answer the alertmanagers query: 404")),
                 [ALERT])
-    assert "could not answer the alertmanagers query" in o["error"]
+    assert "could not answer the alertmanagers query: 404; name the Alertmanager with alertmanager.url" in o["error"]
 
 
 def test_an_unreadable_config_file_is_an_error(tmp_path):

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from .. import alerting, alertroutes, proxy_metrics
 from .. import monitoring_live as live
+from ..errors import PrometheusError
 from ..prom import prom_for
 from ._observe import judged
 from ..results import Evidence, Status
@@ -94,9 +95,14 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
         obs.error_rate = await live.error_rate(prom, job, window)
     elif key == "latency":
         obs.latency = await live.latency(prom, job, window)
-    alerts = _alerts_to_route(obs, await prom.external_labels()) if _covering(obs) else []
-    if alerts:
-        obs.routing = dataclasses.asdict(await alertroutes.observe(ctx.params.alertmanager, prom, alerts))
+    if _covering(obs):
+        try:  # not every Prometheus-compatible API serves its configuration (Thanos Query does not)
+            external, unread = await prom.external_labels(), None
+        except PrometheusError as e:
+            external, unread = {}, e.message
+        routing = await alertroutes.observe(ctx.params.alertmanager, prom, _alerts_to_route(obs, external))
+        routing.external_labels_unread = unread
+        obs.routing = dataclasses.asdict(routing)
     return obs
 
 

@@ -467,9 +467,12 @@ ERRORS_FIRING = firing("alert_error_rate_hardened", "ASAPHighErrorRate",
      ("routes ASAPHighErrorRate to receiver 'null'", "ASAPHighErrorRate firing now")),
     (alert("alert_error_rate_hardened", groups=ERRORS_FIRING, error_rate=FIRING_ERRORS), WARN,
      ("ASAPHighErrorRate firing now", "routes ASAPHighErrorRate to oncall (webhook)")),
+    # a Prometheus-compatible API that does not serve its configuration: routed without external labels, said
+    (alert("alert_error_rate_hardened", routing=routing("alert_error_rate_hardened", external_labels_unread="404")),
+     PASS, ("routes ASAPHighErrorRate to oncall (webhook) (routed without Prometheus's external labels",)),
 ], ids=["down-hardened", "down-misconfigured", "down-stock", "errors-hardened", "429-hardened", "pass-but-null",
         "continue-one-reaches", "several-none-reach", "receiver-not-listed", "no-alertmanager", "unreachable",
-        "unreachable-rule-fails", "amtool-timeout", "firing-to-null", "firing-routed"])
+        "unreachable-rule-fails", "amtool-timeout", "firing-to-null", "firing-routed", "no-external-labels"])
 def test_alert_routing(obs, status, words):
     check(ma.judge_alert(obs, 0.1, "default"), status, *words)
 
