@@ -222,6 +222,8 @@ def test_alerts_are_routed_by_the_real_alertmanager(deployment, check):
     assert "routes ASAPAgentDown to receiver 'null'" in r.summary and "it notifies no one" in r.summary, r.summary
     r = check("MON-ALERT-4", "hardened")
     assert "Alertmanager routes ASAPRateLimitExceeded to tickets (webhook)" in r.summary, r.summary
+    r = check("MON-ALERT-1", "misconfigured")  # its rule can never fire (no series): no routing is asked
+    assert r.status is Status.FAIL and r.details["observation"]["routing"] is None, r.details
 
 
 def test_alertmanager_named_in_the_parameters(deployment, tmp_path, check):

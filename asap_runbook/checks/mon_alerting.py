@@ -20,8 +20,8 @@ from .. import alerting, alertroutes, proxy_metrics
 from .. import monitoring_live as live
 from ..errors import PrometheusError
 from ..prom import prom_for
-from ._observe import judged
 from ..results import Evidence, Status
+from ._observe import judged
 from ._registry import CheckContext, Finding, check
 
 AGENT_429_COUNTER = "asap_rate_limit_exceeded_total"  # what an agent-side wrapper exports (the reference one does)
@@ -41,7 +41,7 @@ class AlertObservation:
     down_now: list[str] | None = None  # down: instances of the job with up == 0 now
     error_rate: dict | None = None  # monitoring_live.error_rate
     latency: dict | None = None  # monitoring_live.latency
-    routing: dict | None = None  # alertroutes.Routing of the rules covering the concern; None: none to route
+    routing: dict | None = None  # alertroutes.Routing of the rules that can fire; None: none to route
 
 
 def _proxy(obs: AlertObservation) -> alerting.ProxyCounter | None:
@@ -95,7 +95,7 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
         obs.error_rate = await live.error_rate(prom, job, window)
     elif key == "latency":
         obs.latency = await live.latency(prom, job, window)
-    if _covering(obs):
+    if _routable(obs):
         try:  # not every Prometheus-compatible API serves its configuration (Thanos Query does not)
             external, unread = await prom.external_labels(), None
         except PrometheusError as e:
@@ -106,28 +106,28 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
     return obs
 
 
-def _covering(obs: AlertObservation) -> list[tuple[alerting.RuleCoverage, bool]]:
-    """(rule, reads the proxy's counter) for every rule that covers the concern for this target."""
-    agent_cov, proxy_cov = _coverage(obs)
-    return [(c, False) for c in agent_cov if c.selects_job] + [(c, True) for c in proxy_cov if c.selects_job]
-
-
 def _effective(obs: AlertObservation) -> list:
     """The rules that cover the concern for this target and can fire: their input series exist."""
+    return [c for c, _ in _routable(obs)]
+
+
+def _routable(obs: AlertObservation) -> list[tuple[alerting.RuleCoverage, bool]]:
+    """(rule, reads the proxy's counter) for every rule that covers the concern for this target and can
+    fire; a rule that can never fire is judged on that alone, so its routing is not asked."""
     agent_cov, proxy_cov = _coverage(obs)
-    effective = [c for c in agent_cov if c.selects_job and all(obs.series.get(m) for m in c.metrics)]
-    return effective + ([c for c in proxy_cov if c.selects_job] if obs.proxy and obs.proxy["has_series"] else [])
+    agent = [(c, False) for c in agent_cov if c.selects_job and all(obs.series.get(m) for m in c.metrics)]
+    return agent + ([(c, True) for c in proxy_cov if c.selects_job] if obs.proxy and obs.proxy["has_series"] else [])
 
 
 def _alerts_to_route(obs: AlertObservation, external: dict) -> list[alertroutes.AlertToRoute]:
-    """One alert per covering rule, as Alertmanager would receive it for this target: an active alert's
+    """One alert per rule that can fire, as Alertmanager would receive it for this target: an active alert's
     labels when Prometheus holds one, else the rule's labels on the target's job and instance (a proxy
     rule: the labels the proxy counter's selector pins)."""
     static = {(g.get("name"), r.get("name")): r.get("labels") or {} for g in obs.groups for r in g.get("rules", [])}
     instances = sorted(t.get("instance") or urlsplit(t.get("scrapeUrl") or "").netloc for t in obs.scrape_targets)
     agent_series = {"job": obs.job} | ({"instance": instances[0]} if instances else {})
     out, proxy = [], _proxy(obs)
-    for c, is_proxy in _covering(obs):
+    for c, is_proxy in _routable(obs):
         series = proxy.fixed_labels if is_proxy and proxy else agent_series
         active = next((a.get("labels") for a in c.alerts if a.get("labels")), None)
         out.append(alertroutes.alert_labels(c.name, static.get((c.group, c.name), {}), series, external, active))

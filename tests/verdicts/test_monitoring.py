@@ -478,10 +478,10 @@ def test_alert_routing(obs, status, words):
 
 
 def test_routing_of_a_rule_that_can_never_fire_is_not_judged():
-    """The misconfigured agent's error-rate rule has no input series: its routing (recorded) is evidence of
-    nothing; the verdict is the rule's alone."""
-    obs = alert("alert_error_rate_misconfigured")
-    assert obs.routing["routes"], "recorded with the rule routed"
+    """The misconfigured agent's error-rate rule has no input series: the verdict is the rule's alone, even
+    with a routing of it to "null" in the observation."""
+    obs = alert("alert_error_rate_misconfigured", routing=routing("alert_error_rate_hardened", routes=routes_to(
+        "alert_error_rate_hardened", "ASAPHighErrorRate", ["null"])))
     f = ma.judge_alert(obs, 0.1, "default")
     assert f.status is FAIL and "can never fire" in f.summary and "Alertmanager" not in f.summary, f.summary
 
