@@ -159,12 +159,14 @@ async def observe(settings, prom, alerts: list[AlertToRoute]) -> Routing:
             out.receivers = integrations(text)
         except yaml.YAMLError:
             raise LookupError(f"the Alertmanager configuration from {out.source} is not valid YAML") from None
-        with tempfile.TemporaryDirectory(prefix="asap-am-") as tmp:
-            config = Path(tmp) / "alertmanager.yml"
-            config.write_text(text)
-            config.chmod(0o600)
-            for alert in alerts:
-                out.routes.append(await route(config, alert, max(timeout, 10.0)))
+        amtool_timeout = max(timeout, 10.0)  # a Go binary's start on a loaded machine
+        if settings is not None and settings.config_file:  # the file itself: its relative paths mean what they mean
+            out.routes = [await route(Path(settings.config_file), a, amtool_timeout) for a in alerts]
+        else:
+            with tempfile.TemporaryDirectory(prefix="asap-am-") as tmp:  # private (0700), removed at once
+                config = Path(tmp) / "alertmanager.yml"
+                config.write_text(text)
+                out.routes = [await route(config, a, amtool_timeout) for a in alerts]
     except LookupError as e:
         out.error = str(e)
     return out
