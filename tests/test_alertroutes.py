@@ -176,3 +176,17 @@ def test_amtool_missing_is_an_error(monkeypatch):
     monkeypatch.setattr(ar, "AMTOOL", "amtool-that-is-not-installed")
     o = observe(settings(config_file=ALERTMANAGER_CONFIG), None, [ALERT])
     assert "is not installed (Debian package prometheus-alertmanager)" in o["error"] and o["routes"] == []
+
+
+def test_a_secret_in_the_configuration_stays_out_of_the_observation(tmp_path):
+    """Routing keeps receiver names and integration kinds, never the configuration: a webhook token does
+    not reach results.json."""
+    import json
+    canary = "CANARY-3f9a1c7e5b2d4f60"
+    config = tmp_path / "am.yml"
+    config.write_text(CONTINUE.replace('api_url: "<secret>"', f'api_url: "https://hooks.example/{canary}"')
+                      .replace("http://127.0.0.1:9/oncall", f"http://127.0.0.1:9/oncall?token={canary}"))
+    o = observe(settings(config_file=config), None, [ar.AlertToRoute("X", {"alertname": "X", "severity": "critical"},
+                                                                      "test")])
+    assert o["routes"][0]["receivers"] == ["chat", "team"] and o["error"] is None, o
+    assert canary not in json.dumps(o) and canary not in json.dumps(ar.judge(o, ["X"]).rows)
