@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--params", help="parameters file (default: params/demo.yaml)")
     d.add_argument("--out", help="where run directories are written (default: the checkout's outputs/, "
                    "or ./outputs when installed)")
-    d.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    d.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus (nor its Alertmanager)")
     d.add_argument("--serve", action="store_true", help="start the deployment and keep it up (for JupyterLab)")
     d.add_argument("--fleet", type=_positive_int, metavar="N", help="a fleet of N reference agents (1 hardened, N-1 "
                    "misconfigured) and a parameters file for them in the outputs folder")

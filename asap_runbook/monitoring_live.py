@@ -59,8 +59,8 @@ async def has_series(prom: Prom, selector: str) -> bool:
 
 
 async def job_targets(prom: Prom, job: str) -> list[dict]:
-    """The job's scrape targets, kept small: url, health, last error."""
-    return [{k: t.get(k) for k in ("scrapeUrl", "health", "lastError")}
+    """The job's scrape targets, kept small: url, health, last error, and the instance label its alerts carry."""
+    return [{k: t.get(k) for k in ("scrapeUrl", "health", "lastError")} | {"instance": t["labels"].get("instance")}
             for t in await prom.targets() if (t.get("labels") or {}).get("job") == job]
 
 

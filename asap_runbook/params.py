@@ -296,6 +296,16 @@ class Prometheus(HttpEndpoint):
         return self.env_names("prometheus") + (self.rules_api.env_names("prometheus.rules_api") if self.rules_api else [])
 
 
+class Alertmanager(_Model):
+    """Where MON-ALERT-1..4 ask which receiver an alert is routed to. Without this block the runbook asks
+    Prometheus which Alertmanager it sends alerts to (/api/v1/alertmanagers) and reads that one's
+    configuration (/api/v2/status); `url` names the Alertmanager instead, `config_file` its configuration
+    file (read locally, nothing contacted). Routing is Alertmanager's own: `amtool config routes test`."""
+    url: HttpUrl | None = Field(None, description="the Alertmanager whose loaded configuration routes the alerts")
+    config_file: Path | None = Field(None, description="alertmanager.yml as deployed; wins over url")
+    timeout_seconds: float = Field(5, gt=0, le=60)
+
+
 class ProbeSettings(_Model):
     timeout_seconds: float = Field(5, gt=0, le=120)
     max_response_bytes: int = Field(1_048_576, ge=1024)
@@ -325,6 +335,7 @@ class Params(_Model):
     environment: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
     targets: list[Target] = Field(min_length=1)
     prometheus: Prometheus | None = None
+    alertmanager: Alertmanager | None = None
     thresholds: Thresholds = Thresholds()
     probe: ProbeSettings = ProbeSettings()
     confirmations_file: Path | None = None
@@ -399,6 +410,9 @@ def _map_paths(data: dict, fix) -> None:
     for key in ("confirmations_file", "waivers_file"):
         if key in data:
             data[key] = fix(data[key])
+    am = data.get("alertmanager")
+    if isinstance(am, dict) and "config_file" in am:
+        am["config_file"] = fix(am["config_file"])
     for t in data.get("targets") or []:
         if not isinstance(t, dict):
             continue
@@ -456,6 +470,11 @@ def _missing_files(data: dict, skip: set[Loc]) -> list[Problem]:
     """Files the targets name that are not there (checked on the raw data, so they are reported
     alongside every other problem; `skip`: locations already reported, e.g. an unset ${NAME})."""
     out = []
+    am = data.get("alertmanager")
+    am_file = am.get("config_file") if isinstance(am, dict) else None
+    loc = ("alertmanager", "config_file")
+    if isinstance(am_file, str) and am_file and loc not in skip and not Path(am_file).exists():
+        out.append(Problem(loc, f"alertmanager.config_file: {am_file} does not exist"))
     targets = data.get("targets")
     for i, t in enumerate(targets if isinstance(targets, list) else []):
         if not isinstance(t, dict):

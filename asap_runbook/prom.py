@@ -118,6 +118,18 @@ class Prom:
         """Loaded rule groups."""
         return (await self._api_get("the rules query", "/api/v1/rules"))["groups"]
 
+    async def alertmanagers(self) -> dict:
+        """The Alertmanagers Prometheus sends its alerts to: {activeAlertmanagers: [{url}], droppedAlertmanagers}."""
+        return await self._api_get("the alertmanagers query", "/api/v1/alertmanagers") or {}
+
+    async def external_labels(self) -> dict[str, str]:
+        """global.external_labels of the loaded configuration: Prometheus adds them to every alert it sends."""
+        import yaml
+
+        text = (await self._api_get("the configuration query", "/api/v1/status/config") or {}).get("yaml") or ""
+        conf = yaml.safe_load(text) or {}  # Prometheus's own rendering of a configuration it loaded
+        return {str(k): str(v) for k, v in ((conf.get("global") or {}).get("external_labels") or {}).items()}
+
 
 def prom_for(params) -> Prom | None:
     return Prom(params.prometheus) if params.prometheus else None

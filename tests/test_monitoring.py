@@ -202,3 +202,53 @@ def test_no_429_counter_anywhere_is_a_skip_naming_the_selector(demo_params, chec
     r = check("MON-ALERT-4", "hardened", params)
     assert r.status is Status.SKIP and "selects no series in Prometheus" in r.summary, r.summary
     assert r.details["observation"]["proxy"]["has_series"] is False
+
+
+# -------------------------------------------------------------------------- Alertmanager routing
+def _routing(r) -> dict:
+    return r.details["observation"]["routing"]
+
+
+def test_alerts_are_routed_by_the_real_alertmanager(deployment, check):
+    """Discovered through Prometheus (/api/v1/alertmanagers), routed by amtool with the configuration the
+    running Alertmanager loaded: the hardened agent's pages reach on-call, the misconfigured agent's
+    down alert is routed to "null"."""
+    r = check("MON-ALERT-3", "hardened")
+    assert r.status is Status.PASS and "Alertmanager routes ASAPAgentDown to oncall (webhook)" in r.summary, r.summary
+    assert _routing(r)["source"] == "Prometheus /api/v1/alertmanagers"
+    assert _routing(r)["alertmanager"] == deployment.alertmanager.url
+    r = check("MON-ALERT-3", "misconfigured")
+    assert r.status is Status.FAIL, r.summary
+    assert "routes ASAPAgentDown to receiver 'null'" in r.summary and "it notifies no one" in r.summary, r.summary
+    r = check("MON-ALERT-4", "hardened")
+    assert "Alertmanager routes ASAPRateLimitExceeded to tickets (webhook)" in r.summary, r.summary
+    r = check("MON-ALERT-1", "misconfigured")  # its rule can never fire (no series): no routing is asked
+    assert r.status is Status.FAIL and r.details["observation"]["routing"] is None, r.details
+
+
+def test_alertmanager_named_in_the_parameters(deployment, tmp_path, check):
+    """alertmanager.url asks that Alertmanager; alertmanager.config_file routes that file and wins over the url
+    (here a copy of the team's configuration without the "null" route)."""
+    params = load_params(write_test_params(tmp_path / "url", alertmanager={"url": deployment.alertmanager.url}))
+    r = check("MON-ALERT-3", "misconfigured", params)
+    assert _routing(r)["source"] == "alertmanager.url" and "receiver 'null'" in r.summary, r.summary
+    fixed = tmp_path / "alertmanager.yml"
+    text = deployment.alertmanager.config_file.read_text()
+    fixed.write_text(text.replace('job = "asap-misconfigured"', 'job = "some-other-job"'))
+    params = load_params(write_test_params(tmp_path / "file", alertmanager={
+        "url": deployment.alertmanager.url, "config_file": str(fixed)}))
+    r = check("MON-ALERT-3", "misconfigured", params)
+    assert _routing(r)["source"] == "alertmanager.config_file", r.details
+    assert r.status is Status.FAIL and "routes ASAPAgentDown to oncall (webhook)" in r.summary, r.summary
+
+
+def test_alertmanager_down_is_error_not_pass(deployment, tmp_path, check):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = load_params(write_test_params(tmp_path, alertmanager={"url": f"http://127.0.0.1:{port}"}))
+    r = check("MON-ALERT-3", "hardened", params)
+    assert r.status is Status.ERROR and f"Alertmanager at http://127.0.0.1:{port} could not be reached" in r.summary
+    r = check("MON-ALERT-3", "misconfigured", params)  # the rule's own failure stands
+    assert r.status is Status.FAIL and "could not be looked at" in r.summary, r.summary

@@ -59,12 +59,24 @@ def test_a_rate_limit_that_does_not_parse_is_one_sentence(tmp_path):
     (GOOD.replace("https://agent.example.com", "${ASAP_RUNBOOK_TEST_UNSET_VAR}"), "which is not set in the environment"),
     (GOOD + "    token_env: 'not a name'\n", "token_env"),
     (GOOD + "    readiness_path: readyz\n", "readiness_path"),
+    (GOOD + "alertmanager: {url: alertmanager:9093}\n", "alertmanager.url: 'alertmanager:9093' is not an http"),
+    (GOOD + "alertmanager: {config_file: /nonexistent/alertmanager.yml}\n",
+     "alertmanager.config_file: /nonexistent/alertmanager.yml does not exist"),
+    (GOOD + "alertmanager: {urls: http://am:9093}\n", "unknown key alertmanager.urls; did you mean 'url'?"),
 ])
 def test_bad_params_one_sentence(tmp_path, text, sentence):
     with pytest.raises(ParamsError) as e:
         load_params(write(tmp_path, text))
     assert sentence in e.value.message
     assert "\n" not in e.value.message
+
+
+def test_alertmanager_config_file_is_relative_to_the_params_file(tmp_path):
+    (tmp_path / "am").mkdir()
+    (tmp_path / "am" / "alertmanager.yml").write_text("route: {receiver: x}\nreceivers: [{name: x}]\n")
+    params = load_params(write(tmp_path, GOOD + "alertmanager: {config_file: am/alertmanager.yml}\n"))
+    assert params.alertmanager.config_file == tmp_path / "am" / "alertmanager.yml"
+    assert params.alertmanager.url is None and params.alertmanager.timeout_seconds == 5
 
 
 def test_missing_file_is_exit_2(tmp_path, capsys):

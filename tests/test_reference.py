@@ -22,8 +22,9 @@ from asap_runbook.reference.deployment import DEFAULT_ALERT_RULES, find_binary
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(
-    not (find_binary("nginx") and find_binary("redis-server") and find_binary("prometheus")),
-    reason="needs Debian nginx, redis-server and prometheus",
+    not (find_binary("nginx") and find_binary("redis-server") and find_binary("prometheus")
+         and find_binary("prometheus-alertmanager")),
+    reason="needs Debian nginx, redis-server, prometheus and prometheus-alertmanager",
 )
 
 EXPECTED_ENV = {
@@ -35,6 +36,7 @@ EXPECTED_ENV = {
     "ASAP_DEMO_MISCONFIGURED_HTTP_URL",
     "ASAP_DEMO_MISCONFIGURED_DIRECT_URL",
     "ASAP_DEMO_PROMETHEUS_URL",
+    "ASAP_DEMO_ALERTMANAGER_URL",
     "ASAP_DEMO_CONTROL",
     "ASAP_DEMO_WORKDIR",
     "ASAP_DEMO_HARDENED_LOG",
@@ -298,6 +300,31 @@ def test_prometheus_scrapes_hardened_up_misconfigured_down(dep):
     assert {"ASAPHighErrorRate", "ASAPHighLatencyP99", "ASAPAgentDown", "ASAPRateLimitExceeded"} <= names
 
 
+def test_prometheus_sends_alerts_to_the_alertmanager_with_the_shipped_routing(dep):
+    import time
+
+    from asap_runbook.reference import ALERTMANAGER_CONFIG
+    sends_to = f"{dep.alertmanager.url}/api/v2/alerts"
+    deadline = time.monotonic() + 15
+    while True:  # Prometheus's notifier picks its Alertmanagers up shortly after start
+        active = httpx.get(f"{dep.prometheus.url}/api/v1/alertmanagers", timeout=5).json()["data"]["activeAlertmanagers"]
+        if [a["url"] for a in active] == [sends_to] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [a["url"] for a in active] == [sends_to]
+    loaded = httpx.get(f"{dep.alertmanager.url}/api/v2/status", timeout=5).json()["config"]["original"]
+    assert 'receiver: "null"' in loaded and "job=\"asap-misconfigured\"" in loaded, loaded
+    assert dep.alertmanager.config_file == ALERTMANAGER_CONFIG
+    assert dep.alertmanager.data_dir.parent == dep.workdir
+
+
+def test_shipped_alertmanager_config_passes_amtool():
+    from asap_runbook.reference import ALERTMANAGER_CONFIG
+    out = subprocess.run([find_binary("amtool"), "check-config", str(ALERTMANAGER_CONFIG)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "3 receivers" in out.stdout, out.stdout + out.stderr
+
+
 @pytest.mark.skipif(not find_binary("promtool"), reason="promtool not installed")
 def test_alert_rules_pass_promtool():
     out = subprocess.run([find_binary("promtool"), "check", "rules", str(DEFAULT_ALERT_RULES)],
@@ -359,10 +386,21 @@ def test_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
             pass
 
 
+def test_missing_alertmanager_names_its_package(tmp_path, monkeypatch):
+    import asap_runbook.reference.deployment as d
+
+    real = d.find_binary
+    monkeypatch.setattr(d, "find_binary", lambda name: None if "alertmanager" in name else real(name))
+    with pytest.raises(ReferenceDeploymentError, match="prometheus-alertmanager.*pass prometheus=False"):
+        with ReferenceDeployment(tmp_path, prometheus=True):
+            pass
+    assert not (tmp_path / "logs").exists(), "nothing started"
+
+
 def test_without_prometheus_and_two_misconfigured(tmp_path):
     with ReferenceDeployment(tmp_path, prometheus=False, misconfigured_agents=2) as d:
         env = d.env()
-        assert "ASAP_DEMO_PROMETHEUS_URL" not in env
+        assert "ASAP_DEMO_PROMETHEUS_URL" not in env and "ASAP_DEMO_ALERTMANAGER_URL" not in env
         assert [m.name for m in d.misconfigured] == ["misconfigured", "misconfigured-2"]
         for m in d.misconfigured:
             assert httpx.get(f"{m.http_url}/health", timeout=5).status_code == 200

@@ -1,6 +1,9 @@
 """Monitoring > Alerting (MON-ALERT-1..4): observe Prometheus's loaded rules, which input series exist,
 what fires and the live numbers; judge purely (alerting.coverage reads the rules by what they select).
 
+Each alert a rule covering the concern would send is then routed through Alertmanager's own routing
+(alertroutes.py): a rule whose alerts reach no receiver with an integration alerts no one.
+
 429s are often counted at the proxy or ingress, not by the agent (asap-protocol 2.5.10 has no 429
 metric): MON-ALERT-4 also reads the counter `targets[].proxy_requests` names (proxy_metrics.py, the
 definition SEC-RATE-4 and SEC-SIZE-3 use).
@@ -8,12 +11,16 @@ definition SEC-RATE-4 and SEC-SIZE-3 use).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from .. import alerting, proxy_metrics, rules_source
+from .. import alerting, alertroutes, proxy_metrics, rules_source
 from .. import monitoring_live as live
+from ..errors import PrometheusError
 from ..prom import prom_for
+from ..results import Evidence, Status
 from ._observe import judged
 from ._registry import CheckContext, Finding, check
 
@@ -35,6 +42,7 @@ class AlertObservation:
     error_rate: dict | None = None  # monitoring_live.error_rate
     latency: dict | None = None  # monitoring_live.latency
     rules_source: dict | None = None  # rules_source.RuleSource.record(); None: the scraping Prometheus
+    routing: dict | None = None  # alertroutes.Routing of the rules that can fire; None: none to route
 
 
 def _proxy(obs: AlertObservation) -> alerting.ProxyCounter | None:
@@ -89,7 +97,43 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
         obs.error_rate = await live.error_rate(prom, job, window)
     elif key == "latency":
         obs.latency = await live.latency(prom, job, window)
+    if _routable(obs):
+        try:  # not every Prometheus-compatible API serves its configuration (Thanos Query does not)
+            external, unread = await prom.external_labels(), None
+        except PrometheusError as e:
+            external, unread = {}, e.message
+        routing = await alertroutes.observe(ctx.params.alertmanager, prom, _alerts_to_route(obs, external))
+        routing.external_labels_unread = unread
+        obs.routing = dataclasses.asdict(routing)
     return obs
+
+
+def _effective(obs: AlertObservation) -> list:
+    """The rules that cover the concern for this target and can fire: their input series exist."""
+    return [c for c, _ in _routable(obs)]
+
+
+def _routable(obs: AlertObservation) -> list[tuple[alerting.RuleCoverage, bool]]:
+    """(rule, reads the proxy's counter) for every rule that covers the concern for this target and can
+    fire; a rule that can never fire is judged on that alone, so its routing is not asked."""
+    agent_cov, proxy_cov = _coverage(obs)
+    agent = [(c, False) for c in agent_cov if c.selects_job and all(obs.series.get(m) for m in c.metrics)]
+    return agent + ([(c, True) for c in proxy_cov if c.selects_job] if obs.proxy and obs.proxy["has_series"] else [])
+
+
+def _alerts_to_route(obs: AlertObservation, external: dict) -> list[alertroutes.AlertToRoute]:
+    """One alert per rule that can fire, as Alertmanager would receive it for this target: an active alert's
+    labels when Prometheus holds one, else the rule's labels on the target's job and instance (a proxy
+    rule: the labels the proxy counter's selector pins)."""
+    static = {(g.get("name"), r.get("name")): r.get("labels") or {} for g in obs.groups for r in g.get("rules", [])}
+    instances = sorted(t.get("instance") or urlsplit(t.get("scrapeUrl") or "").netloc for t in obs.scrape_targets)
+    agent_series = {"job": obs.job} | ({"instance": instances[0]} if instances else {})
+    out, proxy = [], _proxy(obs)
+    for c, is_proxy in _routable(obs):
+        series = proxy.fixed_labels if is_proxy and proxy else agent_series
+        active = next((a.get("labels") for a in c.alerts if a.get("labels")), None)
+        out.append(alertroutes.alert_labels(c.name, static.get((c.group, c.name), {}), series, external, active))
+    return out
 
 
 def _fmt_s(v: float | None) -> str:
@@ -97,6 +141,34 @@ def _fmt_s(v: float | None) -> str:
 
 
 def judge_alert(obs: AlertObservation, threshold: float | None = None, threshold_source: str = "") -> Finding:
+    """The rule's verdict (_judge_rule), then where Alertmanager routes the alerts of the rules that can fire:
+    routed to a receiver with no integration -> fail (nobody is told); could not look -> error unless the
+    rule already fails; Prometheus sends to no Alertmanager and the parameters name none -> warn (routing
+    not verified: another ruler may send them; a pass would claim a page nobody checked)."""
+    finding = _judge_rule(obs, threshold, threshold_source)
+    effective = _effective(obs)
+    if obs.routing is None or not effective or finding.status not in (Status.PASS, Status.WARN, Status.FAIL):
+        return finding
+    verdict = alertroutes.judge(obs.routing, sorted({c.name for c in effective}))
+    finding.evidence.append(Evidence(label=f"Alertmanager routing ({obs.routing.get('source')}: "
+                                           f"{obs.routing.get('alertmanager') or 'none'}; amtool config routes test)",
+                                     data=verdict.rows or verdict.text))
+    if finding.status is Status.FAIL:  # the rule's own failure stands; the routing is said next to it
+        return _restated(finding, Status.FAIL, f"{finding.summary}; {verdict.text}")
+    if verdict.kind == "nowhere":
+        return _restated(finding, Status.FAIL, f"{verdict.text}, though {finding.summary}")
+    if verdict.kind == "error":
+        return _restated(finding, Status.ERROR, f"{verdict.text} ({finding.summary})")
+    if verdict.kind == "unattached":
+        return _restated(finding, Status.WARN, f"{finding.summary}; but {verdict.text}")
+    return _restated(finding, finding.status, f"{finding.summary}; {verdict.text}")
+
+
+def _restated(finding: Finding, status: Status, summary: str) -> Finding:
+    return Finding(status, summary, finding.evidence, finding.details)
+
+
+def _judge_rule(obs: AlertObservation, threshold: float | None = None, threshold_source: str = "") -> Finding:
     """Covered when a loaded alerting rule reads the concern's metric for this job (or, for 429s, the
     proxy's counter for this target) and its input series exist; firing is a warn, pending is reported.
     `threshold`: error_rate_ratio or p99_latency_seconds, for the live number the summary gives."""
@@ -124,8 +196,7 @@ def judge_alert(obs: AlertObservation, threshold: float | None = None, threshold
     if obs.series:
         ev.append((f"input series present in Prometheus for job {job}", obs.series))
     covering = [c for c in agent_cov if c.selects_job]
-    effective = [c for c in covering if all(obs.series.get(m) for m in c.metrics)]
-    effective += [c for c in proxy_cov if c.selects_job] if proxy and proxy["has_series"] else []
+    effective = _effective(obs)
     if not effective:
         return _not_covered(obs, agent_cov, covering, proxy_cov, ev)
     rule = effective[0]

@@ -18,6 +18,7 @@ This package never imports ``asap.transport`` (only the agent subprocesses do).
 """
 
 from .deployment import (
+    ALERTMANAGER_CONFIG,
     DEFAULT_ALERT_RULES,
     HARDENED_AGENT_ID,
     MISCONFIGURED_AGENT_ID,
@@ -25,6 +26,7 @@ from .deployment import (
     STOCK_AGENT_ID,
     TOKEN_ENV,
     AgentInfo,
+    AlertmanagerInfo,
     PrometheusInfo,
     RedisInfo,
     ReferenceDeployment,
@@ -32,6 +34,7 @@ from .deployment import (
 )
 
 __all__ = [
+    "ALERTMANAGER_CONFIG",
     "DEFAULT_ALERT_RULES",
     "HARDENED_AGENT_ID",
     "MISCONFIGURED_AGENT_ID",
@@ -39,6 +42,7 @@ __all__ = [
     "STOCK_AGENT_ID",
     "TOKEN_ENV",
     "AgentInfo",
+    "AlertmanagerInfo",
     "PrometheusInfo",
     "RedisInfo",
     "ReferenceDeployment",

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         return control_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m asap_runbook.reference", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None, help="work directory (default: a new temp dir)")
-    parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus (nor its Alertmanager)")
     parser.add_argument("--misconfigured-agents", type=int, default=1, metavar="N")
     parser.add_argument("--restart-agent", metavar="NAME",
                         help="ask the deployment running in --workdir to kill and restart agent NAME, then exit")

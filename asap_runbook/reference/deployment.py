@@ -1,4 +1,4 @@
-"""The reference deployment: real ASAP agents, nginx, Redis and Prometheus on loopback.
+"""The reference deployment: real ASAP agents, nginx, Redis, Prometheus and Alertmanager on loopback.
 
 Every component runs in its own process (its own session / process group), every port is
 picked free at start, every file lives under the work directory, and everything started is
@@ -14,6 +14,8 @@ Layout of the work directory::
     <workdir>/logs/<component>.log     stdout+stderr (and nginx error_log) of each component
     <workdir>/nginx/<name>/            nginx prefix: pid file, temp dirs
     <workdir>/prom/                    Prometheus TSDB
+    <workdir>/alertmanager/            Alertmanager storage (silences, notification log); its configuration
+                                       is asap_runbook/data/alertmanager/alertmanager.yml, as shipped
     <workdir>/redis/                   Redis working directory (persistence disabled)
     <workdir>/control.sock, control.json  drill control (see asap_runbook.reference.control)
 
@@ -50,6 +52,9 @@ from .pki import PKIFiles, make_pki
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding asap_runbook/
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_ALERT_RULES = Path(__file__).resolve().parents[1] / "data" / "prometheus" / "asap-alerts.yml"
+# the team's routing: pages to on-call, warnings to tickets, the misconfigured agent's down alert nowhere
+ALERTMANAGER_CONFIG = Path(__file__).resolve().parents[1] / "data" / "alertmanager" / "alertmanager.yml"
+ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, upstream's
 
 def _stock_example() -> Path:
     from .._paths import shipped
@@ -126,6 +131,15 @@ class PrometheusInfo:
     pid: int
     config_file: Path
     rules_file: Path
+    log_file: Path
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class AlertmanagerInfo:
+    url: str
+    pid: int
+    config_file: Path
     log_file: Path
     data_dir: Path
 
@@ -226,6 +240,7 @@ class ReferenceDeployment:
         self.misconfigured_redis: RedisInfo | None = None
         self._control = None
         self.prometheus: PrometheusInfo | None = None
+        self.alertmanager: AlertmanagerInfo | None = None
         self.startup_seconds: float | None = None
         self.shutdown_seconds: float | None = None
 
@@ -286,6 +301,8 @@ class ReferenceDeployment:
             )
         if self.prometheus is not None:
             env["ASAP_DEMO_PROMETHEUS_URL"] = self.prometheus.url
+        if self.alertmanager is not None:
+            env["ASAP_DEMO_ALERTMANAGER_URL"] = self.alertmanager.url
         if self._control is not None:
             env["ASAP_DEMO_CONTROL"] = self._control.command
         return env
@@ -400,20 +417,22 @@ class ReferenceDeployment:
             return self
 
     def _check_binaries(self) -> None:
-        need = ["nginx", "redis-server"] + (["prometheus"] if self.prometheus_enabled else [])
+        need = ["nginx", "redis-server"] + (["prometheus", "alertmanager"] if self.prometheus_enabled else [])
         self._bins: dict[str, str] = {}
         missing = []
         for name in need:
-            path = find_binary(name)
+            names = ALERTMANAGER_BINARIES if name == "alertmanager" else (name,)
+            path = next((p for p in map(find_binary, names) if p), None)
             if path is None:
-                missing.append(name)
+                missing.append(names[0])
             else:
                 self._bins[name] = path
         if missing:
-            hint = "; pass prometheus=False to run without Prometheus" if "prometheus" in missing else ""
+            hint = ("; pass prometheus=False to run without Prometheus and Alertmanager"
+                    if {"prometheus", "prometheus-alertmanager"} & set(missing) else "")
             raise ReferenceDeploymentError(
                 f"required binaries not found on PATH or in /usr/sbin: {', '.join(missing)} "
-                f"(Debian packages: nginx, redis-server, prometheus){hint}"
+                f"(Debian packages: nginx, redis-server, prometheus, prometheus-alertmanager){hint}"
             )
         if self.prometheus_enabled and not self.alert_rules.is_file():
             raise ReferenceDeploymentError(f"alert rules file not found: {self.alert_rules}")
@@ -432,8 +451,9 @@ class ReferenceDeployment:
         wd = self.workdir
         for d in (wd, self.logs_dir, self.conf_dir, wd / "redis"):
             d.mkdir(parents=True, exist_ok=True)
-        if (wd / "prom").exists():
-            shutil.rmtree(wd / "prom", ignore_errors=True)
+        for state in ("prom", "alertmanager"):
+            if (wd / state).exists():
+                shutil.rmtree(wd / state, ignore_errors=True)
 
         self.token = secrets.token_urlsafe(32)  # 43 chars
         fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -448,6 +468,7 @@ class ReferenceDeployment:
         mis_ports = [(self._free_port(), self._free_port(), self._free_port()) for _ in range(self.misconfigured_count)]
         stock_ports = (self._free_port(), self._free_port(), self._free_port()) if self.stock_enabled else None
         prom_port = self._free_port() if self.prometheus_enabled else None
+        am_port = self._free_port() if self.prometheus_enabled else None
 
         # Redis
         self.redis = RedisInfo(
@@ -490,9 +511,11 @@ class ReferenceDeployment:
                 self.stock, verify=ssl.create_default_context(cafile=str(self.pki.ca_file))
             )
 
-        # Prometheus
+        # Alertmanager, then the Prometheus that sends it alerts
         if self.prometheus_enabled:
-            assert prom_port is not None
+            assert prom_port is not None and am_port is not None
+            self.alertmanager = self._start_alertmanager(am_port)
+            checks["alertmanager"] = self._http_ok(f"{self.alertmanager.url}/-/ready")
             self.prometheus = self._start_prometheus(prom_port)
             checks["prometheus"] = self._http_ok(f"{self.prometheus.url}/-/ready")
 
@@ -668,6 +691,19 @@ class ReferenceDeployment:
         if proc is not None:
             self._terminate([proc])
 
+    def _start_alertmanager(self, port: int) -> AlertmanagerInfo:
+        data_dir = self.workdir / "alertmanager"
+        argv = [
+            self._bins["alertmanager"],
+            f"--config.file={ALERTMANAGER_CONFIG}",
+            f"--storage.path={data_dir}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",  # no gossip port (it would listen on every interface)
+        ]
+        proc = self._spawn("alertmanager", argv, cwd=self.workdir)
+        return AlertmanagerInfo(url=f"http://127.0.0.1:{port}", pid=proc.pid, config_file=ALERTMANAGER_CONFIG,
+                                log_file=proc.log_file, data_dir=data_dir)
+
     def _start_prometheus(self, port: int) -> PrometheusInfo:
         assert self.hardened is not None and self.pki is not None
         data_dir = self.workdir / "prom"
@@ -714,6 +750,9 @@ class ReferenceDeployment:
                 {"job_name": "ingress-nginx", "static_configs": [{"targets": []}]},
             ]
             config["rule_files"].append(str(STOCK_ALERT_RULES))
+        if self.alertmanager is not None:
+            config["alerting"] = {"alertmanagers": [
+                {"static_configs": [{"targets": [self.alertmanager.url.removeprefix("http://")]}]}]}
         conf = self.conf_dir / "prometheus.yml"
         conf.write_text("# rendered by asap_runbook.reference\n" + yaml.safe_dump(config, sort_keys=False))
         argv = [
@@ -915,10 +954,10 @@ class ReferenceDeployment:
                 self._control.close()
                 self._control = None
             try:
-                # front to back: Prometheus, nginx, agents, Redis -- all signalled at once
+                # front to back: Prometheus and Alertmanager, nginx, agents, Redis -- all signalled at once
                 order = sorted(
                     self._procs.values(),
-                    key=lambda p: (0 if p.name == "prometheus" else 1 if p.name.endswith("-nginx")
+                    key=lambda p: (0 if p.name in ("prometheus", "alertmanager") else 1 if p.name.endswith("-nginx")
                                    else 3 if p.name.endswith("redis") else 2),
                 )
                 self._terminate(order)

@@ -384,6 +384,122 @@ def test_other_alerts(obs, threshold, status, words):
     check(ma.judge_alert(obs, threshold, "default"), status, *words)
 
 
+# ------------------------------------------------------------------------------ MON-ALERT-*: routing
+def routing(name: str, **changes) -> dict:
+    """The recorded routing of `name` (the reference Alertmanager: pages to oncall, warnings to tickets,
+    the misconfigured agent's down alert to "null"), changed."""
+    return recorded(name)["routing"] | changes
+
+
+def routes_to(name: str, rule: str, receivers: list[str], route: str = "default-route") -> list[dict]:
+    """The recorded routes of `name`, with `rule` resolved to `receivers` instead."""
+    return [r | {"receivers": receivers, "routes": [{"route": route, "receiver": n} for n in receivers]}
+            if r["rule"] == rule else r for r in recorded(name)["routing"]["routes"]]
+
+
+WITH_CHAT = {"oncall": ["webhook_configs"], "tickets": ["webhook_configs"], "null": [], "chat": ["slack_configs"]}
+UNATTACHED = {"source": "Prometheus /api/v1/alertmanagers", "alertmanager": None, "discovered": [], "error": None,
+              "receivers": {}, "routes": []}
+UNREACHABLE = {"source": "alertmanager.url", "alertmanager": "http://127.0.0.1:1", "discovered": [],
+               "error": "Alertmanager at http://127.0.0.1:1 could not be reached (All connection attempts failed)",
+               "receivers": {}, "routes": []}
+FIRING_ERRORS = {"ratio": 0.5, "requests": 80, "all_errors_ratio": 0.5}
+
+
+def firing(name: str, rule_name: str, labels: dict) -> list[dict]:
+    """The recorded rule groups of `name`, with `rule_name` firing for `labels`."""
+    groups = recorded(name)["groups"]
+    for g in groups:
+        for r in g["rules"]:
+            if r["name"] == rule_name:
+                r["alerts"] = [{"state": "firing", "labels": labels, "activeAt": "2026-11-30T08:00:00Z", "value": "0.5"}]
+    return groups
+
+
+ERRORS_FIRING = firing("alert_error_rate_hardened", "ASAPHighErrorRate",
+                       {"alertname": "ASAPHighErrorRate", "job": "asap-hardened", "severity": "critical"})
+
+
+@pytest.mark.parametrize("obs, status, words", [
+    # as recorded from the reference deployment and its Alertmanager
+    (alert("alert_down_hardened"), PASS, ("not firing", "Alertmanager routes ASAPAgentDown to oncall (webhook)",
+                                          "ASAPAgentsAbsent to oncall (webhook)")),
+    (alert("alert_down_misconfigured"), FAIL, ("ASAPAgentDown firing for job 'asap-misconfigured'",
+                                               "routes ASAPAgentDown to receiver 'null' by route "
+                                               '{alertname="ASAPAgentDown",job="asap-misconfigured"}',
+                                               "which has no integrations: it notifies no one",
+                                               "only ASAPAgentsAbsent reach(es) a receiver")),
+    (alert("alert_down_stock"), FAIL, ("OrdersServiceDown", "the agent is down or unscrapeable",
+                                       "Alertmanager routes OrdersServiceDown to oncall (webhook)")),
+    (alert("alert_error_rate_hardened"), PASS, ("Alertmanager routes ASAPHighErrorRate to oncall (webhook)",)),
+    (alert("alert_rate_limit_hardened"), PASS, ("Alertmanager routes ASAPRateLimitExceeded to tickets (webhook)",)),
+    # a rule that passes on its own but is routed nowhere: nobody is told
+    (alert("alert_down_hardened", routing=routing("alert_down_hardened", routes=routes_to(
+        "alert_down_hardened", "ASAPAgentDown", ["null"], '{job="asap-hardened"}'))), FAIL,
+     ("routes ASAPAgentDown to receiver 'null' by route {job=\"asap-hardened\"}", "it notifies no one",
+      "though ASAPAgentDown, ASAPAgentsAbsent cover(s) job 'asap-hardened'")),
+    # continue: true -- one receiver with an integration among several is enough
+    (alert("alert_down_hardened", routing=routing("alert_down_hardened", receivers=WITH_CHAT, routes=routes_to(
+        "alert_down_hardened", "ASAPAgentDown", ["chat", "null"]))), PASS,
+     ("routes ASAPAgentDown to chat (slack)",)),
+    (alert("alert_down_hardened", routing=routing("alert_down_hardened", routes=routes_to(
+        "alert_down_hardened", "ASAPAgentDown", ["null", "null"]))), FAIL,
+     ("receivers 'null', 'null', none of which has an integration",)),
+    # a receiver the routing names that the configuration read does not list counts as no integration
+    (alert("alert_down_hardened", routing=routing("alert_down_hardened", receivers={"null": []})), FAIL,
+     ("routes ASAPAgentDown to receiver 'oncall' by the default route, which has no integrations",)),
+    # Prometheus sends to no Alertmanager and the parameters name none: not verified, said
+    (alert("alert_down_hardened", routing=UNATTACHED), WARN,
+     ("not firing; but Prometheus sends its alerts to no Alertmanager", "whether anyone is told is not verified")),
+    # could not look: error, never a pass; the rule's own failure stands
+    (alert("alert_down_hardened", routing=UNREACHABLE), ERROR,
+     ("where Alertmanager routes ASAPAgentDown, ASAPAgentsAbsent could not be looked at",
+      "could not be reached")),
+    (alert("alert_down_misconfigured", routing=UNREACHABLE), FAIL,
+     ("the agent is down or unscrapeable", "could not be looked at")),
+    (alert("alert_down_hardened", routing=routing("alert_down_hardened", routes=[
+        r | {"error": "amtool config routes test did not finish within 10 s"}
+        for r in recorded("alert_down_hardened")["routing"]["routes"]])), ERROR, ("did not finish within 10 s",)),
+    # a firing warn routed nowhere is a fail: it fires and no one hears it
+    (alert("alert_error_rate_hardened", groups=ERRORS_FIRING, error_rate=FIRING_ERRORS,
+           routing=routing("alert_error_rate_hardened", routes=routes_to(
+               "alert_error_rate_hardened", "ASAPHighErrorRate", ["null"]))), FAIL,
+     ("routes ASAPHighErrorRate to receiver 'null'", "ASAPHighErrorRate firing now")),
+    (alert("alert_error_rate_hardened", groups=ERRORS_FIRING, error_rate=FIRING_ERRORS), WARN,
+     ("ASAPHighErrorRate firing now", "routes ASAPHighErrorRate to oncall (webhook)")),
+    # a Prometheus-compatible API that does not serve its configuration: routed without external labels, said
+    (alert("alert_error_rate_hardened", routing=routing("alert_error_rate_hardened", external_labels_unread="404")),
+     PASS, ("routes ASAPHighErrorRate to oncall (webhook) (routed without Prometheus's external labels",)),
+], ids=["down-hardened", "down-misconfigured", "down-stock", "errors-hardened", "429-hardened", "pass-but-null",
+        "continue-one-reaches", "several-none-reach", "receiver-not-listed", "no-alertmanager", "unreachable",
+        "unreachable-rule-fails", "amtool-timeout", "firing-to-null", "firing-routed", "no-external-labels"])
+def test_alert_routing(obs, status, words):
+    check(ma.judge_alert(obs, 0.1, "default"), status, *words)
+
+
+def test_routing_of_a_rule_that_can_never_fire_is_not_judged():
+    """The misconfigured agent's error-rate rule has no input series: the verdict is the rule's alone, even
+    with a routing of it to "null" in the observation."""
+    obs = alert("alert_error_rate_misconfigured", routing=routing("alert_error_rate_hardened", routes=routes_to(
+        "alert_error_rate_hardened", "ASAPHighErrorRate", ["null"])))
+    f = ma.judge_alert(obs, 0.1, "default")
+    assert f.status is FAIL and "can never fire" in f.summary and "Alertmanager" not in f.summary, f.summary
+
+
+def test_an_observation_without_routing_keeps_the_rule_verdict():
+    f = ma.judge_alert(alert("alert_down_hardened", routing=None))
+    assert f.status is PASS and "Alertmanager" not in f.summary, f.summary
+
+
+def test_routing_evidence_names_labels_receivers_and_routes():
+    f = ma.judge_alert(alert("alert_down_misconfigured"))
+    ev = next(e for e in f.evidence if e.label.startswith("Alertmanager routing"))
+    assert "Prometheus /api/v1/alertmanagers" in ev.label
+    down = next(row for row in ev.data if row["rule"] == "ASAPAgentDown")
+    assert down["receivers"] == "null (no integrations)" and "job=asap-misconfigured" in down["labels"]
+    assert down["labels from"] == "a pending or firing alert"
+
+
 def test_kept_observation_is_bounded_json():
     """What lands in details["observation"] is JSON and small, whatever was scraped."""
     obs = mm.TrackedObservation(scrape("metrics_scrape_misconfigured"), scrape("x" * 100_000))
