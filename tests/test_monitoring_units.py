@@ -280,6 +280,9 @@ class _CannedPrometheus:
     async def targets(self):
         return [{"labels": {"job": "orders"}, "health": "up"}]
 
+    async def external_labels(self):
+        return {}
+
 
 @pytest.mark.parametrize("state, expected", [(None, "pass"), ("pending", "pass"), ("firing", "warn")])
 def test_alert_states_table(monkeypatch, state, expected):
@@ -290,7 +293,11 @@ def test_alert_states_table(monkeypatch, state, expected):
     from asap_runbook.checks._registry import CheckContext
     from asap_runbook.params import Params
 
+    import asap_runbook
+    team_config = Path(asap_runbook.__file__).parent / "data" / "alertmanager" / "alertmanager.yml"
+    # routing through the reference team's alertmanager.yml (read locally, routed by amtool): to oncall
     params = Params.model_validate({"prometheus": {"url": "http://127.0.0.1:9"},
+                                    "alertmanager": {"config_file": str(team_config)},
                                     "targets": [{"name": "t", "base_url": "https://127.0.0.1:9", "prometheus_job": "orders"}]})
     monkeypatch.setattr(mon_alerting, "prom_for", lambda _params: _CannedPrometheus(state))
     ctx = CheckContext(item=load_catalog().get("MON-ALERT-1"), target=params.targets[0], params=params, probe=None,
@@ -298,6 +305,7 @@ def test_alert_states_table(monkeypatch, state, expected):
     finding = asyncio.run(mon_alerting.alert_error_rate(ctx))
     assert finding.status.value == expected, finding.summary
     assert "15.0% of 200 requests, above the 10% threshold" in finding.summary
+    assert "Alertmanager routes HighErrorRate to oncall (webhook)" in finding.summary
     if state:
         assert f"HighErrorRate {state} now" in finding.summary
 

@@ -147,6 +147,8 @@ def judge_alert(obs: AlertObservation, threshold: float | None = None, threshold
     not verified: another ruler may send them; a pass would claim a page nobody checked)."""
     finding = _judge_rule(obs, threshold, threshold_source)
     effective = _effective(obs)
+    if any(not f["loads"] for f in (obs.rules_source or {}).get("files", [])):
+        return finding  # Prometheus refuses the file: none of its alerts exists to be routed
     if obs.routing is None or not effective or finding.status not in (Status.PASS, Status.WARN, Status.FAIL):
         return finding
     verdict = alertroutes.judge(obs.routing, sorted({c.name for c in effective}))
