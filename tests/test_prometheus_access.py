@@ -30,14 +30,17 @@ import httpx
 import pytest
 import yaml
 
+import asap_runbook
 from asap_runbook.engine import run_check, run_section
-from asap_runbook.params import Prometheus
+from asap_runbook.params import Alertmanager, Prometheus
 from asap_runbook.reference import pki
 from asap_runbook.reference.deployment import DEFAULT_ALERT_RULES, STOCK_ALERT_RULES
 from asap_runbook.results import Status
 
 from conftest import REPO, expected, one_target, write_test_params
 from test_secrets import canary_forms, files_holding
+
+TEAM_ROUTES = Alertmanager(config_file=Path(asap_runbook.__file__).parent / "data" / "alertmanager" / "alertmanager.yml")
 
 USER = "sre-runbook"
 PASSWORD_ENV = "ASAP_TEST_PROM_PASSWORD"
@@ -114,7 +117,8 @@ def secured(secure_prometheus, demo_params, monkeypatch):
 
     def params(**changes):
         prom = Prometheus.model_validate(right | changes)
-        return one_target(demo_params, "hardened").model_copy(update={"prometheus": prom})
+        # this Prometheus sends to no Alertmanager: the alerts are routed by the team's configuration file
+        return one_target(demo_params, "hardened").model_copy(update={"prometheus": prom, "alertmanager": TEAM_ROUTES})
     return params
 
 
@@ -151,7 +155,8 @@ def test_the_prometheus_password_never_reaches_the_evidence(secure_prometheus, d
     import os
     params = write_test_params(tmp_path, targets=["hardened"], active=False, prometheus={
         "url": secure_prometheus.url, "ca_file": str(secure_prometheus.ca_file), "window": "1m",
-        "basic_auth": {"username": USER, "password_env": PASSWORD_ENV}})
+        "basic_auth": {"username": USER, "password_env": PASSWORD_ENV}},
+        alertmanager={"config_file": str(TEAM_ROUTES.config_file)})
     out = tmp_path / "runs"
     proc = subprocess.run([sys.executable, "-m", "asap_runbook", "run", "--params", str(params), "--sections",
                            "monitoring", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=REPO,
