@@ -44,15 +44,27 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+def file_version(path: str | None) -> tuple | None:
+    """What tells one version of a file from the next (a cache key: an edited CA file is read again)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # loading it will say why
+    return st.st_mtime_ns, st.st_size
+
+
 def ssl_context(ca_file: os.PathLike | None, verify: bool = True) -> ssl.SSLContext:
-    """The client TLS context for a target. Shared per (ca_file, verify) in a process: loading the
+    """The client TLS context for a target. Shared per (ca_file and its version, verify) in a process: loading the
     system trust store costs ~0.1-0.2 s of CPU, which one context per target turned into seconds
     for a fleet. Shared, so do not mutate it; build your own for TLS-version probes."""
-    return _ssl_context(str(ca_file) if ca_file else None, bool(verify))
+    ca = str(ca_file) if ca_file else None
+    return _ssl_context(ca, bool(verify), file_version(ca))
 
 
 @functools.lru_cache(maxsize=32)
-def _ssl_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:
+def _ssl_context(ca_file: str | None, verify: bool, _version: tuple | None = None) -> ssl.SSLContext:
     if not verify:  # nothing will be verified: skip loading the trust store
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
