@@ -189,7 +189,7 @@ class HostPacer:
             os.close(fd)
 
     def _limit_phrase(self) -> str:
-        return f"the target's rate limit ({describe(self.limits)} per client, probe.rate_limit)"
+        return f"the target's rate limit ({describe(self.limits)} per client, probe.rate_limit / targets[].rate_limit)"
 
     async def acquire(self, deadline: float | None = None) -> Ticket:
         """Wait for a slot and log the request as in flight; raise ProbeError past the bound."""

@@ -159,8 +159,16 @@ class Target(_Model):
     log_file: Path | None = None
     log_command: str | None = None
     claims_require_nonce: bool = Field(False, description="the deployment claims to require a nonce on every envelope")
+    rate_limit: str | None = Field(
+        None, description="this agent's rate limit per client when it is not probe.rate_limit (e.g. '1000/second'); "
+                          "its POSTs are paced under this one instead")
     active_probes: ActiveProbes = ActiveProbes()
     drills: Drills = Drills()
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _limits_parse(cls, value: str | None) -> str | None:
+        return _rate_limit(value)
 
     @property
     def token(self) -> str | None:
@@ -193,9 +201,13 @@ class ProbeSettings(_Model):
     @field_validator("rate_limit")
     @classmethod
     def _limits_parse(cls, value: str | None) -> str | None:
-        if value is not None and (not parse_limits(value) or any(n < 1 for n, _ in parse_limits(value))):
-            raise ValueError(f"{value!r} is not a rate limit such as '10/second;100/minute'")
-        return value
+        return _rate_limit(value)
+
+
+def _rate_limit(value: str | None) -> str | None:
+    if value is not None and (not parse_limits(value) or any(n < 1 for n, _ in parse_limits(value))):
+        raise ValueError(f"{value!r} is not a rate limit such as '10/second;100/minute'")
+    return value
 
 
 class Params(_Model):

@@ -205,9 +205,14 @@ class Probe:
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else self.target.base_url + path
 
+    @property
+    def rate_limit(self) -> str | None:
+        """The agent's limit its POSTs are paced under: targets[].rate_limit, else probe.rate_limit."""
+        return self.target.rate_limit or self.settings.rate_limit
+
     def pacer(self, path: str = "/asap") -> pacing.HostPacer | None:
-        """The shared rate-limit budget of the host behind `path` (None when probe.rate_limit is null)."""
-        return pacing.pacer_for(self.url(path), self.settings.rate_limit, self.settings.max_rate_limit_wait_seconds)
+        """The shared rate-limit budget of the host behind `path` (None when pacing is off: probe.rate_limit null)."""
+        return pacing.pacer_for(self.url(path), self.rate_limit, self.settings.max_rate_limit_wait_seconds)
 
     def auth_headers(self) -> dict[str, str]:
         token = self.target.token
@@ -264,7 +269,7 @@ class Probe:
             if not resendable or attempt == self.MAX_429_RETRIES:
                 raise RateLimited(f"the agent answered HTTP 429 (rate limited) to {method} {url} {attempt + 1} time(s), "
                                   f"after {waited:.0f} s of waiting for its limit "
-                                  f"({self.settings.rate_limit or 'pacing off'}, probe.rate_limit); the check did not judge")
+                                  f"({self.rate_limit or 'pacing off'}, probe.rate_limit / targets[].rate_limit); the check did not judge")
             if pacer is None:  # pacing off: only the agent's Retry-After, within the same bound
                 if waited + retry > self.settings.max_rate_limit_wait_seconds:
                     raise RateLimited(f"the agent answered HTTP 429 with Retry-After {retry:g} s, over the "

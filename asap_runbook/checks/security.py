@@ -697,7 +697,7 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
         # no 429 proves nothing unless the burst went faster than the limit it had to meet: on a busy
         # runbook host the waves can stay under it, and that is no observation of the agent
         must_exceed = min([n / w for n, w in parse_limits(configured or "") if w <= 1]
-                          + [n / w for n, w in parse_limits(ctx.params.probe.rate_limit or "") if w <= 1] + [ceiling])
+                          + [n / w for n, w in parse_limits(ctx.probe.rate_limit or "") if w <= 1] + [ceiling])
         if rate <= must_exceed:
             return Finding.errored(
                 f"the burst reached only ~{rate:.1f}/s ({len(statuses)} requests in {elapsed:.1f} s), not above "
