@@ -26,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from .probe import file_version
+
 VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLSv1.0": ssl.TLSVersion.TLSv1,
     "TLSv1.1": ssl.TLSVersion.TLSv1_1,
@@ -198,9 +200,18 @@ def _fetch_leaf(host: str, port: int, timeout: float) -> bytes:
     return der
 
 
+@lru_cache(maxsize=32)
+def _verify_context(ca_file: str | None, _version: tuple | None) -> ssl.SSLContext:
+    """The verifying context for a CA file (or the system trust store), built once per process and file
+    version: loading the system store costs ~50 ms of CPU, which one context per target made a fleet pay
+    per target. Shared, so not mutated (wrap_socket does not)."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
 def _verify(host: str, port: int, ca_file: Path | None, timeout: float) -> str | None:
     """None when the chain and the hostname verify, else OpenSSL's reason."""
-    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ca = str(ca_file) if ca_file else None
+    ctx = _verify_context(ca, file_version(ca))
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             with ctx.wrap_socket(sock, server_hostname=host):

@@ -58,10 +58,11 @@ async def has_series(prom: Prom, selector: str) -> bool:
     return (_scalar(await prom.query(f"count({selector})")) or 0) > 0
 
 
-async def job_targets(prom: Prom, job: str) -> list[dict]:
-    """The job's scrape targets, kept small: url, health, last error, and the instance label its alerts carry."""
-    return [{k: t.get(k) for k in ("scrapeUrl", "health", "lastError")} | {"instance": t["labels"].get("instance")}
-            for t in await prom.targets() if (t.get("labels") or {}).get("job") == job]
+def of_job(targets: list[dict], job: str) -> list[dict]:
+    """Of Prometheus's active targets, the job's, kept small: url, health, last error, and the instance label
+    its alerts carry."""
+    return [{k: t.get(k) for k in ("scrapeUrl", "health", "lastError")} | {"instance": (t.get("labels") or {}).get("instance")}
+            for t in targets if (t.get("labels") or {}).get("job") == job]
 
 
 # error types a client causes: the JSON-RPC equivalent of 4xx (asap-agent-reference §2)

@@ -181,14 +181,15 @@ class HostPacer:
             state["entries"] = {k: v for k, v in state["entries"].items()
                                 if _when(v, now) > now - longest - 1 - MARGIN_SECONDS}
             data = json.dumps(state).encode()
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, data)
+            # overwrite, then cut to length: truncating to 0 first made ext4 flush the file to disk
+            # (its replace-by-truncate safeguard), ~3 ms under the lock for every paced request
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
 
     def _limit_phrase(self) -> str:
-        return f"the target's rate limit ({describe(self.limits)} per client, probe.rate_limit)"
+        return f"the target's rate limit ({describe(self.limits)} per client, probe.rate_limit / targets[].rate_limit)"
 
     async def acquire(self, deadline: float | None = None) -> Ticket:
         """Wait for a slot and log the request as in flight; raise ProbeError past the bound."""

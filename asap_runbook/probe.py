@@ -44,15 +44,27 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+def file_version(path: str | None) -> tuple | None:
+    """What tells one version of a file from the next (a cache key: an edited CA file is read again)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # loading it will say why
+    return st.st_mtime_ns, st.st_size
+
+
 def ssl_context(ca_file: os.PathLike | None, verify: bool = True) -> ssl.SSLContext:
-    """The client TLS context for a target. Shared per (ca_file, verify) in a process: loading the
+    """The client TLS context for a target. Shared per (ca_file and its version, verify) in a process: loading the
     system trust store costs ~0.1-0.2 s of CPU, which one context per target turned into seconds
     for a fleet. Shared, so do not mutate it; build your own for TLS-version probes."""
-    return _ssl_context(str(ca_file) if ca_file else None, bool(verify))
+    ca = str(ca_file) if ca_file else None
+    return _ssl_context(ca, bool(verify), file_version(ca))
 
 
 @functools.lru_cache(maxsize=32)
-def _ssl_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:
+def _ssl_context(ca_file: str | None, verify: bool, _version: tuple | None = None) -> ssl.SSLContext:
     if not verify:  # nothing will be verified: skip loading the trust store
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -193,9 +205,14 @@ class Probe:
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else self.target.base_url + path
 
+    @property
+    def rate_limit(self) -> str | None:
+        """The agent's limit its POSTs are paced under: targets[].rate_limit, else probe.rate_limit."""
+        return self.target.rate_limit or self.settings.rate_limit
+
     def pacer(self, path: str = "/asap") -> pacing.HostPacer | None:
-        """The shared rate-limit budget of the host behind `path` (None when probe.rate_limit is null)."""
-        return pacing.pacer_for(self.url(path), self.settings.rate_limit, self.settings.max_rate_limit_wait_seconds)
+        """The shared rate-limit budget of the host behind `path` (None when pacing is off: probe.rate_limit null)."""
+        return pacing.pacer_for(self.url(path), self.rate_limit, self.settings.max_rate_limit_wait_seconds)
 
     def auth_headers(self) -> dict[str, str]:
         token = self.target.token
@@ -252,7 +269,7 @@ class Probe:
             if not resendable or attempt == self.MAX_429_RETRIES:
                 raise RateLimited(f"the agent answered HTTP 429 (rate limited) to {method} {url} {attempt + 1} time(s), "
                                   f"after {waited:.0f} s of waiting for its limit "
-                                  f"({self.settings.rate_limit or 'pacing off'}, probe.rate_limit); the check did not judge")
+                                  f"({self.rate_limit or 'pacing off'}, probe.rate_limit / targets[].rate_limit); the check did not judge")
             if pacer is None:  # pacing off: only the agent's Retry-After, within the same bound
                 if waited + retry > self.settings.max_rate_limit_wait_seconds:
                     raise RateLimited(f"the agent answered HTTP 429 with Retry-After {retry:g} s, over the "

@@ -10,6 +10,7 @@ on `asap:foo:rate5m` reads whatever the rule recording `asap:foo:rate5m` reads.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -93,6 +94,13 @@ def _matchers(text: str, pos: int) -> tuple[tuple[Matcher, ...], int]:
 
 def selectors(expr: str) -> list[Selector]:
     """The vector selectors an expression reads, in order."""
+    return list(_selectors(expr))
+
+
+@functools.lru_cache(maxsize=4096)
+def _selectors(expr: str) -> tuple[Selector, ...]:
+    """Pure and asked again for every rule by every alerting check of every target: parsed once
+    per expression (Selector is frozen, so sharing one is safe)."""
     out: list[Selector] = []
     pos = 0
     tokens = []
@@ -134,7 +142,7 @@ def selectors(expr: str) -> list[Selector]:
             name = next((m.value for m in value if m.label == "__name__" and m.op == "="), None)
             out.append(Selector(name, value))
         i += 1
-    return out
+    return tuple(out)
 
 
 def expand(expr: str, recorded: dict[str, str], _seen: tuple[str, ...] = ()) -> list[Selector]:

@@ -4,9 +4,12 @@ agents, passive probes; locally, and optionally on a Dask cluster of two workers
 Target names are spread over one reference deployment of --agents agents (1 hardened + the rest
 misconfigured): every 100th name (the first included) points at the hardened agent, the others
 round-robin over the misconfigured ones. Why so few on the hardened agent: its rate limit
-(5/second;1000/minute per client address, asap_runbook/reference/hardened_app.py) is shared by
-every name behind it, as a real limiter would be, and the reference deployment is not loosened for
-the benchmark; ten names behind it already cost ~300 requests of its budget.
+(asap-protocol's default 10/second;100/minute per client address, asap_runbook/reference/hardened_app.py)
+is shared by every name behind it, as a real limiter would be, and the reference deployment is not
+loosened for the benchmark; ten names behind it already cost ~160 paced POSTs of its budget. The
+misconfigured agents' limit is 100000/second (the deployment's ASAP_RATE_LIMIT for them): their names
+state it (`targets[].rate_limit`), as an operator states each agent's limit; under probe.rate_limit's
+default (100/minute per host) the ~120 names behind each would queue ~2000 paced POSTs, 20 minutes.
 
 For each fleet size: wall time, CPU seconds of the runbook and its kernels (this process and its
 children, reaped; with --dask, the workers' CPU too), peak RSS (summed over this process and its
@@ -38,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from asap_runbook import fleet, runner  # noqa: E402
+from asap_runbook.reference.deployment import MISCONFIGURED_RATE_LIMIT  # noqa: E402
 from bench import PeakRSS, _cpu, deployment, quiet  # noqa: E402
 
 HARDENED_EVERY = 100
@@ -48,6 +52,8 @@ def names_params(dep, n: int, path: Path) -> Path:
     base = fleet.fleet_params(dep, path.with_suffix(".agents.yaml"), active_probes=False, environment="bench")
     doc = yaml.safe_load(base.read_text())
     hardened, misconfigured = doc["targets"][0], doc["targets"][1:]
+    for t in misconfigured:
+        t["rate_limit"] = MISCONFIGURED_RATE_LIMIT  # what they enforce (see the module's docstring)
     targets = []
     for i in range(n):
         t = dict(hardened if i % HARDENED_EVERY == 0 or not misconfigured else misconfigured[i % len(misconfigured)])

@@ -47,6 +47,19 @@ def test_a_rate_limit_that_does_not_parse_is_one_sentence(tmp_path):
     assert "probe.rate_limit: 'fast' is not a rate limit" in e.value.message
 
 
+def test_a_target_can_state_its_own_rate_limit(tmp_path):
+    """Agents of a fleet need not share one limit: a target's own is what its POSTs are paced under."""
+    from asap_runbook.probe import Probe
+    params = load_params(write(tmp_path, GOOD + "    rate_limit: 1000/second\n  - name: other\n"
+                                       "    base_url: https://other.example.com\n"))
+    own, default = (Probe(t, params.probe).pacer() for t in params.targets)
+    assert own.limits == [(1000, 1.0)]
+    assert default.limits == [(10, 1.0), (100, 60.0)]  # probe.rate_limit
+    with pytest.raises(ParamsError) as e:
+        load_params(write(tmp_path, GOOD + "    rate_limit: fast\n"))
+    assert "targets[0].rate_limit: 'fast' is not a rate limit" in e.value.message
+
+
 @pytest.mark.parametrize("text, sentence", [
     (GOOD + "    colour: blue\n", "line 6, column 5: unknown key targets[0].colour"),
     (GOOD.replace("https://agent.example.com", "agent.example.com"), "is not an http:// or https:// URL"),

@@ -68,3 +68,21 @@ def test_connection_refused_is_one_sentence(monkeypatch):
     with pytest.raises(TargetUnreachable) as e:
         run(go())
     assert e.value.message == "cannot connect to https://agent.test/health: [Errno 111] Connection refused"
+
+
+def test_tls_contexts_are_shared_until_the_ca_file_changes(tmp_path):
+    """One context per CA file and process (loading a trust store costs ~50 ms of CPU per target of a
+    fleet), read again once the file is edited (a walk in JupyterLab keeps its kernel)."""
+    import os
+    from asap_runbook import _tls
+    from asap_runbook.probe import ssl_context
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(_tls._self_signed("first")[0])
+    first, first_verify = ssl_context(ca), _tls._verify_context(str(ca), _tls.file_version(str(ca)))
+    assert ssl_context(ca) is first
+    assert _tls._verify_context(str(ca), _tls.file_version(str(ca))) is first_verify
+    ca.write_bytes(_tls._self_signed("second")[0])
+    st = ca.stat()
+    os.utime(ca, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a new version even within the clock's granularity
+    assert ssl_context(ca) is not first
+    assert _tls._verify_context(str(ca), _tls.file_version(str(ca))) is not first_verify

@@ -77,7 +77,8 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
         return Finding.skipped(f"targets[{ctx.target.name}].prometheus_job is not set")
     window = ctx.params.prometheus.window
     t = ctx.target
-    source = await rules_source.load(ctx.params, prom)
+    # the rules (wherever they live) and the scrape targets: read once per target and section, shared by MON-ALERT-1..4
+    source = await ctx.once("rules_source", lambda: rules_source.load(ctx.params, prom))
     obs = AlertObservation(key, job, window, source.groups, target=t.name, rules_source=source.record())
     if key == "rate_limit" and t.proxy_requests:
         try:
@@ -90,7 +91,7 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
     metrics = sorted({m for c in agent_cov if c.selects_job for m in c.metrics}
                      | ({AGENT_429_COUNTER} if key == "rate_limit" else set()))
     obs.series = await live.series_exist(prom, job, metrics) if metrics else {}
-    obs.scrape_targets = await live.job_targets(prom, job)
+    obs.scrape_targets = live.of_job(await ctx.once("prom.targets", prom.targets), job)
     if key == "down":
         obs.down_now = [r.get("metric", {}).get("instance") for r in await prom.query(f"up{live._sel(job)} == 0")]
     elif key == "error_rate":

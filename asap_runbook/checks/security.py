@@ -148,13 +148,27 @@ def _skill(manifest: dict, prefer: str = "echo") -> str:
 
 # ================================================================ TLS and HTTPS
 
+def _nginx_conf(ctx: CheckContext) -> _nginx.Block:
+    """The target's nginx configuration (includes followed), parsed once per target and section and
+    read by every check that needs it; raises NginxParseError (each time it is asked)."""
+    if "nginx_conf" not in ctx.state:
+        try:
+            ctx.state["nginx_conf"] = _nginx.load(ctx.target.nginx_conf)
+        except _nginx.NginxParseError as e:
+            ctx.state["nginx_conf"] = e
+    conf = ctx.state["nginx_conf"]
+    if isinstance(conf, _nginx.NginxParseError):
+        raise conf
+    return conf
+
+
 def _nginx_lines(ctx: CheckContext, directive: str, first_arg: str | None = None) -> list:
     """Where the proxy's configuration (includes followed) sets `directive`: evidence beside what was seen."""
     conf = ctx.target.nginx_conf
     if conf is None:
         return []
     try:
-        lines = _nginx.uses(_nginx.load(conf), directive, first_arg)
+        lines = _nginx.uses(_nginx_conf(ctx), directive, first_arg)
     except _nginx.NginxParseError as e:
         return [(f"nginx configuration {conf}", f"could not parse: {e}")]
     return [(f"nginx: {directive} {first_arg or ''} in {conf} and its includes".replace("  ", " "), lines or "none")]
@@ -798,7 +812,7 @@ async def rate_limit_enforced(ctx: CheckContext) -> Finding:
         return Finding.skipped(f"the configured limit ({configured}) cannot be exceeded within "
                                f"{budget_a} requests: raise targets[{ctx.target.name}].active_probes.max_requests")
     obs = await observe_rate_burst(ctx, configured, budget_a)
-    return _kept(judge_rate_burst(obs, ceiling, ctx.params.probe.rate_limit), obs)
+    return _kept(judge_rate_burst(obs, ceiling, ctx.probe.rate_limit), obs)
 
 
 async def _room(ctx: CheckContext, need: int, retry_after: float | None) -> float:
@@ -882,7 +896,7 @@ async def observe_limiter(ctx: CheckContext) -> LimiterConfig:
                          + ("not set" if t.log_file is None else f"{t.log_file}, which does not exist"))
     if t.nginx_conf:
         try:
-            conf = _nginx.load(t.nginx_conf)
+            conf = _nginx_conf(ctx)
             obs.proxy_limit_req = _nginx.uses(conf, "limit_req")
             obs.proxy_note = f"{len(conf.files)} nginx file(s) read (includes followed)"
         except _nginx.NginxParseError as e:
@@ -1174,7 +1188,7 @@ async def proxy_body_limit(ctx: CheckContext) -> Finding:
     if conf is None:
         return Finding.skipped(f"targets[{ctx.target.name}].nginx_conf is not set")
     try:
-        root = _nginx.load(conf)
+        root = _nginx_conf(ctx)
         limits = [b for b in _nginx.body_limits(root) if b.proxies]
     except _nginx.NginxParseError as e:
         return Finding.errored(f"could not read {conf}: {e}")

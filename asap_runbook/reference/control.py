@@ -122,7 +122,8 @@ def _request(workdir: Path, line: str, timeout: float = 30) -> tuple[bool, str]:
 
 
 def _run_agent(workdir: Path, role: str, port: int) -> int:
-    from .deployment import HARDENED_APP, MISCONFIGURED_APP, PACKAGE_ROOT, STOCK_AGENT_ID, STOCK_APP, _stock_example
+    from .deployment import (HARDENED_APP, MISCONFIGURED_APP, MISCONFIGURED_RATE_LIMIT, PACKAGE_ROOT, STOCK_AGENT_ID,
+                             STOCK_APP, _stock_example)
 
     info = json.loads((workdir / INFO_NAME).read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASAP_", "OTEL_"))}
@@ -147,7 +148,7 @@ def _run_agent(workdir: Path, role: str, port: int) -> int:
                 "--no-server-header", "--app-dir", str(_stock_example() / "src")]
         os.execve(argv[0], argv, env)
     else:
-        env.update({"ASAP_RATE_LIMIT": "100000/second", "ASAP_REF_PUBLIC_URL": public})
+        env.update({"ASAP_RATE_LIMIT": MISCONFIGURED_RATE_LIMIT, "ASAP_REF_PUBLIC_URL": public})
         if info.get("misconfigured_redis_url"):
             env["ASAP_REF_REDIS_URL"] = info["misconfigured_redis_url"]
         app, drain = MISCONFIGURED_APP, MISCONFIGURED_DRAIN_SECONDS

@@ -66,6 +66,7 @@ STOCK_ALERT_RULES = _stock_example() / "prometheus" / "alerts.yml"  # the stock 
 
 HARDENED_APP = "asap_runbook.reference.hardened_app:app"
 MISCONFIGURED_APP = "asap_runbook.reference.misconfigured_app:app"
+MISCONFIGURED_RATE_LIMIT = "100000/second"  # ASAP_RATE_LIMIT of the misconfigured agents: loosened, no real limit
 # The stock target runs the example team's own source (examples/stock/src), unchanged.
 STOCK_APP = "orders_service.app:app"
 STOCK_AGENT_ID = "urn:asap:agent:orders-service"
@@ -607,7 +608,7 @@ class ReferenceDeployment:
             app_ref = MISCONFIGURED_APP
             agent_id = MISCONFIGURED_AGENT_ID if name == "misconfigured" else f"{MISCONFIGURED_AGENT_ID}-{name.rsplit('-', 1)[-1]}"
             app_env = {
-                "ASAP_RATE_LIMIT": "100000/second",
+                "ASAP_RATE_LIMIT": MISCONFIGURED_RATE_LIMIT,
                 "ASAP_DEBUG": "1",
                 "ASAP_REF_PUBLIC_URL": http_url,
                 "ASAP_REF_AGENT_ID": agent_id,
