@@ -263,26 +263,37 @@ async def _run_phases(items: list[CatalogItem], targets: list[Target], params: P
     # exhaust the runbook host's sockets); within a target, probe.concurrency checks at once
     fleet = asyncio.Semaphore(params.probe.max_targets_in_parallel)
 
-    async def phase(chosen: list[CatalogItem], serial: bool) -> None:
+    # a target whose active probes are all off has exclusive checks that only skip: they follow its
+    # ordinary ones at once, and its state (parsed logs, preflight) is dropped when it is done, so a
+    # passive fleet holds the state of at most max_targets_in_parallel targets, not of every target
+    passive = {t.name for t in targets if not t.active_probes.any_enabled}
+    active = [t for t in targets if t.name not in passive]
+
+    async def phase(chosen: list[CatalogItem], serial: bool, among: list[Target]) -> None:
         async def bounded_target(t: Target) -> None:
             async with fleet:
                 await _run_target(chosen, t, params, rec, run_dir, progress, transport,
                                   state=states[t.name], serial=serial, needs=needs, prometheus=prometheus)
-        await asyncio.gather(*(bounded_target(t) for t in targets))
+                if t.name in passive and not serial:
+                    if exclusive:
+                        await _run_target(exclusive, t, params, rec, run_dir, progress, transport,
+                                          state=states[t.name], serial=True, needs=needs, prometheus=prometheus)
+                    states.pop(t.name)
+        await asyncio.gather(*(bounded_target(t) for t in among))
 
     if regular:
         async with lock.hold(exclusive=False):
-            await phase(regular, serial=False)
-    if exclusive and not any(t.active_probes.any_enabled for t in targets):
-        await phase(exclusive, serial=True)  # every active probe is off: they only skip, nothing to wait for
-    elif exclusive:
+            await phase(regular, serial=False, among=targets)
+    elif exclusive and passive:
+        await phase(exclusive, serial=True, among=[t for t in targets if t.name in passive])
+    if exclusive and active:
         try:
             async with lock.hold(exclusive=True) as waited:
                 if waited >= 1:
                     log.info("exclusive checks waited %.1f s for the run's other sections", waited)
-                await phase(exclusive, serial=True)
+                await phase(exclusive, serial=True, among=active)
         except RunbookError as e:
-            for t in targets:
+            for t in active:
                 for item in exclusive:
                     rec.add(_result(item, t, Finding.errored(e.message), now(), 0.0))
 

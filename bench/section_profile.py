@@ -1,5 +1,8 @@
 """Per-target cost of a section (not a test): CPU seconds and requests per target, in one process.
 
+Also the peak resident memory of this process during each section (sampled every 20 ms) and how
+much it grew over the section.
+
 Starts one reference deployment of --agents agents (1 hardened + the rest misconfigured), writes the
 fleet benchmark's parameters for each of --sizes target names (bench/fleet_bench.py names_params:
 every 100th name on the hardened agent, passive probes) and runs each section in this process the way
@@ -66,6 +69,29 @@ class Counted:
             probe.Probe._once, requests.Session.send = original_once, original_send
 
 
+class PeakRSS:
+    """The largest resident set size of this process while the block runs, sampled every 20 ms."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+        self._proc, self._stop = psutil.Process(), threading.Event()
+        self.start = self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
 def run_section(section: str, params: Path, run_dir: Path, prof: cProfile.Profile | None) -> None:
     """What a section's kernel runs in a headless run: the walk, each subsection's findings, the overview."""
     with contextlib.redirect_stdout(io.StringIO()):  # IPython's display() prints outside a kernel
@@ -106,7 +132,7 @@ def main() -> int:
                 for section in sections:
                     prof = cProfile.Profile() if args.profile else None
                     run_dir = work / f"run-{section}-{n}"
-                    with Counted().counting() as counted:
+                    with Counted().counting() as counted, PeakRSS() as rss:
                         c0, t0 = time.process_time(), time.perf_counter()
                         run_section(section, params, run_dir, prof)
                         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
@@ -118,10 +144,12 @@ def main() -> int:
                         "section": section, "targets": n, "cpu": cpu, "wall": wall,
                         "requests_per_target": sum(per) / n, "requests_min_max": [per[0], per[-1]] if per else [0, 0],
                         "prometheus_requests": counted.prometheus,
+                        "peak_rss_mib": rss.peak / 2**20, "rss_growth_mib": (rss.peak - rss.start) / 2**20,
                         "statuses": dict(collections.Counter(r["status"] for r in results))}
                     print(f"{section} x {n}: {cpu:.2f} CPU-s ({cpu / n:.3f} per target), wall {wall:.1f} s, "
                           f"{f['requests_per_target']:.1f} requests per target (min {f['requests_min_max'][0]}, "
                           f"max {f['requests_min_max'][1]}), {counted.prometheus} Prometheus requests, "
+                          f"peak RSS {f['peak_rss_mib']:.0f} MiB (+{f['rss_growth_mib']:.0f} during the section), "
                           f"statuses {f['statuses']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
