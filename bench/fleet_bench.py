@@ -25,9 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from asap_runbook import fleet, runner  # noqa: E402
+from asap_runbook.reference.dask_cluster import LoopbackDaskCluster  # noqa: E402
 from asap_runbook.reference.deployment import MISCONFIGURED_RATE_LIMIT  # noqa: E402
 from bench import PeakRSS, _cpu, deployment, quiet  # noqa: E402
 
@@ -66,30 +64,14 @@ def names_params(dep, n: int, path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LoopbackCluster:
-    """`dask scheduler` + two `dask worker --nworkers 1 --nthreads 1` on 127.0.0.1."""
+class LoopbackCluster(LoopbackDaskCluster):
+    """Two workers (`--nworkers 1 --nthreads 1`) on 127.0.0.1, and what they spend."""
 
     def __init__(self, work: Path):
-        self.port = _free_port()
-        dask = str(Path(sys.executable).with_name("dask"))
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-                                        "--no-dashboard"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, start_new_session=True)]
+        super().__init__(work, logs=False)
         for _ in range(2):
-            self.procs.append(subprocess.Popen(
-                [dask, "worker", f"tcp://127.0.0.1:{self.port}", "--host", "127.0.0.1", "--nworkers", "1",
-                 "--nthreads", "1", "--no-dashboard", "--local-directory", str(work)],
-                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        from distributed import Client
-        with Client(f"tcp://127.0.0.1:{self.port}", timeout="30s", set_as_default=False) as c:
-            c.wait_for_workers(2, timeout=60)
+            self.add_worker()
+        self.wait_workers(2)
 
     def cpu(self) -> float:
         total = 0.0
@@ -110,17 +92,6 @@ class LoopbackCluster:
             except psutil.Error:
                 pass
         return total
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
 
 
 def _size(path: Path) -> int:
