@@ -98,6 +98,19 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _tree_cpu(pids) -> float:
+    """CPU seconds of these processes and their children (nginx's workers): the system under test."""
+    total = 0.0
+    for pid in pids:
+        try:
+            for q in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+                t = q.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None, idle: LoopbackCluster | None = None) -> dict:
     """`cluster`: run on it; `idle`: a cluster that is up but not used (a local run): not counted."""
     excluded = set(dep.pids().values())
@@ -107,6 +120,7 @@ def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None, idle:
     peak_cluster = 0
     with PeakRSS(excluded) as mem:
         c0, k0, t0 = _cpu(), cluster.cpu() if cluster else 0.0, time.perf_counter()
+        a0 = _tree_cpu(dep.pids().values())
         if cluster is None:
             code, run_dir = runner.run(params, out, say=quiet)
         else:
@@ -127,8 +141,9 @@ def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None, idle:
                 th.join()
         wall = time.perf_counter() - t0
         cpu = _cpu() - c0 + ((cluster.cpu() - k0) if cluster else 0.0)
+        agents_cpu = _tree_cpu(dep.pids().values()) - a0
     results = json.loads((run_dir / "results.json").read_text())
-    return {"wall": wall, "cpu": cpu, "peak_rss": mem.peak + peak_cluster, "exit_code": code,
+    return {"wall": wall, "cpu": cpu, "agents_cpu": agents_cpu, "peak_rss": mem.peak + peak_cluster, "exit_code": code,
             "run_dir_bytes": _size(run_dir), "index_bytes": (run_dir / "index.html").stat().st_size,
             "results_bytes": (run_dir / "results.json").stat().st_size,
             "statuses": {s: n for s, n in results["counts"].items() if n}, "run_dir": str(run_dir)}
@@ -173,11 +188,12 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nasap-runbook fleet benchmark: {os.cpu_count()} CPU(s), {args.agents} reference agents behind the names\n")
-    print("| run | targets | wall (s) | CPU, runbook + kernels (s) | peak RSS (MiB) | run folder (MB) | index.html (MB) | results.json (MB) | exit |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | targets | wall (s) | CPU, runbook + kernels (s) | CPU, agents + nginx + Prometheus (s) | peak RSS (MiB) "
+          "| run folder (MB) | index.html (MB) | results.json (MB) | exit |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, f in figures.items():
         kind, n = key.split("-")
-        print(f"| {kind} | {n} | {f['wall']:.1f} | {f['cpu']:.1f} | {f['peak_rss'] / 2**20:.0f} | "
+        print(f"| {kind} | {n} | {f['wall']:.1f} | {f['cpu']:.1f} | {f['agents_cpu']:.1f} | {f['peak_rss'] / 2**20:.0f} | "
               f"{f['run_dir_bytes'] / 1e6:.1f} | {f['index_bytes'] / 1e6:.2f} | {f['results_bytes'] / 1e6:.1f} | {f['exit_code']} |")
     out = {"sizes": sizes, "agents": args.agents, "figures": figures}
     for kind in ("local", "dask"):
