@@ -28,6 +28,7 @@ from .errors import NotAnAsapAgent, ProbeError, RateLimited, TargetTimeout, Targ
 from .params import ProbeSettings, Target
 
 REDACTED = "***REDACTED***"
+MANIFEST_PATH = "/.well-known/asap/manifest.json"
 _EVIDENCE_BODY_CHARS = 2000
 _LIMITED_PATHS = ("/asap", "/asap/stream")  # what asap-protocol's rate limiter counts (GETs are not limited)
 _KEPT_HEADERS = {
@@ -175,6 +176,7 @@ class Probe:
         self._manifest: dict | None = None
         self.manifest_error: ProbeError | None = None  # set by remember_manifest
         self.requests_sent = 0
+        self._shared_gets: dict[str, asyncio.Future] = {}  # get_once: path -> the one GET
 
     @property
     def secrets(self) -> list[str]:
@@ -198,6 +200,8 @@ class Probe:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for fut in self._shared_gets.values():
+            fut.cancel()  # a shared GET nobody waits for any more (its check timed out) ends with the client
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -348,6 +352,17 @@ class Probe:
     async def get(self, path: str, **kw) -> ProbeResponse:
         return await self.request("GET", path, **kw)
 
+    async def get_once(self, path: str) -> ProbeResponse:
+        """A plain GET of `path` sent once by this probe (one target, one phase) and shared by every check
+        that reads the route as it is (the manifest, /health, /docs, /asap/metrics for the families it
+        exports): the checks run at the same moment, so one look is their common observation and each one's
+        evidence is that exchange. A failure (ProbeError) is shared the same way. Not for a read that must
+        follow something the check sent (a second scrape, a conditional GET): use get()."""
+        fut = self._shared_gets.get(path)
+        if fut is None:
+            fut = self._shared_gets[path] = asyncio.ensure_future(self.get(path))
+        return await asyncio.shield(fut)
+
     async def send(self, env: dict | None, *, authenticated: bool = True, headers: dict | None = None,
                    rpc_body: Any = None, paced: bool = True, deadline: float | None = None,
                    timeout: float | None = None) -> ProbeResponse:
@@ -361,7 +376,7 @@ class Probe:
         if self.manifest_error is not None:
             raise self.manifest_error
         if self._manifest is None:
-            resp = await self.get("/.well-known/asap/manifest.json")
+            resp = await self.get_once(MANIFEST_PATH)  # the preflight's look, shared with the checks that read it
             if resp.truncated:
                 raise NotAnAsapAgent(f"{resp.url} answered with more than {self.settings.max_response_bytes} bytes "
                                      "(probe.max_response_bytes); the read was cut there, and that is no ASAP manifest")

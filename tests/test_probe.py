@@ -86,3 +86,61 @@ def test_tls_contexts_are_shared_until_the_ca_file_changes(tmp_path):
     os.utime(ca, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a new version even within the clock's granularity
     assert ssl_context(ca) is not first
     assert _tls._verify_context(str(ca), _tls.file_version(str(ca))) is not first_verify
+
+
+MANIFEST = {"id": "urn:asap:agent:t", "name": "t"}
+
+
+def _recording(seen: list):
+    """A transport that records every request it answers: the manifest at its path, 200 elsewhere."""
+    async def answer(request: httpx.Request):
+        seen.append((request.method, request.url.path))
+        await asyncio.sleep(0.01)  # the readers below ask while the first GET is still in flight
+        if request.url.path == "/.well-known/asap/manifest.json":
+            return httpx.Response(200, json=MANIFEST, headers={"strict-transport-security": "max-age=1"})
+        return httpx.Response(200, text="ok")
+    return httpx.MockTransport(answer)
+
+
+def test_get_once_sends_one_get_for_every_reader_of_a_route(monkeypatch):
+    """Checks of one target that read a static route at the same moment share one GET, and each sees
+    that exchange as its evidence; get() still sends its own."""
+    seen = []
+
+    async def go():
+        async with Probe(target(monkeypatch), ProbeSettings(), transport=_recording(seen)) as p:
+            a, b, c = await asyncio.gather(p.get_once("/health"), p.get_once("/health"), p.get_once("/health"))
+            own = await p.get("/health")
+            return a, b, c, own, p.requests_sent
+    a, b, c, own, sent = run(go())
+    assert seen == [("GET", "/health"), ("GET", "/health")] and sent == 2
+    assert a is b is c and a.evidence["request"]["url"] == "https://agent.test/health"
+    assert own is not a
+
+
+def test_the_manifest_look_is_the_shared_get_of_its_route(monkeypatch):
+    """The preflight's manifest() and a check reading the route's headers (HSTS) are one GET."""
+    seen = []
+
+    async def go():
+        async with Probe(target(monkeypatch), ProbeSettings(), transport=_recording(seen)) as p:
+            doc = await p.manifest()
+            resp = await p.get_once("/.well-known/asap/manifest.json")
+            return doc, resp
+    doc, resp = run(go())
+    assert seen == [("GET", "/.well-known/asap/manifest.json")]
+    assert doc == MANIFEST and resp.headers["strict-transport-security"] == "max-age=1"
+
+
+def test_get_once_shares_a_failure(monkeypatch):
+    calls = []
+
+    def refuse(request):
+        calls.append(request.url.path)
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    async def go():
+        async with Probe(target(monkeypatch), ProbeSettings(), transport=httpx.MockTransport(refuse)) as p:
+            return await asyncio.gather(p.get_once("/docs"), p.get_once("/docs"), return_exceptions=True)
+    first, second = run(go())
+    assert isinstance(first, TargetUnreachable) and isinstance(second, TargetUnreachable) and calls == ["/docs"]

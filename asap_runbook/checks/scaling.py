@@ -19,7 +19,7 @@ from .. import k8s
 from ..k8s import Instances, Manifests, load_manifests, memory_bytes, target_instances
 from ..errors import ProbeError, RateLimited
 from ..introspect import introspect_target
-from ..probe import envelope, rpc
+from ..probe import MANIFEST_PATH, envelope, rpc
 from ..results import Status
 from ..source import CLIENT_DEFAULTS, UNKNOWN, ClientUsage, ProcessConfig, client_usage, read_process_config
 from ._observe import judged, judged_by
@@ -412,11 +412,11 @@ class ManifestFetches:
 
 
 async def observe_manifest_ttl(ctx: CheckContext) -> ManifestFetches:
-    r1 = await ctx.probe.get("/.well-known/asap/manifest.json")
+    r1 = await ctx.probe.get_once(MANIFEST_PATH)  # the preflight's fetch: the conditional one below is this check's own
     obs = ManifestFetches(r1.status, r1.headers.get("cache-control"), r1.headers.get("etag"), None, None,
                           [("manifest fetch", r1.evidence)])
     if obs.etag:
-        r2 = await ctx.probe.get("/.well-known/asap/manifest.json", headers={"If-None-Match": obs.etag})
+        r2 = await ctx.probe.get(MANIFEST_PATH, headers={"If-None-Match": obs.etag})
         obs.conditional_status = r2.status
         obs.exchanges.append(("conditional fetch (If-None-Match)", r2.evidence))
     u = ctx.target.source_dir and await usage(ctx)

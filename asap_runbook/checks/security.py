@@ -29,7 +29,7 @@ from .. import _nginx, _source_scan, _tls, k8s, logs, proxy_metrics
 from ..errors import ProbeError, RateLimited
 from ..introspect import IntrospectionError, introspect_target
 from ..pacing import parse_limits
-from ..probe import ProbeResponse, envelope, iso_ago, passed_gates, probe_envelope, rpc
+from ..probe import MANIFEST_PATH, ProbeResponse, envelope, iso_ago, passed_gates, probe_envelope, rpc
 from ..results import Status
 from ._observe import judged_by
 from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
@@ -195,7 +195,7 @@ async def https_only(ctx: CheckContext) -> Finding:
     t = ctx.target
     if not t.base_url.startswith("https://"):
         return judged_by(judge_https_only, t.base_url, {}, None, None, [])
-    resp = await ctx.probe.get("/health")
+    resp = await ctx.probe.get_once("/health")
     evidence = [("GET /health over HTTPS", resp.evidence)]
     manifest = await ctx.probe.manifest()
     endpoints = {k: v for k, v in (manifest.get("endpoints") or {}).items() if isinstance(v, str)}
@@ -329,7 +329,7 @@ async def hsts(ctx: CheckContext) -> Finding:
     if not ctx.target.base_url.startswith("https://"):
         return Finding.failed("no HTTPS, so no HSTS: the target is plain HTTP")
     need = ctx.threshold("hsts_max_age_seconds")
-    resp = await ctx.probe.get("/.well-known/asap/manifest.json")
+    resp = await ctx.probe.get_once(MANIFEST_PATH)
     evidence = [("GET manifest over HTTPS", resp.evidence)] + _nginx_lines(ctx, "add_header", "Strict-Transport-Security")
     return judged_by(judge_hsts, resp.headers.get("strict-transport-security"), need.value, need.source, evidence)
 
@@ -405,7 +405,7 @@ async def manifest_auth(ctx: CheckContext) -> Finding:
     return judged_by(judge_manifest_auth, (await ctx.probe.manifest()).get("auth"))
 
 
-_OPEN_ROUTES = ["/health", "/ready", "/.well-known/asap/manifest.json", "/.well-known/asap/health", "/asap/metrics",
+_OPEN_ROUTES = ["/health", "/ready", MANIFEST_PATH, "/.well-known/asap/health", "/asap/metrics",
                 "/asap/capability/list", "/audit", "/docs", "/openapi.json"]
 
 
@@ -423,7 +423,7 @@ async def auth_enforced(ctx: CheckContext) -> Finding:
     open_routes = {}
     for path in _OPEN_ROUTES:
         try:
-            r = await ctx.probe.get(path)
+            r = await ctx.probe.get_once(path)
             open_routes[path] = r.status
         except ProbeError as e:
             open_routes[path] = e.message
@@ -1003,7 +1003,7 @@ async def observe_rejection_counting(ctx: CheckContext, pattern: str, code: str)
     t = ctx.target
     obs = RejectionCounting(code, [], None, False, [], t.proxy_requests, t.proxy_status_label, [], target=t.name)
     try:
-        resp = await ctx.probe.get("/asap/metrics")
+        resp = await ctx.probe.get_once("/asap/metrics")
         obs.agent_exported = sorted({m.group(1) for m in _METRIC_LINE.finditer(resp.text)
                                      if re.search(pattern, m.group(1))}) if resp.status == 200 else []
         obs.exchanges.append((f"GET /asap/metrics: HTTP {resp.status}; families matching /{pattern}/",
@@ -1381,7 +1381,7 @@ async def observe_canaries(ctx: CheckContext) -> CanarySearch:
     t = ctx.target
     surfaces = {}
     for path in ("/docs", "/redoc", "/openapi.json"):
-        surfaces[path] = (await ctx.probe.get(path)).status
+        surfaces[path] = (await ctx.probe.get_once(path)).status
     obs = CanarySearch(t.name, surfaces, bool(t.log_file or t.log_command))
     if not obs.log_named:
         return obs
