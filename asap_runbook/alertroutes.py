@@ -125,9 +125,21 @@ class Routing:
     external_labels_unread: str | None = None  # why Prometheus's external labels are missing from the alerts
 
 
-async def observe(settings, prom, alerts: list[AlertToRoute]) -> Routing:
-    """Route `alerts` through the configuration `settings` (params.Alertmanager or None) points at."""
-    out = Routing()
+@dataclass
+class AlertmanagerConfig:
+    """The configuration alerts are routed through, and where it came from: the same for every target, so a
+    section run reads it once. `text` is never kept as evidence (its secrets)."""
+    source: str = ""
+    alertmanager: str | None = None
+    discovered: list[str] = field(default_factory=list)
+    error: str | None = None  # could not be read
+    receivers: dict[str, list[str]] = field(default_factory=dict)
+    text: str | None = field(default=None, repr=False)  # None: none attached, or `error`
+
+
+async def configuration(settings, prom) -> AlertmanagerConfig:
+    """The configuration `settings` (params.Alertmanager or None) points at, read (nothing routed yet)."""
+    out = AlertmanagerConfig()
     timeout = settings.timeout_seconds if settings else 5.0
     try:
         if settings is not None and settings.config_file:
@@ -152,24 +164,42 @@ async def observe(settings, prom, alerts: list[AlertToRoute]) -> Routing:
                 out.source, url = DISCOVERED, alertmanager_base(out.discovered[0])
             out.alertmanager = url
             text = await loaded_config(url, timeout)
-        if shutil.which(AMTOOL) is None:
-            raise LookupError(f"{AMTOOL} is not installed (Debian package prometheus-alertmanager), so Alertmanager's "
-                              "routing could not be asked")
         try:
             out.receivers = integrations(text)
         except yaml.YAMLError:
             raise LookupError(f"the Alertmanager configuration from {out.source} is not valid YAML") from None
-        amtool_timeout = max(timeout, 10.0)  # a Go binary's start on a loaded machine
+        out.text = text
+    except LookupError as e:
+        out.error = str(e)
+    return out
+
+
+async def route_all(config: AlertmanagerConfig, settings, alerts: list[AlertToRoute]) -> Routing:
+    """Route `alerts` (one target's) through `config` with amtool."""
+    out = Routing(source=config.source, alertmanager=config.alertmanager, discovered=list(config.discovered),
+                  error=config.error, receivers=dict(config.receivers))
+    if config.text is None:
+        return out
+    try:
+        if shutil.which(AMTOOL) is None:
+            raise LookupError(f"{AMTOOL} is not installed (Debian package prometheus-alertmanager), so Alertmanager's "
+                              "routing could not be asked")
+        amtool_timeout = max(settings.timeout_seconds if settings else 5.0, 10.0)  # a Go binary's start on a loaded machine
         if settings is not None and settings.config_file:  # the file itself: its relative paths mean what they mean
             out.routes = [await route(Path(settings.config_file), a, amtool_timeout) for a in alerts]
         else:
             with tempfile.TemporaryDirectory(prefix="asap-am-") as tmp:  # private (0700), removed at once
-                config = Path(tmp) / "alertmanager.yml"
-                config.write_text(text)
-                out.routes = [await route(config, a, amtool_timeout) for a in alerts]
+                config_file = Path(tmp) / "alertmanager.yml"
+                config_file.write_text(config.text)
+                out.routes = [await route(config_file, a, amtool_timeout) for a in alerts]
     except LookupError as e:
         out.error = str(e)
     return out
+
+
+async def observe(settings, prom, alerts: list[AlertToRoute]) -> Routing:
+    """Route `alerts` through the configuration `settings` (params.Alertmanager or None) points at."""
+    return await route_all(await configuration(settings, prom), settings, alerts)
 
 
 # ------------------------------------------------------------------------------------ verdict

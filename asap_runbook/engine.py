@@ -27,7 +27,7 @@ from typing import Callable
 
 from . import pacing, preflight
 from .catalog import CatalogItem, Verification, load_catalog
-from .checks._registry import CheckContext, Finding, registered
+from .checks._registry import CheckContext, Finding, close_run_state, registered
 from .errors import RunbookError
 from .params import Params, Target
 from .probe import Probe
@@ -175,13 +175,15 @@ class RunLock:
 async def _run_target(items: list[CatalogItem], target: Target, params: Params, rec: _Recorder,
                       run_dir: Path | None, progress: Progress | None, transport, *,
                       state: dict | None = None, serial: bool = False, needs: set[str] = frozenset(),
-                      prometheus: str | None = None) -> None:
+                      prometheus: str | None = None, run_state: dict | None = None) -> None:
     """Run `items` against one target: concurrently (bounded by probe.concurrency), or one after
     another when `serial` (exclusive checks). `state` carries over between the two phases; the
-    first phase looks once before the checks (the preflight, for `needs`: every need of the section)."""
+    first phase looks once before the checks (the preflight, for `needs`: every need of the section).
+    `run_state` is shared by every target of the section run (CheckContext.once_per_run)."""
     checks = registered()
     sem = asyncio.Semaphore(1 if serial else params.probe.concurrency)
     state = {} if state is None else state
+    run_state = {} if run_state is None else run_state
     async with Probe(target, params.probe, transport=transport) as probe, \
             preflight.open_probe(target, params, transport) as unverified:
         probe.requests_sent = state.get("requests_sent", 0)  # the request budget spans both phases
@@ -207,7 +209,7 @@ async def _run_target(items: list[CatalogItem], target: Target, params: Params, 
                 # the certificate does not verify: what does not depend on trust is judged without it
                 look_past = pf.unverified and "trust" not in reg.needs
                 ctx = CheckContext(item=item, target=target, params=params, probe=unverified if look_past else probe,
-                                   run_dir=run_dir, state=state)
+                                   run_dir=run_dir, state=state, run_state=run_state)
                 limit = _check_timeout(params, target, reg.exclusive)
                 try:  # time spent waiting for the target's rate limit does not count against `limit`
                     finding, clock = await pacing.run_timed(reg.fn(ctx), limit)
@@ -254,6 +256,7 @@ async def _run_phases(items: list[CatalogItem], targets: list[Target], params: P
     regular, exclusive = _split(items)
     lock = RunLock(run_dir)
     states: dict[str, dict] = {t.name: {} for t in targets}
+    run_state: dict = {}  # what the checks read once for every target (CheckContext.once_per_run)
     checks = registered()
     needs = set().union(*(checks[i.id].needs for i in items if i.id in checks))
     # Prometheus is the same for every target: asked once per section run
@@ -272,30 +275,33 @@ async def _run_phases(items: list[CatalogItem], targets: list[Target], params: P
     async def phase(chosen: list[CatalogItem], serial: bool, among: list[Target]) -> None:
         async def bounded_target(t: Target) -> None:
             async with fleet:
-                await _run_target(chosen, t, params, rec, run_dir, progress, transport,
-                                  state=states[t.name], serial=serial, needs=needs, prometheus=prometheus)
+                await _run_target(chosen, t, params, rec, run_dir, progress, transport, state=states[t.name],
+                                  serial=serial, needs=needs, prometheus=prometheus, run_state=run_state)
                 if t.name in passive and not serial:
                     if exclusive:
-                        await _run_target(exclusive, t, params, rec, run_dir, progress, transport,
-                                          state=states[t.name], serial=True, needs=needs, prometheus=prometheus)
+                        await _run_target(exclusive, t, params, rec, run_dir, progress, transport, state=states[t.name],
+                                          serial=True, needs=needs, prometheus=prometheus, run_state=run_state)
                     states.pop(t.name)
         await asyncio.gather(*(bounded_target(t) for t in among))
 
-    if regular:
-        async with lock.hold(exclusive=False):
-            await phase(regular, serial=False, among=targets)
-    elif exclusive and passive:
-        await phase(exclusive, serial=True, among=[t for t in targets if t.name in passive])
-    if exclusive and active:
-        try:
-            async with lock.hold(exclusive=True) as waited:
-                if waited >= 1:
-                    log.info("exclusive checks waited %.1f s for the run's other sections", waited)
-                await phase(exclusive, serial=True, among=active)
-        except RunbookError as e:
-            for t in active:
-                for item in exclusive:
-                    rec.add(_result(item, t, Finding.errored(e.message), now(), 0.0))
+    try:
+        if regular:
+            async with lock.hold(exclusive=False):
+                await phase(regular, serial=False, among=targets)
+        elif exclusive and passive:
+            await phase(exclusive, serial=True, among=[t for t in targets if t.name in passive])
+        if exclusive and active:
+            try:
+                async with lock.hold(exclusive=True) as waited:
+                    if waited >= 1:
+                        log.info("exclusive checks waited %.1f s for the run's other sections", waited)
+                    await phase(exclusive, serial=True, among=active)
+            except RunbookError as e:
+                for t in active:
+                    for item in exclusive:
+                        rec.add(_result(item, t, Finding.errored(e.message), now(), 0.0))
+    finally:
+        close_run_state(run_state)
 
 
 async def run_section_async(section: str, params: Params, *, run_dir: Path | None = None,

@@ -9,6 +9,7 @@ import asyncio
 import math
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Awaitable, Callable
 
 from . import metrics_text as mt
 from .prom import Prom
@@ -37,19 +38,26 @@ def _sel(job: str, *extra: str) -> str:
     return "{" + ", ".join(['job="%s"' % job.replace("\\", "\\\\").replace('"', '\\"'), *extra]) + "}"
 
 
-async def series_exist(prom: Prom, job: str, metrics: list[str]) -> dict[str, bool]:
+async def job_scraped_now(prom: Prom, job: str) -> bool:
+    """Is at least one of the job's targets up (scraped successfully) now?"""
+    return (_scalar(await prom.query(f"max(up{_sel(job)})")) or 0) >= 1
+
+
+async def series_exist(prom: Prom, job: str, metrics: list[str],
+                       scraped_now: Callable[[], Awaitable[bool]] | None = None) -> dict[str, bool]:
     """Does this job export each metric? Yes when Prometheus holds a series of it, or, for a
     labelled counter that has not counted anything yet (no series until the first error), when
-    the job's targets declare the family in their scrape (the targets' metadata)."""
+    the job's targets declare the family in their scrape (the targets' metadata). `scraped_now`:
+    job_scraped_now, as the caller shares it (several checks of a target ask)."""
     out = {}
-    scraped_now = None  # metadata outlives a failing scrape: it counts only while the job is up
+    up = None  # metadata outlives a failing scrape: it counts only while the job is up
     for m in metrics:
         res = await prom.query(f"count({m}{_sel(job)})")
         out[m] = bool(res) and (_scalar(res) or 0) > 0
         if not out[m]:
-            if scraped_now is None:
-                scraped_now = (_scalar(await prom.query(f"max(up{_sel(job)})")) or 0) >= 1
-            out[m] = scraped_now and bool(await prom.target_metadata(job, m))
+            if up is None:
+                up = await (scraped_now() if scraped_now else job_scraped_now(prom, job))
+            out[m] = up and bool(await prom.target_metadata(job, m))
     return out
 
 

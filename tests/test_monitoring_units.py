@@ -285,7 +285,7 @@ class _CannedPrometheus:
 
 
 @pytest.mark.parametrize("state, expected", [(None, "pass"), ("pending", "pass"), ("firing", "warn")])
-def test_alert_states_table(monkeypatch, state, expected):
+def test_alert_states_table(state, expected):
     """Covered and quiet: pass. Pending (above the line right now): reported, still pass.
     Firing (held for the rule's `for`): warn, the agent has a live problem."""
     from asap_runbook.catalog import load_catalog
@@ -299,9 +299,8 @@ def test_alert_states_table(monkeypatch, state, expected):
     params = Params.model_validate({"prometheus": {"url": "http://127.0.0.1:9"},
                                     "alertmanager": {"config_file": str(team_config)},
                                     "targets": [{"name": "t", "base_url": "https://127.0.0.1:9", "prometheus_job": "orders"}]})
-    monkeypatch.setattr(mon_alerting, "prom_for", lambda _params: _CannedPrometheus(state))
     ctx = CheckContext(item=load_catalog().get("MON-ALERT-1"), target=params.targets[0], params=params, probe=None,
-                       run_dir=None)
+                       run_dir=None, run_state={"prometheus": _CannedPrometheus(state)})
     finding = asyncio.run(mon_alerting.alert_error_rate(ctx))
     assert finding.status.value == expected, finding.summary
     assert "15.0% of 200 requests, above the 10% threshold" in finding.summary

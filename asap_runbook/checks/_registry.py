@@ -8,7 +8,9 @@ enabled, missing parameter).
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -19,6 +21,11 @@ if TYPE_CHECKING:
     from ..catalog import CatalogItem
     from ..params import Params, Target, Threshold
     from ..probe import Probe
+    from ..prom import Prom
+
+# how long a read shared by every target of a section run (CheckContext.once_per_run) is used before it is
+# read again: a fleet's section runs for minutes, and alert states and scrape health change meanwhile
+SHARED_READ_FRESH_SECONDS = 60.0
 
 
 @dataclass
@@ -67,6 +74,28 @@ def _evidence(items) -> list[Evidence]:
     return out
 
 
+@dataclass(frozen=True)
+class SharedRead:
+    """What `CheckContext.once_per_run` read for every target of a section run, and when (UTC): a target
+    judged later in the run says how old the answer it was judged from is."""
+    value: Any
+    read_at: datetime
+
+    def when(self) -> str:
+        return self.read_at.isoformat(timespec="seconds")
+
+
+def close_run_state(run_state: dict[str, Any]) -> None:
+    """The section run is over: close the Prometheus session its targets shared."""
+    prom = run_state.pop("prometheus", None)
+    if prom is not None:
+        prom.close()
+
+
+def _failed(fut: asyncio.Future) -> bool:
+    return fut.done() and (fut.cancelled() or fut.exception() is not None)
+
+
 @dataclass
 class CheckContext:
     item: "CatalogItem"
@@ -75,6 +104,7 @@ class CheckContext:
     probe: "Probe"
     run_dir: Path | None = None
     state: dict[str, Any] = field(default_factory=dict)  # shared by the checks of one target
+    run_state: dict[str, Any] = field(default_factory=dict)  # shared by every target of the section run
 
     def threshold(self, name: str) -> "Threshold":
         return getattr(self.params.thresholds, name)
@@ -86,6 +116,29 @@ class CheckContext:
         if fut is None:
             fut = self.state[key] = asyncio.ensure_future(make())
         return await asyncio.shield(fut)
+
+    async def once_per_run(self, key: str, make: Callable[[], Awaitable[Any]]) -> SharedRead:
+        """`make()` awaited once for every target of the section run, for what does not depend on the target
+        (Prometheus's rules, its scrape targets, the Alertmanager configuration): read again once it is
+        SHARED_READ_FRESH_SECONDS old, or when it failed (the targets waiting on it share the failure, later
+        ones ask again). Never for an observation of the target itself: each target's is its own."""
+        held = self.run_state.get(key)
+        if held is None or time.monotonic() - held[0] > SHARED_READ_FRESH_SECONDS or _failed(held[1]):
+            async def read() -> SharedRead:
+                at = datetime.now(UTC)
+                return SharedRead(await make(), at)
+            held = self.run_state[key] = (time.monotonic(), asyncio.ensure_future(read()))
+        return await asyncio.shield(held[1])
+
+    def prometheus(self) -> "Prom | None":
+        """The client of params.prometheus for this section run: one session, its connections kept alive,
+        for every target (None when the parameters name no Prometheus)."""
+        if self.params.prometheus is None:
+            return None
+        if "prometheus" not in self.run_state:
+            from ..prom import Prom
+            self.run_state["prometheus"] = Prom(self.params.prometheus)
+        return self.run_state["prometheus"]
 
     def require_active(self, switch: str) -> Finding | None:
         """Return a skip Finding unless the operator enabled this active probe for the target."""

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 from .. import alerting, alertroutes, proxy_metrics, rules_source
 from .. import monitoring_live as live
 from ..errors import PrometheusError
-from ..prom import prom_for
 from ..results import Evidence, Status
 from ._observe import judged
 from ._registry import CheckContext, Finding, check
@@ -43,6 +42,7 @@ class AlertObservation:
     latency: dict | None = None  # monitoring_live.latency
     rules_source: dict | None = None  # rules_source.RuleSource.record(); None: the scraping Prometheus
     routing: dict | None = None  # alertroutes.Routing of the rules that can fire; None: none to route
+    shared_reads: dict[str, str] = field(default_factory=dict)  # read once for every target of the run -> when (UTC)
 
 
 def _proxy(obs: AlertObservation) -> alerting.ProxyCounter | None:
@@ -69,7 +69,7 @@ def _proxy_rules_unmatched(obs: AlertObservation) -> list[str]:
 
 
 async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Finding:
-    prom = prom_for(ctx.params)
+    prom = ctx.prometheus()
     if prom is None:
         return Finding.skipped("prometheus.url is not set (no Prometheus to read the loaded alerting rules from)")
     job = ctx.target.prometheus_job
@@ -77,9 +77,12 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
         return Finding.skipped(f"targets[{ctx.target.name}].prometheus_job is not set")
     window = ctx.params.prometheus.window
     t = ctx.target
-    # the rules (wherever they live) and the scrape targets: read once per target and section, shared by MON-ALERT-1..4
-    source = await ctx.once("rules_source", lambda: rules_source.load(ctx.params, prom))
+    # what does not depend on the target (the rules wherever they live, the scrape targets, the Alertmanager
+    # configuration, the external labels) is read once for every target of the section run, its time kept
+    rules = await ctx.once_per_run("rules_source", lambda: rules_source.load(ctx.params, prom))
+    source = rules.value
     obs = AlertObservation(key, job, window, source.groups, target=t.name, rules_source=source.record())
+    obs.shared_reads["alerting rules"] = rules.when()
     if key == "rate_limit" and t.proxy_requests:
         try:
             p = alerting.proxy_counter(t.proxy_requests, t.proxy_status_label)
@@ -90,8 +93,11 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
     agent_cov, _ = _coverage(obs)
     metrics = sorted({m for c in agent_cov if c.selects_job for m in c.metrics}
                      | ({AGENT_429_COUNTER} if key == "rate_limit" else set()))
-    obs.series = await live.series_exist(prom, job, metrics) if metrics else {}
-    obs.scrape_targets = live.of_job(await ctx.once("prom.targets", prom.targets), job)
+    scraped_now = lambda: ctx.once("prom.job_up", lambda: live.job_scraped_now(prom, job))  # noqa: E731
+    obs.series = await live.series_exist(prom, job, metrics, scraped_now) if metrics else {}
+    scrape = await ctx.once_per_run("prom.targets", prom.targets)
+    obs.scrape_targets = live.of_job(scrape.value, job)
+    obs.shared_reads["Prometheus scrape targets"] = scrape.when()
     if key == "down":
         obs.down_now = [r.get("metric", {}).get("instance") for r in await prom.query(f"up{live._sel(job)} == 0")]
     elif key == "error_rate":
@@ -100,10 +106,15 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
         obs.latency = await live.latency(prom, job, window)
     if _routable(obs):
         try:  # not every Prometheus-compatible API serves its configuration (Thanos Query does not)
-            external, unread = await prom.external_labels(), None
+            labels = await ctx.once_per_run("prom.external_labels", prom.external_labels)
+            external, unread = labels.value, None
+            obs.shared_reads["Prometheus external labels"] = labels.when()
         except PrometheusError as e:
             external, unread = {}, e.message
-        routing = await alertroutes.observe(ctx.params.alertmanager, prom, _alerts_to_route(obs, external))
+        config = await ctx.once_per_run("alertmanager.configuration",
+                                        lambda: alertroutes.configuration(ctx.params.alertmanager, prom))
+        obs.shared_reads["Alertmanager configuration"] = config.when()
+        routing = await alertroutes.route_all(config.value, ctx.params.alertmanager, _alerts_to_route(obs, external))
         routing.external_labels_unread = unread
         obs.routing = dataclasses.asdict(routing)
     return obs

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from .. import metrics_text as mt
 from ..probe import probe_envelope
-from ..prom import prom_for
 from ..results import Status
 from ._observe import judged
 from ._registry import AGENT, AGENT_TOKEN, CheckContext, Finding, check
@@ -225,6 +225,7 @@ class ScrapeTargetsObservation:
     job: str
     targets: list[dict]  # Prometheus's active targets (scrapeUrl, health, lastError, lastScrape, labels)
     waited_for_first_scrape: bool = False
+    read_at: str = ""  # when `targets` was read (UTC); the first read is shared by every target of the section run
 
 
 def _of_job(targets: list[dict], job: str) -> list[dict]:
@@ -233,7 +234,7 @@ def _of_job(targets: list[dict], job: str) -> list[dict]:
 
 
 async def observe_scrape_targets(ctx: CheckContext) -> ScrapeTargetsObservation | Finding:
-    prom = prom_for(ctx.params)
+    prom = ctx.prometheus()
     if prom is None:
         return Finding.skipped("no prometheus.url in the parameters")
     job = ctx.target.prometheus_job
@@ -242,14 +243,14 @@ async def observe_scrape_targets(ctx: CheckContext) -> ScrapeTargetsObservation 
     # a freshly started Prometheus has not scraped yet ("unknown"): wait a few scrape intervals, bounded
     loop = asyncio.get_running_loop()
     deadline, waited = loop.time() + ctx.params.prometheus.timeout_seconds * 3, False
-    while True:
-        targets = await prom.targets()
-        if not any(t.get("health") == "unknown" for t in _of_job(targets, job)) or loop.time() > deadline:
-            break
+    shared = await ctx.once_per_run("prom.targets", prom.targets)
+    targets, read_at = shared.value, shared.when()
+    while any(t.get("health") == "unknown" for t in _of_job(targets, job)) and loop.time() <= deadline:
         waited = True
         await asyncio.sleep(0.5)
+        read_at, targets = datetime.now(UTC).isoformat(timespec="seconds"), await prom.targets()
     keep = ("scrapeUrl", "health", "lastError", "lastScrape", "labels", "discoveredLabels")
-    return ScrapeTargetsObservation(job, [{k: t.get(k) for k in keep if k in t} for t in targets], waited)
+    return ScrapeTargetsObservation(job, [{k: t.get(k) for k in keep if k in t} for t in targets], waited, read_at)
 
 
 def judge_scrape_targets(obs: ScrapeTargetsObservation) -> Finding:

@@ -994,12 +994,12 @@ class RejectionCounting:
     proxy_label_combos: list[dict]              # status-like label values on the selector's series
     proxy_error: str | None = None
     candidates: list[str] = field(default_factory=list)  # common exporters' counters found in Prometheus
+    candidates_read_at: str | None = None  # when (UTC): read once for every target of the section run
     target: str = ""
     exchanges: list = field(default_factory=list)
 
 
 async def observe_rejection_counting(ctx: CheckContext, pattern: str, code: str) -> RejectionCounting:
-    from ..prom import prom_for
     t = ctx.target
     obs = RejectionCounting(code, [], None, False, [], t.proxy_requests, t.proxy_status_label, [], target=t.name)
     try:
@@ -1010,7 +1010,7 @@ async def observe_rejection_counting(ctx: CheckContext, pattern: str, code: str)
                               obs.agent_exported))
     except ProbeError as e:
         obs.agent_unreadable = e.message
-    prom, job = prom_for(ctx.params), t.prometheus_job
+    prom, job = ctx.prometheus(), t.prometheus_job
     if prom is None:
         return obs
     obs.prometheus = bool(job)
@@ -1032,10 +1032,11 @@ async def observe_rejection_counting(ctx: CheckContext, pattern: str, code: str)
         if obs.proxy_label is None:
             obs.proxy_label = proxy_metrics.known_label(t.proxy_requests) or next(
                 (lbl for lbl in proxy_metrics.STATUS_LABELS if any(lbl in c for c in obs.proxy_label_combos)), None)
-    elif not obs.agent_in_prometheus:
-        found = await prom.query(proxy_metrics.discovery_query())
+    elif not obs.agent_in_prometheus:  # the common exporters' counters: one query for every target of the run
+        found = await ctx.once_per_run("prom.proxy_discovery", lambda: prom.query(proxy_metrics.discovery_query()))
         obs.candidates = sorted({f"{s['metric'].get('__name__')}{{job=\"{s['metric'].get('job', '')}\"}}"
-                                 for s in found})
+                                 for s in found.value})
+        obs.candidates_read_at = found.when()
     return obs
 
 

@@ -1,0 +1,155 @@
+"""What does not depend on the target is read once for every target of a section run: Prometheus's rules,
+its scrape targets, its external labels, the Alertmanager it sends to and that Alertmanager's configuration.
+Counted on a recording Prometheus (and Alertmanager) served here; what is about one target (its job's
+series, its error rate) is still asked per target, and each result says when the shared answers were read."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+import asap_runbook
+from asap_runbook import engine, rules_source
+from asap_runbook.checks import _registry
+from asap_runbook.checks._registry import CheckContext
+from asap_runbook.params import Params
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = REPO / "asap_runbook" / "data" / "prometheus" / "asap-alerts.yml"
+TEAM_ROUTES = Path(asap_runbook.__file__).parent / "data" / "alertmanager" / "alertmanager.yml"
+JOBS = ("asap-orders", "asap-billing", "asap-search")  # the shipped rules select job=~"asap-.*"
+ITEMS = ["MON-ALERT-1", "MON-ALERT-2", "MON-ALERT-3", "MON-ALERT-4", "MON-METRICS-2"]
+# labelled counters with no series yet: the checks then ask whether the job is up (once per target)
+NO_SERIES = ("count(asap_requests_error_total", "count(asap_rate_limit_exceeded_total")
+
+
+class RecordingPrometheus(BaseHTTPRequestHandler):
+    """The Prometheus API (and Alertmanager's /api/v2/status) with canned answers; every request recorded."""
+    seen: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    port = 0
+
+    def do_GET(self):
+        url = urlsplit(self.path)
+        query = parse_qs(url.query).get("query", [""])[0]
+        with self.lock:
+            self.seen.append((url.path, query))
+        data = self.answer(url.path, query)
+        body = json.dumps(data if url.path.startswith("/api/v2/") else {"status": "success", "data": data}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def answer(self, path: str, query: str):
+        if path == "/api/v2/status":  # Alertmanager's: its loaded configuration
+            return {"config": {"original": TEAM_ROUTES.read_text()}}
+        if path == "/api/v1/rules":
+            return {"groups": rules_source.groups_from_file(RULES)}
+        if path == "/api/v1/targets":
+            return {"activeTargets": [{"labels": {"job": j, "instance": f"{j}:443"}, "scrapeUrl": f"https://{j}/m",
+                                       "health": "up", "lastError": ""} for j in JOBS]}
+        if path == "/api/v1/alertmanagers":
+            return {"activeAlertmanagers": [{"url": f"http://127.0.0.1:{self.port}/api/v2/alerts"}],
+                    "droppedAlertmanagers": []}
+        if path == "/api/v1/status/config":
+            return {"yaml": "global:\n  external_labels:\n    cluster: c1\n"}
+        if path == "/api/v1/query":
+            if query.startswith(NO_SERIES) or query.endswith("== 0"):
+                return {"resultType": "vector", "result": []}
+            return {"resultType": "vector", "result": [{"metric": {}, "value": [0, "1"]}]}
+        return [] if path == "/api/v1/targets/metadata" else {"version": "recording"}
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def prometheus():
+    RecordingPrometheus.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingPrometheus)
+    RecordingPrometheus.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", RecordingPrometheus.seen
+    server.shutdown()
+    server.server_close()
+
+
+def fleet(url: str) -> Params:
+    return Params.model_validate({
+        "prometheus": {"url": url},
+        "targets": [{"name": f"agent-{j}", "base_url": "https://127.0.0.1:9", "prometheus_job": j} for j in JOBS]})
+
+
+def test_target_independent_reads_are_asked_once_for_the_whole_fleet(prometheus):
+    url, seen = prometheus
+    run = engine.run_section("monitoring", fleet(url), items=ITEMS)
+    asked = collections.Counter(path for path, _ in seen)
+    # one read each for three targets (and MON-ALERT-1..4, MON-METRICS-2 of each)
+    for path in ("/api/v1/rules", "/api/v1/targets", "/api/v1/alertmanagers", "/api/v1/status/config",
+                 "/api/v2/status"):
+        assert asked[path] == 1, (path, asked)
+    queries = collections.Counter(q for path, q in seen if path == "/api/v1/query")
+    for job in JOBS:  # about one target: still asked for each, and once however many of its checks ask
+        assert queries[f'up{{job="{job}"}} == 0'] == 1
+        assert queries[f'max(up{{job="{job}"}})'] == 1
+    # every result says when the shared answers were read: the same instant for every target
+    alerts = [r for r in run.results if r.item_id.startswith("MON-ALERT")]
+    assert len(alerts) == 4 * len(JOBS) and all(r.status.value != "error" for r in alerts), \
+        [(r.item_id, r.target, r.summary) for r in alerts if r.status.value == "error"]
+    read = {r.details["observation"]["shared_reads"]["alerting rules"] for r in alerts}
+    assert len(read) == 1
+    routed = [r for r in alerts if r.details["observation"]["routing"]]
+    assert routed and all("Alertmanager configuration" in r.details["observation"]["shared_reads"] for r in routed)
+    scrapes = [r for r in run.results if r.item_id == "MON-METRICS-2"]
+    assert [r.status.value for r in scrapes] == ["pass"] * len(JOBS)
+    assert len({r.details["observation"]["read_at"] for r in scrapes}) == 1  # the one shared read
+
+
+def _ctx(run_state: dict) -> CheckContext:
+    return CheckContext(item=None, target=None, params=None, probe=None, run_state=run_state)
+
+
+def test_a_shared_read_is_read_again_once_it_is_old(monkeypatch):
+    calls = []
+
+    async def read():
+        calls.append(1)
+        return len(calls)
+
+    async def go():
+        run_state = {}
+        first = await asyncio.gather(*(_ctx(run_state).once_per_run("k", read) for _ in range(3)))
+        monkeypatch.setattr(_registry, "SHARED_READ_FRESH_SECONDS", -1.0)
+        later = await _ctx(run_state).once_per_run("k", read)
+        return first, later
+    first, later = asyncio.run(go())
+    assert [r.value for r in first] == [1, 1, 1] and len({r.read_at for r in first}) == 1
+    assert later.value == 2 and later.read_at >= first[0].read_at
+
+
+def test_a_failed_shared_read_is_shared_by_its_waiters_and_asked_again_later():
+    calls = []
+
+    async def read():
+        calls.append(1)
+        await asyncio.sleep(0)
+        if len(calls) == 1:
+            raise RuntimeError("Prometheus blinked")
+        return "answer"
+
+    async def go():
+        run_state = {}
+        failed = await asyncio.gather(*(_ctx(run_state).once_per_run("k", read) for _ in range(2)),
+                                      return_exceptions=True)
+        return failed, await _ctx(run_state).once_per_run("k", read)
+    failed, later = asyncio.run(go())
+    assert all(isinstance(f, RuntimeError) for f in failed) and later.value == "answer" and len(calls) == 2
