@@ -208,18 +208,18 @@ def _verify_context(ca_file: str | None, _version: tuple | None) -> ssl.SSLConte
     return ssl.create_default_context(cafile=ca_file)
 
 
-def _verify(host: str, port: int, ca_file: Path | None, timeout: float) -> str | None:
-    """None when the chain and the hostname verify, else OpenSSL's reason."""
+def _verify(host: str, port: int, ca_file: Path | None, timeout: float) -> tuple[str | None, bytes | None]:
+    """(None, the leaf) when the chain and the hostname verify, else (OpenSSL's reason, None)."""
     ca = str(ca_file) if ca_file else None
     ctx = _verify_context(ca, file_version(ca))
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            with ctx.wrap_socket(sock, server_hostname=host):
-                return None
+            with ctx.wrap_socket(sock, server_hostname=host) as tls:
+                return None, tls.getpeercert(binary_form=True)
     except ssl.SSLCertVerificationError as e:
-        return e.verify_message or str(e)
+        return e.verify_message or str(e), None
     except ssl.SSLError as e:
-        return e.reason or str(e)
+        return e.reason or str(e), None
 
 
 def _hostname_matches(cert: x509.Certificate, host: str) -> tuple[bool, list[str]]:
@@ -250,11 +250,13 @@ def _is_self_signed(cert: x509.Certificate) -> bool:
 
 
 def certificate(url: str, ca_file: Path | None, timeout: float) -> CertReport:
-    """Fetch the leaf without verifying, then verify separately; raises OSError if unreachable."""
+    """Verify the chain and the hostname; the leaf is read from that handshake, or, when it does not
+    verify, from a second one that does not verify; raises OSError if unreachable."""
     host, port = host_port(url)
-    der = _fetch_leaf(host, port, timeout)
+    verify_error, der = _verify(host, port, ca_file, timeout)
+    if der is None:
+        der = _fetch_leaf(host, port, timeout)
     cert = x509.load_der_x509_certificate(der)
-    verify_error = _verify(host, port, ca_file, timeout)
     ok, sans = _hostname_matches(cert, host)
     return CertReport(
         verified=verify_error is None, verify_error=verify_error,
