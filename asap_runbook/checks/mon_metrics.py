@@ -7,6 +7,7 @@ duration buckets are cumulated twice, counters are per worker process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,10 @@ class Scrape:
     exchange: dict = field(default_factory=dict)  # the probe's redacted request/response evidence
 
     def parsed(self) -> mt.Exposition | None:
+        return self._exposition  # the first scrape is judged by MON-METRICS-1, -3 and -4: parsed once
+
+    @functools.cached_property
+    def _exposition(self) -> mt.Exposition | None:  # not a field: the observation keeps the text, not this
         return mt.parse_exposition(self.text, self.content_type) if self.status == 200 else None
 
 
