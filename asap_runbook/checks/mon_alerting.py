@@ -93,7 +93,8 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
     agent_cov, _ = _coverage(obs)
     metrics = sorted({m for c in agent_cov if c.selects_job for m in c.metrics}
                      | ({AGENT_429_COUNTER} if key == "rate_limit" else set()))
-    scraped_now = lambda: ctx.once("prom.job_up", lambda: live.job_scraped_now(prom, job))  # noqa: E731
+    async def scraped_now() -> bool:  # several MON-ALERT checks of the target ask: once
+        return await ctx.once("prom.job_up", lambda: live.job_scraped_now(prom, job))
     obs.series = await live.series_exist(prom, job, metrics, scraped_now) if metrics else {}
     scrape = await ctx.once_per_run("prom.targets", prom.targets)
     obs.scrape_targets = live.of_job(scrape.value, job)
