@@ -86,7 +86,11 @@ class SharedRead:
 
 
 def close_run_state(run_state: dict[str, Any]) -> None:
-    """The section run is over: close the Prometheus session its targets shared."""
+    """The section run is over: a shared read nobody waits for any more (its checks timed out) ends, and the
+    Prometheus session its targets shared is closed."""
+    for held in run_state.values():
+        if isinstance(held, tuple) and isinstance(held[1], asyncio.Future):
+            held[1].cancel()
     prom = run_state.pop("prometheus", None)
     if prom is not None:
         prom.close()
