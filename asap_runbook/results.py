@@ -87,6 +87,16 @@ class Result(BaseModel):
     waiver: Waiver | None = None
 
 
+def lean(r: Result) -> Result:
+    """`r` without what only its evidence shows: each evidence's data, and the observation and timeline
+    kept in its details (the labels and keys stay, so a page still says "evidence (3)" and links to
+    where it is). What a fleet's findings tables, summary page, junit and blockers are made from, in
+    memory; never written as a result (results files and per-target pages are written whole)."""
+    return r.model_copy(update={
+        "evidence": [Evidence(label=e.label) for e in r.evidence],
+        "details": {k: None if k in ("observation", "timeline") else v for k, v in r.details.items()}})
+
+
 class SectionRun(BaseModel):
     """What one section notebook wrote: its results, as it ran."""
 
