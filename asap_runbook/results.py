@@ -6,6 +6,7 @@ meaning (lessons-from-peers: testssl #1994).
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -92,8 +93,10 @@ def lean(r: Result) -> Result:
     kept in its details (the labels and keys stay, so a page still says "evidence (3)" and links to
     where it is). What a fleet's findings tables, summary page, junit and blockers are made from, in
     memory; never written as a result (results files and per-target pages are written whole)."""
+    shared = {k: sys.intern(v) for k in ("item_id", "section", "subsection", "title", "severity", "verification",
+                                          "remediation") if isinstance(v := getattr(r, k), str)}  # the catalog's text, once
     return r.model_copy(update={
-        "evidence": [Evidence(label=e.label) for e in r.evidence],
+        **shared, "evidence": [Evidence(label=e.label) for e in r.evidence],
         "details": {k: None if k in ("observation", "timeline") else v for k, v in r.details.items()}})
 
 

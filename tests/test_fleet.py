@@ -191,7 +191,7 @@ def test_section_results_are_appended_once_and_recovered_if_the_kernel_dies(tmp_
     assert [r.target for r in runner._load_section(tmp_path, "security").results] == ["t0", "t1", "t2"]
 
 
-def _result(i: int, item: str = "SEC-TLS-1", summary: str = "ok") -> "Result":
+def _result(i: int, item: str = "SEC-TLS-1", summary: str = "ok"):
     from datetime import UTC, datetime
     from asap_runbook.results import Evidence, Result
     return Result(item_id=item, target=f"t{i}", section="security", subsection="TLS", title="TLS",
