@@ -145,13 +145,16 @@ class _Recorder:
         if self.path is None:
             return
         partial = partial_path(self.path)
+        if not self._spans:  # nothing recorded: no partial file either
+            section_file.write(self.path, self.run, [])
+            return
         with open(partial, "rb") as f:
             def lines():
                 for offset, length in self._spans:
                     f.seek(offset)
                     yield f.read(length).decode()
             section_file.write(self.path, self.run, lines())
-        partial.unlink(missing_ok=True)
+        partial.unlink()
 
 
 def partial_path(section_json: Path) -> Path:

@@ -251,3 +251,12 @@ def test_results_json_written_one_result_at_a_time_is_the_models_own(tmp_path):
         raw = path.read_bytes()
         assert {t: [Result.model_validate_json(raw[o:o + n]) for o, n in s] for t, s in spans.items()} == \
             {t: [r for r in rs if r.target == t] for t in ("t0", "t1", "t2") if rs}
+
+
+def test_a_section_that_recorded_nothing_still_writes_its_results_file(tmp_path):
+    from asap_runbook import engine, section_file
+    path = tmp_path / "sections" / "security.json"
+    rec = engine._Recorder("security", path)
+    rec.flush()
+    rec.finish()
+    assert section_file.load(path).results == [] and section_file.header(path).section == "security"
