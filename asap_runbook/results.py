@@ -88,15 +88,19 @@ class Result(BaseModel):
     waiver: Waiver | None = None
 
 
+#: what stands for each piece of evidence in a lean result (one object, shared)
+ELIDED = Evidence(label="(in the results file)")
+
+
 def lean(r: Result) -> Result:
-    """`r` without what only its evidence shows: each evidence's data, and the observation and timeline
-    kept in its details (the labels and keys stay, so a page still says "evidence (3)" and links to
-    where it is). What a fleet's findings tables, summary page, junit and blockers are made from, in
-    memory; never written as a result (results files and per-target pages are written whole)."""
+    """`r` without what only its evidence shows: its evidence, and the observation and timeline kept in
+    its details (as many placeholders and the same keys stay, so a page still says "evidence (3)" and
+    links to where it is). What a fleet's findings tables, summary page, junit and blockers are made
+    from, in memory; never written as a result (results files and per-target pages are written whole)."""
     shared = {k: sys.intern(v) for k in ("item_id", "section", "subsection", "title", "severity", "verification",
                                           "remediation") if isinstance(v := getattr(r, k), str)}  # the catalog's text, once
     return r.model_copy(update={
-        **shared, "evidence": [Evidence(label=e.label) for e in r.evidence],
+        **shared, "evidence": [ELIDED] * len(r.evidence),
         "details": {k: None if k in ("observation", "timeline") else v for k, v in r.details.items()}})
 
 

@@ -215,6 +215,7 @@ def test_a_fleets_section_holds_its_results_lean_and_writes_them_whole(tmp_path)
     rec.finish()
     held = {r.target: r for r in rec.run.results}
     assert [e.data for e in held["t1"].evidence] == [None] and held["t1"].details == {"observation": None, "cause": "c"}
+    assert held["t1"].summary == "ok" and held["t1"].status is Status.FAIL
     assert held["t5"].evidence[0].data["i"] == 5, "results `lean` does not name are held whole"
     written = section_file.load(path)
     assert [r.target for r in written.results] == ["t0", "t1", "t2", "t3", "t4", "t5"]
