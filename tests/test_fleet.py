@@ -261,3 +261,16 @@ def test_a_section_that_recorded_nothing_still_writes_its_results_file(tmp_path)
     rec.flush()
     rec.finish()
     assert section_file.load(path).results == [] and section_file.header(path).section == "security"
+
+
+def test_only_a_fleets_passive_targets_are_held_lean():
+    """A small run's pages show evidence inline, and an active target's figures are drawn from its
+    results: both are held whole; a fleet's passive targets lean."""
+    from asap_runbook.engine import held_lean
+    from asap_runbook.params import Target
+    from asap_runbook.report import INLINE_EVIDENCE_MAX_TARGETS
+    passive = [Target(name=f"t{i}", base_url="https://x") for i in range(INLINE_EVIDENCE_MAX_TARGETS + 1)]
+    active = Target(name="t0", base_url="https://x", active_probes={"drills": True})
+    assert held_lean(passive)(_result(1)) and held_lean(passive)(_result(0))
+    assert not held_lean([active, *passive[1:]])(_result(0)) and held_lean([active, *passive[1:]])(_result(1))
+    assert not held_lean(passive[:INLINE_EVIDENCE_MAX_TARGETS])(_result(1))
