@@ -13,6 +13,8 @@ for rate limits, nonces) but they connect lazily.
 from __future__ import annotations
 
 import copy
+import fcntl
+import hashlib
 import importlib
 import json
 import os
@@ -171,6 +173,10 @@ def _snapshot_child(ref: str) -> int:
 # kept for CACHE_SECONDS, long enough for one section run, short enough that a notebook re-run in
 # JupyterLab after the app's code changed looks again.
 CACHE_SECONDS = 300.0
+# The kernels of one `asap-runbook run` share answers through this folder (a private temp folder the
+# runner makes per run): security and scaling both read the same apps, and a second child per app
+# would import asap-protocol again. Not set in JupyterLab: there each kernel asks for itself.
+SHARED_DIR_ENV = "ASAP_RUNBOOK_SHARED_DIR"
 _cache: dict[tuple, tuple[float, dict[str, Any] | IntrospectionError]] = {}
 _locks: dict[tuple, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -197,13 +203,44 @@ def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, st
         hit = _cache.get(key)
         if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
             try:
-                hit = (time.monotonic(), _introspect_child(ref, app_path, app_env, timeout, drop_env))
+                hit = (time.monotonic(), _shared_across_kernels(
+                    key, lambda: _introspect_child(ref, app_path, app_env, timeout, drop_env)))
             except IntrospectionError as e:
                 hit = (time.monotonic(), e)
             _cache[key] = hit
     if isinstance(hit[1], IntrospectionError):
         raise IntrospectionError(hit[1].message)
     return copy.deepcopy(hit[1])
+
+
+def introspect_target(target, params) -> dict[str, Any]:
+    """The target's app (`targets[].app`, which must be set) as the checks read it: the operator's
+    path and environment, without the target's token variable; raise IntrospectionError."""
+    return introspect_app(target.app, target.app_path, target.app_env, introspection_timeout(params),
+                          (target.token_env,) if target.token_env else ())
+
+
+def _shared_across_kernels(key: tuple, introspect) -> dict[str, Any]:
+    """`introspect()` once per run for all its kernels when the runner names a shared folder: the first
+    kernel to ask runs the child under an exclusive lock, the others wait and read its answer (or
+    its error sentence)."""
+    where = os.environ.get(SHARED_DIR_ENV)
+    if not where or not Path(where).is_dir():
+        return introspect()
+    path = Path(where) / f"introspect-{hashlib.sha256(repr(key).encode()).hexdigest()[:32]}.json"
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            try:
+                doc = {"config": introspect()}
+            except IntrospectionError as e:
+                doc = {"error": e.message}
+            path.write_text(json.dumps(doc, default=str))
+    if "error" in doc:
+        raise IntrospectionError(doc["error"])
+    return doc["config"]
 
 
 def _introspect_child(ref: str, app_path: Path | None, app_env: dict[str, str] | None, timeout: float,

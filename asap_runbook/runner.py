@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -78,10 +79,11 @@ def _kernel_imports_this_package() -> None:
 
 
 def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | None = None, *, targets: list[str] | None = None,
-            replay: bool = False) -> str | None:
+            replay: bool = False, shared_dir: Path | None = None) -> str | None:
     """Run one section notebook (or `notebook`: the benchmark's floor); return None, or one sentence saying why it failed.
     `targets`: only these (a work unit of a distributed run). `replay`: show the section's results file that is
-    already in `run_dir` instead of probing (the pages of a distributed run, rendered where its results are put together)."""
+    already in `run_dir` instead of probing (the pages of a distributed run, rendered where its results are put together).
+    `shared_dir`: a private folder the kernels of one run share (introspection answers, introspect.SHARED_DIR_ENV)."""
     import papermill as pm
     _kernel_imports_this_package()
     out = run_dir / "notebooks" / f"{section}.ipynb"
@@ -94,7 +96,7 @@ def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | Non
             # progress comes from sections/*.progress.json, and papermill saves the notebook at the end
             # and on failure anyway: rewriting (and re-validating) it after every cell cost ~0.2 s of CPU
             log_output=False, request_save_on_cell_execute=False,
-            kernel_manager_class=ipc_kernel_manager(replay=replay),
+            kernel_manager_class=ipc_kernel_manager(replay=replay, shared_dir=shared_dir),
             shutdown_kernel="immediate",  # the notebook is saved and complete: do not wait for the interpreter to wind down
         )
     except pm.PapermillExecutionError as e:
@@ -104,7 +106,7 @@ def execute(section: str, params_path: Path, run_dir: Path, notebook: Path | Non
     return None
 
 
-def ipc_kernel_manager(replay: bool = False):
+def ipc_kernel_manager(replay: bool = False, shared_dir: Path | None = None):
     """Kernels talk to us over Unix sockets in a private directory, not loopback TCP: ipykernel
     warns on stderr about unencrypted TCP for every notebook, and other local users cannot
     connect to an ipc socket in a 0700 directory."""
@@ -125,6 +127,9 @@ def ipc_kernel_manager(replay: bool = False):
             kw["env"] = {**(kw.get("env") or os.environ), "ASAP_RUNBOOK_HEADLESS": "1"}
             if replay:  # notebook.run reads the section's results instead of probing (a distributed run's pages)
                 kw["env"]["ASAP_RUNBOOK_REPLAY"] = "1"
+            if shared_dir is not None:
+                from .introspect import SHARED_DIR_ENV
+                kw["env"][SHARED_DIR_ENV] = str(shared_dir)
             return await super()._async_pre_start_kernel(**kw)
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
@@ -449,8 +454,10 @@ def _execute_and_render(chosen: list[str], params_path: Path, run_dir: Path, tot
     t0 = time.monotonic()
     from .progress import watch_sections
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as pool, \
+            tempfile.TemporaryDirectory(prefix="asap-run-shared-") as shared, \
             watch_sections(run_dir / "sections", totals, say) as tell:
-        futures = {pool.submit(execute, s, params_path, run_dir, replay=replay): s for s in chosen}
+        futures = {pool.submit(execute, s, params_path, run_dir, replay=replay, shared_dir=Path(shared)): s
+                   for s in chosen}
         renderer = Renderer()  # built while the kernels start
         pages = {}
         for fut in concurrent.futures.as_completed(futures):

@@ -25,9 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from asap_runbook import fleet, runner  # noqa: E402
+from asap_runbook.reference.dask_cluster import LoopbackDaskCluster  # noqa: E402
 from asap_runbook.reference.deployment import MISCONFIGURED_RATE_LIMIT  # noqa: E402
 from bench import PeakRSS, _cpu, deployment, quiet  # noqa: E402
 
@@ -66,30 +64,14 @@ def names_params(dep, n: int, path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LoopbackCluster:
-    """`dask scheduler` + two `dask worker --nworkers 1 --nthreads 1` on 127.0.0.1."""
+class LoopbackCluster(LoopbackDaskCluster):
+    """Two workers (`--nworkers 1 --nthreads 1`) on 127.0.0.1, and what they spend."""
 
     def __init__(self, work: Path):
-        self.port = _free_port()
-        dask = str(Path(sys.executable).with_name("dask"))
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-                                        "--no-dashboard"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, start_new_session=True)]
+        super().__init__(work, logs=False)
         for _ in range(2):
-            self.procs.append(subprocess.Popen(
-                [dask, "worker", f"tcp://127.0.0.1:{self.port}", "--host", "127.0.0.1", "--nworkers", "1",
-                 "--nthreads", "1", "--no-dashboard", "--local-directory", str(work)],
-                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        from distributed import Client
-        with Client(f"tcp://127.0.0.1:{self.port}", timeout="30s", set_as_default=False) as c:
-            c.wait_for_workers(2, timeout=60)
+            self.add_worker()
+        self.wait_workers(2)
 
     def cpu(self) -> float:
         total = 0.0
@@ -111,20 +93,22 @@ class LoopbackCluster:
                 pass
         return total
 
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
 
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _tree_cpu(pids) -> float:
+    """CPU seconds of these processes and their children (nginx's workers): the system under test."""
+    total = 0.0
+    for pid in pids:
+        try:
+            for q in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+                t = q.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
 def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None, idle: LoopbackCluster | None = None) -> dict:
@@ -136,6 +120,7 @@ def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None, idle:
     peak_cluster = 0
     with PeakRSS(excluded) as mem:
         c0, k0, t0 = _cpu(), cluster.cpu() if cluster else 0.0, time.perf_counter()
+        a0 = _tree_cpu(dep.pids().values())
         if cluster is None:
             code, run_dir = runner.run(params, out, say=quiet)
         else:
@@ -156,8 +141,9 @@ def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None, idle:
                 th.join()
         wall = time.perf_counter() - t0
         cpu = _cpu() - c0 + ((cluster.cpu() - k0) if cluster else 0.0)
+        agents_cpu = _tree_cpu(dep.pids().values()) - a0
     results = json.loads((run_dir / "results.json").read_text())
-    return {"wall": wall, "cpu": cpu, "peak_rss": mem.peak + peak_cluster, "exit_code": code,
+    return {"wall": wall, "cpu": cpu, "agents_cpu": agents_cpu, "peak_rss": mem.peak + peak_cluster, "exit_code": code,
             "run_dir_bytes": _size(run_dir), "index_bytes": (run_dir / "index.html").stat().st_size,
             "results_bytes": (run_dir / "results.json").stat().st_size,
             "statuses": {s: n for s, n in results["counts"].items() if n}, "run_dir": str(run_dir)}
@@ -202,11 +188,12 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nasap-runbook fleet benchmark: {os.cpu_count()} CPU(s), {args.agents} reference agents behind the names\n")
-    print("| run | targets | wall (s) | CPU, runbook + kernels (s) | peak RSS (MiB) | run folder (MB) | index.html (MB) | results.json (MB) | exit |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | targets | wall (s) | CPU, runbook + kernels (s) | CPU, agents + nginx + Prometheus (s) | peak RSS (MiB) "
+          "| run folder (MB) | index.html (MB) | results.json (MB) | exit |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, f in figures.items():
         kind, n = key.split("-")
-        print(f"| {kind} | {n} | {f['wall']:.1f} | {f['cpu']:.1f} | {f['peak_rss'] / 2**20:.0f} | "
+        print(f"| {kind} | {n} | {f['wall']:.1f} | {f['cpu']:.1f} | {f['agents_cpu']:.1f} | {f['peak_rss'] / 2**20:.0f} | "
               f"{f['run_dir_bytes'] / 1e6:.1f} | {f['index_bytes'] / 1e6:.2f} | {f['results_bytes'] / 1e6:.1f} | {f['exit_code']} |")
     out = {"sizes": sizes, "agents": args.agents, "figures": figures}
     for kind in ("local", "dask"):

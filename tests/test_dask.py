@@ -20,12 +20,12 @@ from asap_runbook.params import load_params
 
 from asap_runbook import dask_run
 from asap_runbook.errors import UsageError
+from asap_runbook.reference.dask_cluster import LoopbackDaskCluster
 from asap_runbook.runner import run
 
 from conftest import REPO, write_test_params
 
 pytest.importorskip("distributed")
-DASK = Path(sys.executable).with_name("dask")
 
 
 def _free_port() -> int:
@@ -34,52 +34,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Cluster:
-    """`dask scheduler` and `dask worker` processes, each in its own process group (killing one
-    takes its kernels with it)."""
-
-    def __init__(self, workdir: Path, env: dict[str, str]):
-        self.port = _free_port()
-        self.env = {**env, "PYTHONPATH": str(REPO)}
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
-        self.scheduler = self._start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-                                     "--no-dashboard")
-        self.workers: list[subprocess.Popen] = []
-
-    def _start(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "w")
-        p = subprocess.Popen([str(DASK), *args], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def add_worker(self) -> subprocess.Popen:
-        w = self._start(f"worker{len(self.workers)}", "worker", f"tcp://127.0.0.1:{self.port}", "--host", "127.0.0.1",
-                        "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--local-directory", str(self.workdir))
-        self.workers.append(w)
-        return w
-
-    def wait_workers(self, n: int, timeout: float = 60) -> None:
-        from distributed import Client
-        with Client(f"tcp://127.0.0.1:{self.port}", timeout="30s", set_as_default=False) as c:
-            c.wait_for_workers(n, timeout=timeout)
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
-
 @pytest.fixture
 def cluster(deployment, tmp_path):
-    c = Cluster(tmp_path, dict(os.environ))  # the workers' environment holds the token
+    c = LoopbackDaskCluster(tmp_path)  # the workers' environment (this one's) holds the token
     try:
         c.add_worker()
         c.add_worker()

@@ -163,6 +163,42 @@ def test_introspection_runs_one_child_per_distinct_app(monkeypatch):
     assert len(calls) == 2
 
 
+def test_the_kernels_of_one_run_share_one_introspection_child_per_app(tmp_path):
+    """Security and scaling run in separate kernels and both read the same apps: with the run's
+    shared folder, the first kernel's child answers both (its error too); without it each imports."""
+    import subprocess
+    import sys
+    (tmp_path / "tiny_app.py").write_text(
+        "import os, types\n"
+        "open(os.path.join(os.path.dirname(__file__), 'imports.log'), 'a').write('imported\\n')\n"
+        "class App: pass\n"
+        "app = App(); app.state = types.SimpleNamespace(max_request_size=1024)\n")
+    (tmp_path / "broken_app.py").write_text(
+        "import os\n"
+        "open(os.path.join(os.path.dirname(__file__), 'imports.log'), 'a').write('broken\\n')\n"
+        "raise RuntimeError('no database')\n")
+    kernel = ("import sys; from pathlib import Path; from asap_runbook import introspect\n"
+              "print(introspect.introspect_app('tiny_app:app', app_path=Path(sys.argv[1]))['max_request_size'])\n"
+              "try: introspect.introspect_app('broken_app:app', app_path=Path(sys.argv[1]))\n"
+              "except introspect.IntrospectionError as e: print(e.message)\n")
+
+    def two_kernels(env_extra):
+        env = {**os.environ, **env_extra}
+        procs = [subprocess.Popen([sys.executable, "-c", kernel, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        return [p.communicate(timeout=120)[0].splitlines() for p in procs]
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    outputs = two_kernels({"ASAP_RUNBOOK_SHARED_DIR": str(shared)})
+    assert outputs[0] == outputs[1] and outputs[0][0] == "1024"
+    assert "RuntimeError: no database" in outputs[0][1]
+    assert sorted((tmp_path / "imports.log").read_text().split()) == ["broken", "imported"]
+    (tmp_path / "imports.log").unlink()
+    two_kernels({})
+    assert sorted((tmp_path / "imports.log").read_text().split()) == ["broken", "broken", "imported", "imported"]
+
+
 def test_section_results_are_appended_once_and_recovered_if_the_kernel_dies(tmp_path):
     """Results go to a partial file as they arrive (each written once); the results file is
     written at the end; a section whose kernel died is recovered from the partial file."""

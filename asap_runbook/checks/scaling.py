@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .. import k8s
 from ..k8s import Instances, Manifests, load_manifests, memory_bytes, target_instances
 from ..errors import ProbeError, RateLimited
-from ..introspect import introspect_app, introspection_timeout
+from ..introspect import introspect_target
 from ..probe import envelope, rpc
 from ..results import Status
 from ..source import CLIENT_DEFAULTS, UNKNOWN, ClientUsage, ProcessConfig, client_usage, read_process_config
@@ -59,10 +59,7 @@ async def app_config(ctx: CheckContext) -> dict | Finding:
     t = ctx.target
     if t.app is None:
         return Finding.skipped(f"targets[{t.name}].app is not set (module:attribute of the agent's app)")
-    timeout = introspection_timeout(ctx.params)
-    drop = (t.token_env,) if t.token_env else ()
-    return await ctx.once("app_config",
-                          lambda: asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env, timeout, drop))
+    return await ctx.once("app_config", lambda: asyncio.to_thread(introspect_target, t, ctx.params))
 
 
 def process(ctx: CheckContext) -> ProcessConfig | None:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from .. import _nginx, _source_scan, _tls, k8s, logs, proxy_metrics
 from ..errors import ProbeError, RateLimited
-from ..introspect import IntrospectionError, introspect_app, introspection_timeout
+from ..introspect import IntrospectionError, introspect_target
 from ..pacing import parse_limits
 from ..probe import ProbeResponse, envelope, iso_ago, passed_gates, probe_envelope, rpc
 from ..results import Status
@@ -860,9 +860,7 @@ async def _introspected(ctx: CheckContext) -> dict | str:
 
     async def look():
         try:
-            return await asyncio.to_thread(introspect_app, t.app, t.app_path, t.app_env,
-                                           introspection_timeout(ctx.params),
-                                           (t.token_env,) if t.token_env else ())
+            return await asyncio.to_thread(introspect_target, t, ctx.params)
         except IntrospectionError as e:
             return f"introspection of {t.app} failed: {e.message}"
     return await ctx.once("introspection", look)

@@ -17,34 +17,12 @@
 This package never imports ``asap.transport`` (only the agent subprocesses do).
 """
 
-from .deployment import (
-    ALERTMANAGER_CONFIG,
-    DEFAULT_ALERT_RULES,
-    HARDENED_AGENT_ID,
-    MISCONFIGURED_AGENT_ID,
-    PROBE_SENDER,
-    STOCK_AGENT_ID,
-    TOKEN_ENV,
-    AgentInfo,
-    AlertmanagerInfo,
-    PrometheusInfo,
-    RedisInfo,
-    ReferenceDeployment,
-    ReferenceDeploymentError,
-)
+from .._lazy import exports
 
-__all__ = [
-    "ALERTMANAGER_CONFIG",
-    "DEFAULT_ALERT_RULES",
-    "HARDENED_AGENT_ID",
-    "MISCONFIGURED_AGENT_ID",
-    "PROBE_SENDER",
-    "STOCK_AGENT_ID",
-    "TOKEN_ENV",
-    "AgentInfo",
-    "AlertmanagerInfo",
-    "PrometheusInfo",
-    "RedisInfo",
-    "ReferenceDeployment",
-    "ReferenceDeploymentError",
-]
+# imported on first use: an agent process (`-m uvicorn asap_runbook.reference.hardened_app:app`) and the
+# runbook's introspection child that loads it do not need the deployment's machinery
+__getattr__, __dir__, __all__ = exports(__name__, globals(), {".deployment": (
+    "ALERTMANAGER_CONFIG", "DEFAULT_ALERT_RULES", "HARDENED_AGENT_ID", "MISCONFIGURED_AGENT_ID", "PROBE_SENDER",
+    "STOCK_AGENT_ID", "TOKEN_ENV", "AgentInfo", "AlertmanagerInfo", "PrometheusInfo", "RedisInfo",
+    "ReferenceDeployment", "ReferenceDeploymentError",
+)})
