@@ -159,3 +159,65 @@ def active_alerts(groups: list[dict], job: str) -> list[dict]:
                 out.append({"alert": rule.get("name"), "state": a.get("state"), "activeAt": a.get("activeAt"),
                             "labels": a.get("labels")})
     return out
+
+
+def _of_target(alert: dict, job: str, proxy: ProxyCounter | None) -> bool:
+    """An alert coverage() or active_alerts() can count for this target: on its job, or (a proxy rule)
+    not contradicting the labels the proxy counter's selector pins."""
+    labels = alert.get("labels") or {}
+    return labels.get("job") == job or (proxy is not None and all(
+        labels.get(k, v) == v for k, v in proxy.fixed_labels.items()))
+
+
+def relevant_groups(groups: list[dict], job: str, concern: Concern, proxy: ProxyCounter | None = None) -> list[dict]:
+    """The part of `groups` that coverage() and active_alerts() read for this job and concern (with or
+    without `proxy`): the alerting rules reading the concern's metric or the proxy's counter, and those
+    with an alert of this target, each with only this target's alerts, plus the recording rules they
+    read. Judged on it, a check reaches the verdict it reaches on every group Prometheus loaded: what a
+    target's observation keeps (a fleet's observations all held the same few hundred rules)."""
+    recorded = recorded_exprs(groups)
+    reads = [concern.reads] + ([_proxy_reads(proxy, "429")] if proxy else [])
+    kept_groups, needed = [], set()
+    for g in groups:
+        kept = []
+        for r in g.get("rules", []):
+            if r.get("type") != "alerting":
+                kept.append(r)  # recording rules: filtered below, once it is known which are read
+                continue
+            alerts = [a for a in r.get("alerts") or [] if _of_target(a, job, proxy)]
+            try:
+                sels = expand(r.get("query", ""), recorded)
+            except ValueError:
+                sels = []
+            if alerts or any(read(s) for s in sels for read in reads):
+                kept.append({**r, "alerts": alerts} if "alerts" in r else r)
+                needed |= _recorded_reads(r.get("query", ""), recorded)
+        kept_groups.append({**g, "rules": kept})
+    out = []
+    for g in kept_groups:
+        rules = [r for r in g["rules"] if r.get("type") == "alerting" or r.get("name") in needed]
+        if rules:
+            out.append({**g, "rules": rules})
+    return out
+
+
+def _recorded_reads(expr: str, recorded: dict[str, str]) -> set[str]:
+    """The recorded series `expr` reads, directly or through other recording rules."""
+    seen: set[str] = set()
+    todo = [expr]
+    while todo:
+        try:
+            names = {s.metric for s in selectors(todo.pop())}
+        except ValueError:
+            continue  # expand() fails on it the same way with or without the other rules
+        for name in names & recorded.keys() - seen:
+            seen.add(name)
+            todo.append(recorded[name])
+    return seen
+
+
+def rule_counts(groups: list[dict]) -> dict[str, int]:
+    """How much was examined: groups, alerting and recording rules loaded."""
+    rules = [r for g in groups for r in g.get("rules", [])]
+    return {"groups": len(groups), "alerting_rules": sum(r.get("type") == "alerting" for r in rules),
+            "recording_rules": sum(r.get("type") == "recording" for r in rules)}

@@ -40,7 +40,7 @@ import sys
 import tempfile
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -188,17 +188,23 @@ def apply_records(results: list[Result], params: Params, *, at: datetime | None 
     """Turn `manual` into `confirmed` where an unexpired confirmation covers it, and a failing
     finding into `waived` where an unexpired waiver covers it. Expired records change nothing
     but say so in the result (summary and details)."""
+    settle = records_applier(params, at=at)
+    return [settle(r) for r in results]
+
+
+def records_applier(params: Params, *, at: datetime | None = None) -> Callable[[Result], Result]:
+    """apply_records for one result at a time (the files read once): for results that stream."""
     at = at or now()
     confirmations = load_confirmations(params.confirmations_file).confirmations
     waivers = load_waivers(params.waivers_file).waivers
-    out = []
-    for r in results:
+
+    def settle(r: Result) -> Result:
         if r.status in CONFIRMABLE:
-            r = _confirm(r, latest(confirmations, r.item_id, r.target), at)
-        elif r.status in WAIVABLE and "expired_waiver" not in r.details:  # idempotent: applied once per result
-            r = _waive(r, [w for w in waivers if w.covers(r.item_id, r.target)], at)
-        out.append(r)
-    return out
+            return _confirm(r, latest(confirmations, r.item_id, r.target), at)
+        if r.status in WAIVABLE and "expired_waiver" not in r.details:  # idempotent: applied once per result
+            return _waive(r, [w for w in waivers if w.covers(r.item_id, r.target)], at)
+        return r
+    return settle
 
 
 def _confirm(r: Result, rec: ConfirmationRecord | None, at: datetime) -> Result:

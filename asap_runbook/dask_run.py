@@ -34,7 +34,8 @@ import yaml
 from .catalog import load_catalog
 from .errors import RunbookError, UsageError
 from .params import Params, portable_params
-from .results import SectionRun, now
+from . import section_file
+from .results import Result, SectionRun, now
 
 RETRIES = 2  # a unit is attempted at most three times
 MAX_UNIT_TARGETS = 100  # bounds what one lost worker costs
@@ -117,7 +118,7 @@ def run_units(client, params_path: Path, params: Params, sections: list[str], ru
         futures = {client.submit(run_unit, s, doc, chunk, retries=retries, pure=False,
                                  key=f"asap-runbook-{run_dir.name}-{s}-{n}"): (s, chunk)
                    for n, (s, chunk) in enumerate(units)}
-        got: dict[str, list[SectionRun]] = {s: [] for s in sections}
+        got: dict[str, list[Path]] = {s: [] for s in sections}  # each unit's results file, put together below
         problems: list[str] = []
         with client.as_current():  # as_completed looks for the current client
             for fut in as_completed(list(futures)):
@@ -130,7 +131,10 @@ def run_units(client, params_path: Path, params: Params, sections: list[str], ru
                     problems.append(f"the {section} notebook failed for {span} after {retries + 1} attempt(s): {message}")
                     say(f"  dask: {section} for {span}: failed ({time.monotonic() - t0:.1f} s)")
                     continue
-                got[section].append(SectionRun.model_validate_json(out["results"]))
+                part = run_dir / "sections" / f"{section}.unit-{len(got[section])}.json"
+                part.parent.mkdir(parents=True, exist_ok=True)
+                part.write_bytes(out["results"])
+                got[section].append(part)
                 if out["problem"]:
                     problems.append(out["problem"])
                 say(f"  dask: {section} for {span}: done ({time.monotonic() - t0:.1f} s)")
@@ -141,20 +145,27 @@ def run_units(client, params_path: Path, params: Params, sections: list[str], ru
     return problems
 
 
-def write_section(section: str, parts: list[SectionRun], target_order: list[str], run_dir: Path) -> Path:
-    """The units' results of one section as the single results file a local run's kernel writes
-    (the same order: item by item, targets in the parameters' order)."""
+def write_section(section: str, parts: list[Path], target_order: list[str], run_dir: Path) -> Path:
+    """The units' results files of one section as the single results file a local run's kernel writes
+    (the same order: item by item, targets in the parameters' order); the units' files are removed."""
     items = {i.id: n for n, i in enumerate(load_catalog().section(section))}
     rank = {t: n for n, t in enumerate(target_order)}
-    results = sorted((r for p in parts for r in p.results),
-                     key=lambda r: (items.get(r.item_id, len(items)), rank.get(r.target, len(rank))))
-    run = SectionRun(section=section, results=results, started_at=min((p.started_at for p in parts), default=now()),
-                     finished_at=max((p.finished_at for p in parts if p.finished_at), default=None))
+    headers = [section_file.header(p) for p in parts]
+    keyed = []  # (order, the result's JSON): the results are not held as objects
+    for p in parts:
+        for line in section_file.result_lines(p):
+            r = Result.model_validate_json(line)
+            keyed.append(((items.get(r.item_id, len(items)), rank.get(r.target, len(rank))), line))
+    keyed.sort(key=lambda k: k[0])
+    run = SectionRun(section=section, started_at=min((h.started_at for h in headers), default=now()),
+                     finished_at=max((h.finished_at for h in headers if h.finished_at), default=None))
     path = run_dir / "sections" / f"{section}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(run.model_dump_json(indent=1))
+    n = section_file.write(path, run, (line for _, line in keyed))
+    for p in parts:
+        p.unlink()
     # and the progress file a local kernel leaves behind, finished
     path.with_name(f"{section}.progress.json").write_text(json.dumps({
-        "section": section, "done": len(results), "total": len(items) * len(target_order), "running": [],
+        "section": section, "done": n, "total": len(items) * len(target_order), "running": [],
         "finished": True}))
     return path

@@ -25,13 +25,13 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import pacing, preflight
+from . import pacing, preflight, section_file
 from .catalog import CatalogItem, Verification, load_catalog
 from .checks._registry import CheckContext, Finding, close_run_state, registered
 from .errors import RunbookError
 from .params import Params, Target
 from .probe import Probe
-from .results import Evidence, Result, SectionRun, Status, now
+from .results import Evidence, Result, SectionRun, Status, lean, now
 
 log = logging.getLogger("asap_runbook")
 
@@ -70,29 +70,47 @@ class _Recorder:
 
     Each result is appended once to `<section>.partial.jsonl` (at most one write per
     FLUSH_INTERVAL, plus the final one), and `<section>.json` is written once, when the section is
-    done: a fleet's results are never re-serialised while it runs (rewriting the whole file at
-    every flush cost O(results^2)). If the kernel dies, the runner recovers what the partial file
-    holds. Beside it, `<section>.progress.json` says how many checks are done and which are
-    running, for the CLI's progress bar.
+    done, from the partial file (section_file.py): a fleet's results are never re-serialised while it
+    runs (rewriting the whole file at every flush cost O(results^2)), nor held: `run.results` keeps
+    each result `lean` (results.lean) when `lean(result)` says so, as a fleet's pages need it; with no
+    file to write, every result is kept whole. If the kernel dies, the runner recovers what the
+    partial file holds. Beside it, `<section>.progress.json` says how many checks are done and which
+    are running, for the CLI's progress bar. `settle`: what a result becomes before it is recorded
+    (confirmations and waivers applied).
     """
 
     FLUSH_INTERVAL = 0.5
 
-    def __init__(self, section: str, path: Path | None, total: int = 0):
+    def __init__(self, section: str, path: Path | None, total: int = 0,
+                 lean: Callable[[Result], bool] = lambda r: False, settle: Callable[[Result], Result] | None = None):
         self.run = SectionRun(section=section, started_at=now())
         self.path = path
         self.total = total
         self.running: dict[tuple[str, str], None] = {}
         self._last_flush = 0.0
-        self._appended = 0  # results already in the partial file
+        self._lean = lean if path is not None else (lambda r: False)
+        self._settle = settle
+        self._pending: list[bytes] = []  # results' JSON lines not yet in the partial file
+        self._spans: list[tuple[int, int]] = []  # per result in run.results: (offset, length) in the partial file
+        self._size = 0  # bytes in the partial file
+        if path is not None:  # a partial file left by a kernel that died belongs to no result recorded here
+            partial_path(path).unlink(missing_ok=True)
 
     def start(self, item_id: str, target: str) -> None:
         self.running[(item_id, target)] = None
         self._maybe_flush()
 
-    def add(self, result: Result) -> None:
+    def add(self, result: Result, settled: bool = False) -> None:
+        """Record a result (`settled`: its confirmations and waivers are applied already)."""
         self.running.pop((result.item_id, result.target), None)
-        self.run.results.append(result)
+        if self._settle is not None and not settled:
+            result = self._settle(result)
+        if self.path is not None:
+            line = (result.model_dump_json() + "\n").encode()
+            self._spans.append((self._size, len(line)))
+            self._size += len(line)
+            self._pending.append(line)
+        self.run.results.append(lean(result) if self._lean(result) else result)
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
@@ -104,23 +122,39 @@ class _Recorder:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = self.run.results[self._appended:]
-        if new:
-            with open(partial_path(self.path), "a") as f:
-                f.write("".join(r.model_dump_json() + "\n" for r in new))
-            self._appended += len(new)
+        if self._pending:
+            with open(partial_path(self.path), "ab") as f:
+                f.write(b"".join(self._pending))
+            self._pending.clear()
         _write_atomic(self.path.with_name(self.path.stem + ".progress.json"), json.dumps({
             "section": self.run.section, "done": len(self.run.results), "total": self.total,
             "running": [f"{i} on {t}" for i, t in self.running], "finished": self.run.finished_at is not None,
         }))
 
+    def sort(self, key: Callable[[Result], tuple]) -> None:
+        """Order the results (and where each is in the partial file) by `key`."""
+        order = sorted(range(len(self.run.results)), key=lambda n: key(self.run.results[n]))
+        self.run.results = [self.run.results[n] for n in order]
+        if self._spans:
+            self._spans = [self._spans[n] for n in order]
+
     def finish(self) -> None:
-        """The section is done: its results file, once; the partial file is no longer needed."""
+        """The section is done: its results file, once, copied from the partial file in the results'
+        order; the partial file is no longer needed."""
         self.flush()
         if self.path is None:
             return
-        _write_atomic(self.path, self.run.model_dump_json(indent=1))
-        partial_path(self.path).unlink(missing_ok=True)
+        partial = partial_path(self.path)
+        if not self._spans:  # nothing recorded: no partial file either
+            section_file.write(self.path, self.run, [])
+            return
+        with open(partial, "rb") as f:
+            def lines():
+                for offset, length in self._spans:
+                    f.seek(offset)
+                    yield f.read(length).decode()
+            section_file.write(self.path, self.run, lines())
+        partial.unlink()
 
 
 def partial_path(section_json: Path) -> Path:
@@ -324,33 +358,45 @@ async def run_section_async(section: str, params: Params, *, run_dir: Path | Non
         run_items = [i for i in section_items if i.id in set(items)]
     chosen = [t for t in params.targets if not targets or t.name in targets]
     out = Path(run_dir) / "sections" / f"{section}.json" if run_dir else None
-    kept = _kept_results(out, {(i.id, t.name) for i in run_items for t in chosen}) if items is not None else None
-    rec = _Recorder(section, out, total=len(run_items) * len(chosen) + len(kept.results if kept else []))
-    if kept:
-        rec.run.started_at, rec.run.results = kept.started_at, list(kept.results)
+    from .confirmations import records_applier  # confirmations and waivers turn manual/fail into confirmed/waived
+    rec = _Recorder(section, out, total=len(run_items) * len(chosen), settle=records_applier(params),
+                    lean=held_lean(chosen))
+    if items is not None:
+        _keep_previous(rec, out, {(i.id, t.name) for i in run_items for t in chosen})
     rec.flush()
-    n_kept = len(rec.run.results)
     await _run_phases(run_items, chosen, params, rec, run_dir, progress, transport)
-    from .confirmations import apply_records  # confirmations and waivers turn manual/fail into confirmed/waived
-    rec.run.results[n_kept:] = apply_records(rec.run.results[n_kept:], params)  # kept ones had theirs applied
     order = {i.id: n for n, i in enumerate(section_items)}
     rank = {t.name: n for n, t in enumerate(params.targets)}  # not list.index: a fleet's sort would be quadratic
-    rec.run.results.sort(key=lambda r: (order[r.item_id], rank.get(r.target, len(rank))))
+    rec.sort(key=lambda r: (order[r.item_id], rank.get(r.target, len(rank))))
     rec.run.finished_at = now()
     rec.finish()
     return rec.run
 
 
-def _kept_results(path: Path | None, rerun: set[tuple[str, str]]) -> SectionRun | None:
-    """What the section's results file already holds, minus the (item, target) pairs about to run again."""
+def held_lean(targets: list[Target]) -> Callable[[Result], bool]:
+    """Which results a section's notebook holds lean (results.lean; the results file has them whole): a
+    fleet's pages show no evidence beside the findings, and a passive target draws no burst or drill
+    figure from its results."""
+    from .report import INLINE_EVIDENCE_MAX_TARGETS
+    if len(targets) <= INLINE_EVIDENCE_MAX_TARGETS:
+        return lambda r: False
+    passive = {t.name for t in targets if not t.active_probes.any_enabled}
+    return lambda r: r.target in passive
+
+
+def _keep_previous(rec: _Recorder, path: Path | None, rerun: set[tuple[str, str]]) -> None:
+    """Record what the section's results file already holds, minus the (item, target) pairs about to run
+    again (their confirmations were applied when they were first recorded)."""
     if path is None or not path.exists():
-        return None
+        return
     try:
-        previous = SectionRun.model_validate_json(path.read_text())
+        rec.run.started_at = section_file.header(path).started_at
+        kept = [r for r in section_file.results(path) if (r.item_id, r.target) not in rerun]
     except ValueError:
-        return None  # a torn or foreign file: start the section afresh rather than trust it
-    previous.results = [r for r in previous.results if (r.item_id, r.target) not in rerun]
-    return previous
+        return  # a torn or foreign file: start the section afresh rather than trust it
+    for r in kept:
+        rec.add(r, settled=True)
+    rec.total += len(kept)
 
 
 def run_section(section: str, params: Params, **kw) -> SectionRun:
@@ -368,10 +414,10 @@ async def run_check_async(item_id: str, params: Params, target: str, *, run_dir:
     """Run one catalog item against one target through the same path a section run takes."""
     item = load_catalog().get(item_id)
     t = params.target(target)
-    rec = _Recorder(item.section, None)
+    from .confirmations import records_applier
+    rec = _Recorder(item.section, None, settle=records_applier(params))
     await _run_phases([item], [t], params, rec, run_dir, None, transport)
-    from .confirmations import apply_records
-    return apply_records(rec.run.results, params)[0]
+    return rec.run.results[0]
 
 
 def run_check(item_id: str, params: Params, target: str, **kw) -> Result:

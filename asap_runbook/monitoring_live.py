@@ -207,24 +207,30 @@ def own_traffic(run_dir, section=None) -> list[tuple[str, datetime, datetime]]:
     run folder (every section's probes count on the agent), or of `section` alone without one."""
     from pathlib import Path
 
-    from .results import SectionRun
-    runs = []
+    from . import section_file
+    read = []  # (section, its results one at a time): a fleet's section files are not read whole
     if run_dir is not None:
         for path in sorted((Path(run_dir) / "sections").glob("*.json")):
             if path.name.endswith(".progress.json"):
                 continue
             try:
-                runs.append(SectionRun.model_validate_json(path.read_text()))
+                read.append((section_file.header(path).section, section_file.results(path)))
             except ValueError:
                 continue  # a section being written right now: the others still mark their traffic
     elif section is not None:
-        runs = [section]
+        read = [(section.section, iter(section.results))]
     out = []
-    for sr in runs:
-        if sr.results:
-            first = min(r.started_at for r in sr.results)
-            last = max(r.started_at + timedelta(seconds=r.duration_seconds) for r in sr.results)
-            out.append((sr.section, first, last))
+    for name, results in read:
+        first = last = None
+        try:
+            for r in results:
+                end = r.started_at + timedelta(seconds=r.duration_seconds)
+                first = r.started_at if first is None else min(first, r.started_at)
+                last = end if last is None else max(last, end)
+        except ValueError:
+            continue
+        if first is not None:
+            out.append((name, first, last))
     return out
 
 

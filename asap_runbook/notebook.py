@@ -41,7 +41,8 @@ def run(section: str, params_path: str, run_dir: str | None = None, targets: lis
     if os.environ.get("ASAP_RUNBOOK_REPLAY") and run_dir:
         # a distributed run: the workers ran the checks; this kernel only shows what they found
         # (read-only: not one request to a target)
-        return SectionRun.model_validate_json((Path(run_dir) / "sections" / f"{section}.json").read_text())
+        from .section_file import load
+        return load(Path(run_dir) / "sections" / f"{section}.json")
     bar = _progress_bar(section, params, targets)
     try:
         return run_section(section, params, run_dir=Path(run_dir) if run_dir else None, targets=targets,
@@ -286,8 +287,10 @@ class Walk:
         if self.mode == "headless":
             self.results = self._run(None)
         elif self.mode == "replay":
+            from .engine import held_lean
             from .runner import _load_section  # the same reader the runner assembles results.json with
-            self.results = _load_section(self.run_dir, section) if self.run_dir else None
+            chosen = [t for t in self.params.targets if not targets or t.name in targets]
+            self.results = _load_section(self.run_dir, section, held_lean(chosen)) if self.run_dir else None
             if self.results is None:
                 self.error = f"{self.run_dir} holds no results of the {section} section to render"
                 print(f"asap-runbook: {self.error}", file=sys.stderr)

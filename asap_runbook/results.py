@@ -6,6 +6,7 @@ meaning (lessons-from-peers: testssl #1994).
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -85,6 +86,22 @@ class Result(BaseModel):
     duration_seconds: float = 0.0
     confirmation: Confirmation | None = None
     waiver: Waiver | None = None
+
+
+#: what stands for each piece of evidence in a lean result (one object, shared)
+ELIDED = Evidence(label="(in the results file)")
+
+
+def lean(r: Result) -> Result:
+    """`r` without what only its evidence shows: its evidence, and the observation and timeline kept in
+    its details (as many placeholders and the same keys stay, so a page still says "evidence (3)" and
+    links to where it is). What a fleet's findings tables, summary page, junit and blockers are made
+    from, in memory; never written as a result (results files and per-target pages are written whole)."""
+    shared = {k: sys.intern(v) for k in ("item_id", "section", "subsection", "title", "severity", "verification",
+                                          "remediation") if isinstance(v := getattr(r, k), str)}  # the catalog's text, once
+    return r.model_copy(update={
+        **shared, "evidence": [ELIDED] * len(r.evidence),
+        "details": {k: None if k in ("observation", "timeline") else v for k, v in r.details.items()}})
 
 
 class SectionRun(BaseModel):

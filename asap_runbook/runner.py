@@ -14,11 +14,14 @@ import os
 import secrets
 import sys
 import tempfile
+import textwrap
 import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata, resources
 from pathlib import Path
 
+from . import section_file
 from ._paths import shipped
 from .catalog import load_catalog
 from .errors import UsageError
@@ -178,31 +181,57 @@ def stamp_section_pages(run: RunResults, run_dir: Path, pages: dict[str, str]) -
             path.write_text(text.replace(PAGE_HEADER_MARK, header, 1))
 
 
-def _load_section(run_dir: Path, section: str) -> SectionRun | None:
-    """The section's results file; if its kernel died first, what the partial file holds."""
-    from .engine import partial_path
-    path = run_dir / "sections" / f"{section}.json"
-    if not path.exists():
-        partial = partial_path(path)
-        if not partial.exists():
-            return None
-        results = []
-        for line in partial.read_text().splitlines():
-            try:
-                results.append(Result.model_validate_json(line))
-            except ValueError:  # a line cut short when the kernel died
-                break
-        return SectionRun(section=section, started_at=now(), results=results)
+def _section_path(run_dir: Path, section: str) -> Path:
+    return run_dir / "sections" / f"{section}.json"
+
+
+def _section_header(run_dir: Path, section: str) -> SectionRun | None:
+    """The section's fields, its results not read; None when it wrote no readable results file."""
     try:
-        return SectionRun.model_validate_json(path.read_text())
-    except ValueError:
+        return section_file.header(_section_path(run_dir, section))
+    except (OSError, ValueError):
         return None
 
 
-def _fill_missing(results: list[Result], section: str, params: Params, why: str) -> list[Result]:
-    """Never lose a result: every (item, target) the section should have produced appears, as `error` if missing."""
-    have = {(r.item_id, r.target) for r in results}
-    out = list(results)
+def _section_results(run_dir: Path, section: str) -> Iterator[Result]:
+    """The section's results, one at a time: from its results file, or, if its kernel died first,
+    what the partial file holds (up to a line cut short). ValueError: the results file is torn."""
+    from .engine import partial_path
+    path = _section_path(run_dir, section)
+    if path.exists():
+        yield from section_file.results(path)
+        return
+    partial = partial_path(path)
+    if not partial.exists():
+        return
+    with open(partial, "rb") as f:  # only b"\n" ends a line (JSON escapes it inside strings)
+        for line in f:
+            try:
+                result = Result.model_validate_json(line)
+            except ValueError:  # a line cut short when the kernel died
+                return
+            yield result
+
+
+def _load_section(run_dir: Path, section: str, lean_if=lambda r: False) -> SectionRun | None:
+    """The section's results file, whole (`lean_if(result)`: that result kept lean); if its kernel
+    died first, what the partial file holds; None when there is neither, or the file is torn."""
+    from .engine import partial_path
+    from .results import lean
+    path = _section_path(run_dir, section)
+    header = _section_header(run_dir, section)
+    if header is None and (path.exists() or not partial_path(path).exists()):
+        return None
+    try:
+        results = [lean(r) if lean_if(r) else r for r in _section_results(run_dir, section)]
+    except ValueError:
+        return None
+    return (header or SectionRun(section=section, started_at=now())).model_copy(update={"results": results})
+
+
+def _missing(section: str, params: Params, have: set[tuple[str, str]], why: str) -> list[Result]:
+    """Never lose a result: every (item, target) the section should have produced and did not, as `error`."""
+    out = []
     for item in load_catalog().section(section):
         for t in params.targets:
             if (item.id, t.name) not in have:
@@ -211,6 +240,44 @@ def _fill_missing(results: list[Result], section: str, params: Params, why: str)
                                   blocking=item.blocking, verification=str(item.verification),
                                   remediation=None))
     return out
+
+
+def _gather(chosen: list[str], run_dir: Path, params: Params, problems: list[str], lean_all: bool,
+            whole: Path) -> list[Result]:
+    """Every section's results, one at a time, with confirmations and waivers applied (also to the results
+    filled in for a section that could not run): written whole to `whole` (JSON lines), returned lean when
+    `lean_all` (a fleet: results.json and the per-target pages are written from `whole`, one result at a time)."""
+    from .confirmations import records_applier
+    from .results import lean
+    settle = records_applier(params)
+    results: list[Result] = []
+    whole.parent.mkdir(parents=True, exist_ok=True)
+    with open(whole, "wb") as out:
+        def keep(r: Result) -> None:
+            r = settle(r)
+            out.write(r.model_dump_json().encode() + b"\n")
+            results.append(lean(r) if lean_all else r)
+        for section in chosen:
+            why = next((p for p in problems if f"the {section} notebook" in p), None)
+            start, n, have = out.tell(), len(results), set()
+            try:
+                for r in _section_results(run_dir, section):
+                    have.add((r.item_id, r.target))
+                    keep(r)
+            except ValueError:  # a torn results file is not trusted: as if the section wrote nothing
+                out.seek(start)
+                out.truncate()
+                del results[n:]
+                have = set()
+            for r in _missing(section, params, have, why or f"the {section} section wrote no result for this item"):
+                keep(r)
+    return results
+
+
+def _results_of(path: Path) -> Iterator[Result]:
+    with open(path, "rb") as f:
+        for line in f:
+            yield Result.model_validate_json(line)
 
 
 def run_coverage(results: list[Result], targets: list[str], not_run: list[str]):
@@ -301,26 +368,47 @@ def write_index(run: RunResults, run_dir: Path, section_pages: dict[str, str], s
     (run_dir / "index.html").write_text(html)
 
 
-def write_target_pages(run: RunResults, run_dir: Path, matrix: dict) -> None:
-    """A fleet's evidence, one page per target: no page has to hold every target's evidence.
-    (A small run has none: its evidence is on the section pages.)"""
+def write_target_pages(run: RunResults, run_dir: Path, matrix: dict, spans: dict[str, list[tuple[int, int]]]) -> None:
+    """A fleet's evidence, one page per target: no page has to hold every target's evidence, nor the
+    run every target's results at once (each page's are read back from results.json at `spans`,
+    write_results_json's). (A small run has none: its evidence is on the section pages.)"""
     from .report import is_fleet, target_page
     if not is_fleet(run):
         return
-    by_target: dict[str, list[Result]] = {t: [] for t in run.targets}
-    for r in run.results:
-        by_target.setdefault(r.target, []).append(r)
     template = jinja_env().get_template("target.html.j2")
     css = style()
     (run_dir / "targets").mkdir(exist_ok=True)
-    for t in run.targets:
-        mine = by_target.get(t, [])
-        sections = [(s, Markup(findings_html([r for r in mine if r.section == s], evidence=True)))
-                    for s in run.sections if any(r.section == s for r in mine)]
-        info = matrix["by_name"].get(t, {})
-        (run_dir / target_page(t)).write_text(template.render(
-            run=run, target=t, style=css, sections=sections, coverage=run.coverage.get(t),
-            code=info.get("exit_code"), readiness=info.get("readiness", "")))
+    with open(run_dir / "results.json", "rb") as f:
+        def read(offset: int, length: int) -> Result:
+            f.seek(offset)
+            return Result.model_validate_json(f.read(length))
+        for t in run.targets:
+            mine = [read(*span) for span in spans.get(t, [])]
+            sections = [(s, Markup(findings_html([r for r in mine if r.section == s], evidence=True)))
+                        for s in run.sections if any(r.section == s for r in mine)]
+            info = matrix["by_name"].get(t, {})
+            (run_dir / target_page(t)).write_text(template.render(
+                run=run, target=t, style=css, sections=sections, coverage=run.coverage.get(t),
+                code=info.get("exit_code"), readiness=info.get("readiness", "")))
+
+
+def write_results_json(run: RunResults, path: Path, results: Iterable[Result]) -> dict[str, list[tuple[int, int]]]:
+    """results.json as `run.model_dump_json(indent=1)` writes it with `results` as its results, written one
+    result at a time (a fleet's never held whole); returns where each target's results are in it (offset,
+    length), in order."""
+    head, mark, tail = run.model_copy(update={"results": []}).model_dump_json(indent=1).partition('\n "results": []')
+    spans: dict[str, list[tuple[int, int]]] = {}
+    with open(path, "wb") as f:
+        f.write((head + mark.removesuffix("]")).encode())
+        n = 0
+        for r in results:
+            f.write(b"\n" if n == 0 else b",\n")
+            body = textwrap.indent(r.model_dump_json(indent=1), "  ").encode()  # nested two levels deep
+            spans.setdefault(r.target, []).append((f.tell(), len(body)))
+            f.write(body)
+            n += 1
+        f.write(("\n ]" if n else "]").encode() + tail.encode())
+    return spans
 
 
 def write_manifest(run: RunResults, run_dir: Path, key=None, summary: dict | None = None) -> Path:
@@ -387,12 +475,14 @@ def _execute_and_render(chosen: list[str], params_path: Path, run_dir: Path, tot
 
 def write_evidence(run_results: RunResults, run_dir: Path, pages: dict[str, str], groups: dict[str, dict[str, str]],
                    key, fail_on: FailOn, sign_off_by: str | None, say=print, *, handler: logging.Handler | None = None,
-                   manifest_extra: dict | None = None) -> int:
+                   manifest_extra: dict | None = None, whole: Callable[[], Iterable[Result]] | None = None) -> int:
     """Everything a run writes once its results are known (a local run, a Dask run, a merge of runs):
     results.json, junit.xml, drift, sign-off, index.html, summary.md, the signed manifest, the
-    outputs index; the verdict on the terminal. Returns the exit code under `fail_on`."""
+    outputs index; the verdict on the terminal. Returns the exit code under `fail_on`.
+    `whole()`: the results whole, in order, when `run_results.results` holds them lean (results.lean)."""
     from . import signing
-    (run_dir / "results.json").write_text(run_results.model_dump_json(indent=1))
+    spans = write_results_json(run_results, run_dir / "results.json",
+                               whole() if whole is not None else run_results.results)
     drop_section_files(run_dir)
     stamp_section_pages(run_results, run_dir, pages)
     from . import ci
@@ -409,7 +499,7 @@ def write_evidence(run_results: RunResults, run_dir: Path, pages: dict[str, str]
     signing.write_sign_off(sign_off, run_dir)
     matrix = fleet.build_matrix(run_results, groups)
     write_index(run_results, run_dir, pages, sign_off, drift=drift, matrix=matrix)
-    write_target_pages(run_results, run_dir, matrix)
+    write_target_pages(run_results, run_dir, matrix, spans)
     gated = gated_exit_code(run_results.results, run_results.problems, run_results.sections_not_run, fail_on)
     ci.write_summary(ci.summary_markdown(run_results, pages, fail_on, gated, drift), run_dir, say)
     if handler is not None:  # the run's log is complete: the manifest covers it
@@ -468,7 +558,7 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         raise UsageError(f"--out {out_dir}: cannot create the run directory ({e.strerror}).") from None
     handler = logging.FileHandler(run_dir / "runbook.log")
     log.addHandler(handler)
-    started = min((sr.started_at for s in chosen if (sr := _load_section(run_dir, s))), default=now()) if walked else now()
+    started = min((sr.started_at for s in chosen if (sr := _section_header(run_dir, s))), default=now()) if walked else now()
     say(f"asap-runbook {version()}: run {run_id}, {len(params.targets)} target(s), sections {', '.join(chosen)}")
     totals = {s: len(list(catalog.section(s))) * len(params.targets) for s in chosen}
     if cluster is not None:  # the checks run on a Dask cluster; the results and pages are put together here
@@ -478,14 +568,9 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         problems += page_problems
     else:
         problems, pages = _execute_and_render(chosen, params_path, run_dir, totals, say, replay=walked is not None)
-    results: list[Result] = []
-    for section in chosen:
-        sr = _load_section(run_dir, section)
-        why = next((p for p in problems if f"the {section} notebook" in p), None)
-        got = sr.results if sr else []
-        results += _fill_missing(got, section, params, why or f"the {section} section wrote no result for this item")
-    from .confirmations import apply_records  # also covers results filled in for a section that could not run
-    results = apply_records(results, params)
+    from .report import INLINE_EVIDENCE_MAX_TARGETS
+    whole = run_dir / "sections" / "all-results.jsonl"  # gone with sections/ once results.json is written
+    results = _gather(chosen, run_dir, params, problems, len(params.targets) > INLINE_EVIDENCE_MAX_TARGETS, whole)
     pages = {s: pages[s] for s in chosen if s in pages}
     not_run = [s for s in catalog.sections if s not in chosen]
     code = exit_code(results, problems, not_run)
@@ -498,6 +583,6 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         sections_not_run=not_run, coverage=run_coverage(results, tnames, not_run),
     )
     gated = write_evidence(run_results, run_dir, pages, {t.name: t.groups for t in params.targets}, key, fail_on,
-                           sign_off_by, say, handler=handler)
+                           sign_off_by, say, handler=handler, whole=lambda: _results_of(whole))
     say(f"evidence: {run_dir / 'index.html'}")
     return gated, run_dir

@@ -88,7 +88,8 @@ def render(run: RunResults, run_dir: Path) -> dict:
     t = time.perf_counter()
     matrix = fleet.build_matrix(run, groups_of(run))
     runner.write_index(run, run_dir, pages, None, matrix=matrix)
-    runner.write_target_pages(run, run_dir, matrix)
+    spans = runner.write_results_json(run, run_dir / "results.json", run.results)  # the target pages read it back
+    runner.write_target_pages(run, run_dir, matrix, spans)
     seconds = time.perf_counter() - t
     target_pages = sorted((run_dir / "targets").glob("*.html")) if (run_dir / "targets").is_dir() else []
     return {"targets": len(run.targets), "results": len(run.results),

@@ -225,3 +225,88 @@ def test_section_results_are_appended_once_and_recovered_if_the_kernel_dies(tmp_
     rec.finish()
     assert not partial.exists()
     assert [r.target for r in runner._load_section(tmp_path, "security").results] == ["t0", "t1", "t2"]
+
+
+def _result(i: int, item: str = "SEC-TLS-1", summary: str = "ok"):
+    from datetime import UTC, datetime
+    from asap_runbook.results import Evidence, Result
+    return Result(item_id=item, target=f"t{i}", section="security", subsection="TLS", title="TLS",
+                  status=Status.FAIL, summary=summary, severity="critical", blocking=True, verification="probe",
+                  evidence=[Evidence(label="exchange", data={"body": "x" * 500, "i": i})],
+                  details={"observation": {"seen": list(range(50))}, "cause": "c"},
+                  started_at=datetime(2026, 11, 30, tzinfo=UTC))
+
+
+def test_a_fleets_section_holds_its_results_lean_and_writes_them_whole(tmp_path):
+    """The recorder keeps lean copies (no evidence data, no observation) of what `lean` names, and the
+    section's results file, written from the partial file in the sorted order, has every result whole."""
+    from asap_runbook import engine, section_file
+    path = tmp_path / "sections" / "security.json"
+    rec = engine._Recorder("security", path, total=6, lean=lambda r: r.target != "t5")
+    for i in (3, 1, 5, 0, 2, 4):
+        rec.add(_result(i, summary="line\u2028separator\u0085and\nnewline" if i == 2 else "ok"))
+        if i == 5:
+            rec.flush()
+    rec.sort(key=lambda r: r.target)
+    rec.finish()
+    held = {r.target: r for r in rec.run.results}
+    assert [e.data for e in held["t1"].evidence] == [None] and held["t1"].details == {"observation": None, "cause": "c"}
+    assert held["t1"].summary == "ok" and held["t1"].status is Status.FAIL
+    assert held["t5"].evidence[0].data["i"] == 5, "results `lean` does not name are held whole"
+    written = section_file.load(path)
+    assert [r.target for r in written.results] == ["t0", "t1", "t2", "t3", "t4", "t5"]
+    assert written.results == [_result(i, summary=written.results[2].summary if i == 2 else "ok") for i in range(6)]
+    assert written.results[2].summary == "line\u2028separator\u0085and\nnewline"
+    assert json.loads(path.read_text())["results"][4]["evidence"][0]["data"]["i"] == 4, "one JSON document"
+    assert not engine.partial_path(path).exists()
+
+
+def test_a_section_file_of_the_earlier_layout_is_still_read(tmp_path):
+    from asap_runbook import runner, section_file
+    from asap_runbook.results import SectionRun, now
+    path = tmp_path / "sections" / "security.json"
+    path.parent.mkdir()
+    path.write_text(SectionRun(section="security", started_at=now(), results=[_result(0), _result(1)]).model_dump_json(indent=1))
+    assert [r.target for r in section_file.results(path)] == ["t0", "t1"]
+    assert section_file.header(path).results == []
+    assert runner._load_section(tmp_path, "security").results == [_result(0), _result(1)]
+
+
+def test_results_json_written_one_result_at_a_time_is_the_models_own(tmp_path):
+    """write_results_json writes exactly what RunResults.model_dump_json(indent=1) does, and the spans it
+    returns read back each target's results whole."""
+    from asap_runbook import runner
+    from asap_runbook.results import Result, RunResults, now
+    results = [_result(i, item) for item in ("SEC-TLS-1", "SEC-TLS-2") for i in range(3)]
+    for rs in (results, []):
+        run = RunResults(run_id="r", runbook_version="v", environment="e\u2028", params_file="p", params_digest="d",
+                         started_at=now(), finished_at=now(), sections=["security"], targets=["t0", "t1", "t2"],
+                         results=rs, counts={}, exit_code=1, readiness="not ready")
+        path = tmp_path / "results.json"
+        spans = runner.write_results_json(run, path, iter(rs))
+        assert path.read_text() == run.model_dump_json(indent=1)
+        raw = path.read_bytes()
+        assert {t: [Result.model_validate_json(raw[o:o + n]) for o, n in s] for t, s in spans.items()} == \
+            {t: [r for r in rs if r.target == t] for t in ("t0", "t1", "t2") if rs}
+
+
+def test_a_section_that_recorded_nothing_still_writes_its_results_file(tmp_path):
+    from asap_runbook import engine, section_file
+    path = tmp_path / "sections" / "security.json"
+    rec = engine._Recorder("security", path)
+    rec.flush()
+    rec.finish()
+    assert section_file.load(path).results == [] and section_file.header(path).section == "security"
+
+
+def test_only_a_fleets_passive_targets_are_held_lean():
+    """A small run's pages show evidence inline, and an active target's figures are drawn from its
+    results: both are held whole; a fleet's passive targets lean."""
+    from asap_runbook.engine import held_lean
+    from asap_runbook.params import Target
+    from asap_runbook.report import INLINE_EVIDENCE_MAX_TARGETS
+    passive = [Target(name=f"t{i}", base_url="https://x") for i in range(INLINE_EVIDENCE_MAX_TARGETS + 1)]
+    active = Target(name="t0", base_url="https://x", active_probes={"drills": True})
+    assert held_lean(passive)(_result(1)) and held_lean(passive)(_result(0))
+    assert not held_lean([active, *passive[1:]])(_result(0)) and held_lean([active, *passive[1:]])(_result(1))
+    assert not held_lean(passive[:INLINE_EVIDENCE_MAX_TARGETS])(_result(1))

@@ -32,7 +32,7 @@ class AlertObservation:
     concern: str  # alerting.CONCERNS key
     job: str
     window: str
-    groups: list[dict]  # Prometheus /api/v1/rules groups, as loaded
+    groups: list[dict]  # Prometheus /api/v1/rules groups: the part read for this target (alerting.relevant_groups)
     series: dict[str, bool] = field(default_factory=dict)  # input metric -> the job has series of it
     scrape_targets: list[dict] = field(default_factory=list)  # the job's targets: scrapeUrl, health, lastError
     proxy: dict | None = None  # rate_limit with targets[].proxy_requests: {selector, status_label, of_status, has_series}
@@ -42,6 +42,7 @@ class AlertObservation:
     latency: dict | None = None  # monitoring_live.latency
     rules_source: dict | None = None  # rules_source.RuleSource.record(); None: the scraping Prometheus
     routing: dict | None = None  # alertroutes.Routing of the rules that can fire; None: none to route
+    rules_examined: dict | None = None  # alerting.rule_counts of every group loaded, of which `groups` is the relevant part
     shared_reads: dict[str, str] = field(default_factory=dict)  # read once for every target of the run -> when (UTC)
 
 
@@ -81,13 +82,17 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
     # configuration, the external labels) is read once for every target of the section run, its time kept
     rules = await ctx.once_per_run("rules_source", lambda: rules_source.load(ctx.params, prom))
     source = rules.value
-    obs = AlertObservation(key, job, window, source.groups, target=t.name, rules_source=source.record())
-    obs.shared_reads["alerting rules"] = rules.when()
+    p = None
     if key == "rate_limit" and t.proxy_requests:
         try:
             p = alerting.proxy_counter(t.proxy_requests, t.proxy_status_label)
         except ValueError as e:
             return Finding.errored(f"targets[{t.name}].proxy_requests {t.proxy_requests!r}: {e}")
+    # what the verdict reads for this target, not every rule Prometheus loaded; and how much that was
+    obs = AlertObservation(key, job, window, alerting.relevant_groups(source.groups, job, alerting.CONCERNS[key], p),
+                           target=t.name, rules_source=source.record(), rules_examined=alerting.rule_counts(source.groups))
+    obs.shared_reads["alerting rules"] = rules.when()
+    if p is not None:
         obs.proxy = {"selector": t.proxy_requests, "status_label": t.proxy_status_label,
                      "of_status": p.of_status("429"), "has_series": await live.has_series(prom, t.proxy_requests)}
     agent_cov, _ = _coverage(obs)

@@ -500,6 +500,73 @@ def test_routing_evidence_names_labels_receivers_and_routes():
     assert down["labels from"] == "a pending or firing alert"
 
 
+# ------------------------------------------------------------------------------ MON-ALERT-*: what one target keeps
+def _trimmed(obs: ma.AlertObservation) -> ma.AlertObservation:
+    from asap_runbook import alerting
+    p = ma._proxy(obs)
+    return ma.AlertObservation(**(vars(obs) | {"groups": alerting.relevant_groups(
+        obs.groups, obs.job, alerting.CONCERNS[obs.concern], p)}))
+
+
+def _finding(f) -> tuple:
+    return f.status, f.summary, [(e.label, e.data) for e in f.evidence]
+
+
+TWO_JOBS = {"state": "firing", "activeAt": "2026-11-30T08:00:00Z", "value": "1"}
+
+
+@pytest.mark.parametrize("obs", [
+    *(alert(n) for n in ("alert_down_hardened", "alert_down_misconfigured", "alert_down_stock",
+                         "alert_error_rate_hardened", "alert_error_rate_misconfigured",
+                         "alert_rate_limit_hardened", "alert_rate_limit_misconfigured")),
+    alert("alert_error_rate_hardened", groups=ERRORS_FIRING, error_rate=FIRING_ERRORS),
+    alert("alert_down_hardened", groups=[]),
+    stock_alert([PROXY_RULE], proxy_series=None),
+    stock_alert([PROXY_RULE], proxy_series=True),
+    stock_alert([PROXY_RULE | {"alerts": [{"state": "firing", "labels": {"ingress": "stock"}},
+                                          {"state": "firing", "labels": {"ingress": "pay"}}]}], proxy_series=True),
+    stock_alert([rule("T429", 'rate(my_proxy_requests{http_code="429"}[5m]) > 1')], proxy_series=True,
+                selector="my_proxy_requests", label="http_code"),
+    # a rule on another job only, firing there, beside one firing here through a recording rule
+    ma.AlertObservation("error_rate", "asap-a", "5m", [{"name": "g", "rules": [
+        {"type": "recording", "name": "job:errors:rate5m", "query": "sum by (job) (rate(asap_requests_error_total[5m]))"},
+        {"type": "recording", "name": "unused:rate5m", "query": "sum(rate(http_requests_total[5m]))"},
+        rule("ErrorsA", 'job:errors:rate5m{job="asap-a"} > 1', [TWO_JOBS | {"labels": {"job": "asap-a"}}]),
+        rule("ErrorsB", 'job:errors:rate5m{job="asap-b"} > 1', [TWO_JOBS | {"labels": {"job": "asap-b"}}]),
+        rule("DiskFull", "node_filesystem_avail_bytes < 1e9", [TWO_JOBS | {"labels": {"job": "asap-a"}}]),
+        rule("Other", "node_load1 > 10", [TWO_JOBS | {"labels": {"job": "asap-b"}}])]}],
+        {"asap_requests_error_total": True}, [{"scrapeUrl": "http://a", "health": "up", "lastError": ""}],
+        target="a", error_rate=FIRING_ERRORS),
+], ids=["down-hardened", "down-misconfigured", "down-stock", "errors-hardened", "errors-misconfigured",
+        "429-hardened", "429-misconfigured", "errors-firing", "no-rules", "proxy-no-selector", "proxy-rule",
+        "proxy-firing-two-ingresses", "own-label", "recorded-two-jobs"])
+def test_a_target_keeps_only_the_rules_its_verdict_reads(obs):
+    """The observation keeps the rules that can matter for this target (alerting.relevant_groups), and the
+    verdict, summary and evidence judged from them are those judged from every group Prometheus loaded."""
+    trimmed = _trimmed(obs)
+    assert _finding(ma.judge_alert(trimmed, 0.1, "default")) == _finding(ma.judge_alert(obs, 0.1, "default"))
+    assert len(json.dumps(trimmed.groups)) <= len(json.dumps(obs.groups))
+
+
+def test_relevant_rules_of_a_target():
+    """Of the recorded-two-jobs case: the rules reading the error rate (whatever job they select, so the
+    verdict can name the ones that exclude this job), only this job's alerts, the rule with an alert for
+    this job, and the recording rule read; not the other job's unrelated rule nor the unused recording."""
+    from asap_runbook import alerting
+    groups = [{"name": "g", "rules": [
+        {"type": "recording", "name": "job:errors:rate5m", "query": "sum by (job) (rate(asap_requests_error_total[5m]))"},
+        {"type": "recording", "name": "unused:rate5m", "query": "sum(rate(http_requests_total[5m]))"},
+        rule("ErrorsB", 'job:errors:rate5m{job="asap-b"} > 1', [TWO_JOBS | {"labels": {"job": "asap-b"}}]),
+        rule("DiskFull", "node_filesystem_avail_bytes < 1e9", [TWO_JOBS | {"labels": {"job": "asap-a"}}]),
+        rule("Other", "node_load1 > 10", [TWO_JOBS | {"labels": {"job": "asap-b"}}])]},
+        {"name": "empty", "rules": [rule("Other2", "node_load5 > 10")]}]
+    kept = alerting.relevant_groups(groups, "asap-a", alerting.CONCERNS["error_rate"])
+    assert [g["name"] for g in kept] == ["g"]
+    assert [(r["name"], len(r.get("alerts", []))) for r in kept[0]["rules"]] == [
+        ("job:errors:rate5m", 0), ("ErrorsB", 0), ("DiskFull", 1)]
+    assert alerting.rule_counts(groups) == {"groups": 2, "alerting_rules": 4, "recording_rules": 2}
+
+
 def test_kept_observation_is_bounded_json():
     """What lands in details["observation"] is JSON and small, whatever was scraped."""
     obs = mm.TrackedObservation(scrape("metrics_scrape_misconfigured"), scrape("x" * 100_000))
