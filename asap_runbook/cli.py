@@ -451,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # jsonschema (under nbformat: papermill, nbconvert) imports rfc3987_syntax when it is installed
+    # (jupyter-events' jsonschema extra pulls it in), which builds Lark grammars at import: ~2.4 s of
+    # CPU per command, for the "iri" formats no notebook schema uses. None here makes that optional
+    # import fail, as if it were not installed.
+    sys.modules.setdefault("rfc3987_syntax", None)
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

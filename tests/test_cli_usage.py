@@ -64,3 +64,19 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_a_command_does_not_build_jsonschemas_iri_grammars():
+    """rfc3987_syntax (installed beside jsonschema) costs seconds at import; commands that read or
+    write notebooks do without it, and nbformat still validates them."""
+    import importlib.util
+    import subprocess
+    import sys
+    if importlib.util.find_spec("rfc3987_syntax") is None:
+        pytest.skip("rfc3987_syntax is not installed here: nothing to avoid")
+    probe = ("import sys; from asap_runbook.cli import main; main(['--version'])\n"
+             "import nbformat; nbformat.validate(nbformat.v4.new_notebook())\n"
+             "print('loaded' if sys.modules.get('rfc3987_syntax') else 'not loaded')")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "not loaded"
