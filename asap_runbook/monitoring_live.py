@@ -66,11 +66,17 @@ async def has_series(prom: Prom, selector: str) -> bool:
     return (_scalar(await prom.query(f"count({selector})")) or 0) > 0
 
 
+def is_of_job(target: dict, job: str) -> bool:
+    """Is this active target (/api/v1/targets) the job's: its job label, or its scrape config's job name
+    when relabelling changed the label."""
+    return (target.get("labels") or {}).get("job") == job or (target.get("discoveredLabels") or {}).get("job") == job
+
+
 def of_job(targets: list[dict], job: str) -> list[dict]:
     """Of Prometheus's active targets, the job's, kept small: url, health, last error, and the instance label
     its alerts carry."""
     return [{k: t.get(k) for k in ("scrapeUrl", "health", "lastError")} | {"instance": (t.get("labels") or {}).get("instance")}
-            for t in targets if (t.get("labels") or {}).get("job") == job]
+            for t in targets if is_of_job(t, job)]
 
 
 # error types a client causes: the JSON-RPC equivalent of 4xx (asap-agent-reference §2)

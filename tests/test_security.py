@@ -240,6 +240,29 @@ def test_startup_facts_survive_a_long_log(tmp_path):
     assert evs[-1].event == "late"
 
 
+def test_startup_events_by_prefix_are_those_of_a_full_parse(tmp_path):
+    """The checks parse only the startup events' lines (a busy agent logs megabytes of requests): the same
+    events, with the same line numbers, as parsing every line, in JSON and in console rendering."""
+    from asap_runbook import logs
+    from asap_runbook.checks.security import STARTUP_EVENTS
+    lines = [
+        json.dumps({"event": "asap.rate_limit.memory_storage", "manifest_id": "urn:asap:agent:x"}),
+        json.dumps({"event": "asap.request.received", "path": "/asap", "note": "mentions asap.server. in a field"}),
+        "2026-11-30T10:00:00Z [info     ] asap.server.max_request_size [asap.transport.server] "
+        "manifest_id=urn:asap:agent:x max_request_size=1048576",
+        json.dumps({"event": "asap.server.rate_limit_enabled", "manifest_id": "urn:asap:agent:x", "rate_limit": "5/second"}),
+    ] + [json.dumps({"event": "asap.request.received", "n": i}) for i in range(500)]
+    log = tmp_path / "agent.log"
+    log.write_text("\n".join(lines) + "\n")
+    wanted = logs.events(log, STARTUP_EVENTS)
+    full = [e for e in logs.events(log) if e.event.startswith(STARTUP_EVENTS)]
+    assert [(e.line_no, e.event, e.fields) for e in wanted] == [(e.line_no, e.event, e.fields) for e in full]
+    assert [(e.line_no, e.event) for e in wanted] == [
+        (1, "asap.rate_limit.memory_storage"), (3, "asap.server.max_request_size"), (4, "asap.server.rate_limit_enabled")]
+    fact = logs.last_for_agent(wanted, "asap.server.rate_limit_enabled", "urn:asap:agent:x")
+    assert logs.storage_backend_before(wanted, fact).event == "asap.rate_limit.memory_storage"
+
+
 def test_burst_too_small_to_exceed_the_limit_is_skipped_not_failed(demo_params):
     t = demo_params.target("hardened")
     small = t.model_copy(update={"active_probes": t.active_probes.model_copy(update={"max_requests": 4})})

@@ -144,6 +144,15 @@ class CheckContext:
             self.run_state["prometheus"] = Prom(self.params.prometheus)
         return self.run_state["prometheus"]
 
+    def prometheus_and_job(self) -> "tuple[Prom, str] | Finding":
+        """The Prometheus client and the target's job, or the skip naming the input that is not set."""
+        prom = self.prometheus()
+        if prom is None:
+            return Finding.skipped("prometheus.url is not set (no Prometheus to read the target's job from)")
+        if not self.target.prometheus_job:
+            return Finding.skipped(f"targets[{self.target.name}].prometheus_job is not set")
+        return prom, self.target.prometheus_job
+
     def require_active(self, switch: str) -> Finding | None:
         """Return a skip Finding unless the operator enabled this active probe for the target."""
         if not getattr(self.target.active_probes, switch):

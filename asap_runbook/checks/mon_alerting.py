@@ -70,12 +70,10 @@ def _proxy_rules_unmatched(obs: AlertObservation) -> list[str]:
 
 
 async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Finding:
-    prom = ctx.prometheus()
-    if prom is None:
-        return Finding.skipped("prometheus.url is not set (no Prometheus to read the loaded alerting rules from)")
-    job = ctx.target.prometheus_job
-    if not job:
-        return Finding.skipped(f"targets[{ctx.target.name}].prometheus_job is not set")
+    inputs = ctx.prometheus_and_job()
+    if isinstance(inputs, Finding):
+        return inputs
+    prom, job = inputs
     window = ctx.params.prometheus.window
     t = ctx.target
     # what does not depend on the target (the rules wherever they live, the scrape targets, the Alertmanager

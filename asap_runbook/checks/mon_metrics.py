@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .. import metrics_text as mt
+from .. import monitoring_live as live
 from ..probe import probe_envelope
 from ..results import Status
 from ._observe import judged
@@ -233,24 +234,17 @@ class ScrapeTargetsObservation:
     read_at: str = ""  # when `targets` was read (UTC); the first read is shared by every target of the section run
 
 
-def _of_job(targets: list[dict], job: str) -> list[dict]:
-    return [t for t in targets if (t.get("labels") or {}).get("job") == job
-            or (t.get("discoveredLabels") or {}).get("job") == job]
-
-
 async def observe_scrape_targets(ctx: CheckContext) -> ScrapeTargetsObservation | Finding:
-    prom = ctx.prometheus()
-    if prom is None:
-        return Finding.skipped("no prometheus.url in the parameters")
-    job = ctx.target.prometheus_job
-    if not job:
-        return Finding.skipped(f"targets[{ctx.target.name}].prometheus_job is not set")
+    inputs = ctx.prometheus_and_job()
+    if isinstance(inputs, Finding):
+        return inputs
+    prom, job = inputs
     # a freshly started Prometheus has not scraped yet ("unknown"): wait a few scrape intervals, bounded
     loop = asyncio.get_running_loop()
     deadline, waited = loop.time() + ctx.params.prometheus.timeout_seconds * 3, False
     shared = await ctx.once_per_run("prom.targets", prom.targets)
     targets, read_at = shared.value, shared.when()
-    while any(t.get("health") == "unknown" for t in _of_job(targets, job)) and loop.time() <= deadline:
+    while any(t.get("health") == "unknown" for t in targets if live.is_of_job(t, job)) and loop.time() <= deadline:
         waited = True
         await asyncio.sleep(0.5)
         read_at, targets = datetime.now(UTC).isoformat(timespec="seconds"), await prom.targets()
@@ -259,7 +253,7 @@ async def observe_scrape_targets(ctx: CheckContext) -> ScrapeTargetsObservation 
 
 
 def judge_scrape_targets(obs: ScrapeTargetsObservation) -> Finding:
-    job, mine = obs.job, _of_job(obs.targets, obs.job)
+    job, mine = obs.job, [t for t in obs.targets if live.is_of_job(t, obs.job)]
     evidence = [("Prometheus active targets for job " + job,
                  [{k: t.get(k) for k in ("scrapeUrl", "health", "lastError", "lastScrape")} for t in mine])]
     if not mine:

@@ -43,13 +43,18 @@ async def _manifest_id(ctx: CheckContext) -> str:
     return str((await ctx.probe.manifest()).get("id"))
 
 
+# the startup facts read from the log: asap.server.rate_limit_enabled, asap.server.max_request_size, and
+# the rate-limit storage event logged before them (asap.rate_limit.*_storage)
+STARTUP_EVENTS = ("asap.server.", "asap.rate_limit.")
+
+
 def _log_events(ctx: CheckContext) -> list[logs.LogEvent] | None:
-    """The agent's log, parsed once per target (startup facts do not change during a run)."""
+    """The agent's startup events from its log, parsed once per target (they do not change during a run)."""
     path = ctx.target.log_file
     if path is None:
         return None
     if "log_events" not in ctx.state:
-        ctx.state["log_events"] = logs.events(path) if path.exists() else []
+        ctx.state["log_events"] = logs.events(path, STARTUP_EVENTS) if path.exists() else []
     return ctx.state["log_events"]
 
 
@@ -1370,11 +1375,12 @@ class CanarySearch:
 def canary_lines(text: str, needles: list[tuple[str, str]], token: str | None) -> dict[str, list]:
     """Where each (label, needle) occurs in the log text (first 5 line numbers); the configured token only as
     present, never where (a line number next to it would point at the secret)."""
-    found = {}
+    found, lines = {}, None
     for label, needle in needles:
-        lines = [n for n, ln in enumerate(text.splitlines(), 1) if needle in ln]
-        if lines:
-            found[label] = lines[:5]
+        if needle not in text:  # the usual case: no need to split megabytes of log into lines
+            continue
+        lines = lines if lines is not None else text.splitlines()
+        found[label] = [n for n, ln in enumerate(lines, 1) if needle in ln][:5]
     if token and len(token) >= 8 and token in text:
         found["the configured bearer token"] = ["(present; line numbers withheld)"]
     return found

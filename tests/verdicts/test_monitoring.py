@@ -573,3 +573,18 @@ def test_kept_observation_is_bounded_json():
     kept = bounded(obs)
     text = json.dumps(kept)
     assert len(text) < 4000 and kept["second"]["text"].endswith("(100000 chars)")
+
+
+def test_a_relabelled_target_is_the_jobs_for_scrape_and_alert_checks_alike():
+    """MON-METRICS-2 and MON-ALERT-* read the job's scrape targets by one rule: the job label, or the scrape
+    config's job name when relabelling rewrote the label."""
+    from asap_runbook import monitoring_live as live
+    active = [
+        {"scrapeUrl": "https://a/metrics", "health": "up", "labels": {"job": "orders-prod", "instance": "a:443"},
+         "discoveredLabels": {"job": "orders"}},
+        {"scrapeUrl": "https://b/metrics", "health": "up", "labels": {"job": "billing", "instance": "b:443"},
+         "discoveredLabels": {"job": "billing"}},
+    ]
+    assert live.of_job(active, "orders") == [
+        {"scrapeUrl": "https://a/metrics", "health": "up", "lastError": None, "instance": "a:443"}]
+    assert mm.judge_scrape_targets(mm.ScrapeTargetsObservation("orders", active)).status is Status.PASS
