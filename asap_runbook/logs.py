@@ -125,13 +125,19 @@ async def read_log(target, timeout: float = 10, max_bytes: int = MAX_BYTES) -> t
     return None
 
 
-async def read_sample(target, timeout: float = 10, max_lines: int = 2000) -> LogSample | None:
-    """The last lines of the target's log, classified; None when the parameters name no log."""
+async def read_lines(target, timeout: float = 10, max_lines: int = 2000) -> tuple[str, list[str]] | None:
+    """(source, the last lines) of the target's log, as read; None when the parameters name no log."""
     got = await read_log(target, timeout, TAIL_BYTES)
     if got is None:
         return None
     source, text = got
-    return classify(source, text.splitlines()[-max_lines:])
+    return source, text.splitlines()[-max_lines:]
+
+
+async def read_sample(target, timeout: float = 10, max_lines: int = 2000) -> LogSample | None:
+    """The last lines of the target's log, classified; None when the parameters name no log."""
+    got = await read_lines(target, timeout, max_lines)
+    return None if got is None else classify(*got)
 
 
 def strip_ansi(text: str) -> str:

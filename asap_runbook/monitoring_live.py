@@ -43,6 +43,11 @@ async def job_scraped_now(prom: Prom, job: str) -> bool:
     return (_scalar(await prom.query(f"max(up{_sel(job)})")) or 0) >= 1
 
 
+async def instances_down(prom: Prom, job: str) -> list[str]:
+    """The instances of the job whose scrape fails now (up == 0)."""
+    return [r.get("metric", {}).get("instance") for r in await prom.query(f"up{_sel(job)} == 0")]
+
+
 async def series_exist(prom: Prom, job: str, metrics: list[str],
                        scraped_now: Callable[[], Awaitable[bool]] | None = None) -> dict[str, bool]:
     """Does this job export each metric? Yes when Prometheus holds a series of it, or, for a

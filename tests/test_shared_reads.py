@@ -1,7 +1,8 @@
 """What does not depend on the target is read once for every target of a section run: Prometheus's rules,
 its scrape targets, its external labels, the Alertmanager it sends to and that Alertmanager's configuration.
-Counted on a recording Prometheus (and Alertmanager) served here; what is about one target (its job's
-series, its error rate) is still asked per target, and each result says when the shared answers were read."""
+Counted on a recording Prometheus (and Alertmanager) served here. What is about a job's series (its error
+rate, its latency, its instances down) is asked once per job for every target naming it, and again once
+JOB_READ_FRESH_SECONDS old; each result says when the shared answers were read."""
 
 from __future__ import annotations
 
@@ -83,10 +84,11 @@ def prometheus():
     server.server_close()
 
 
-def fleet(url: str) -> Params:
+def fleet(url: str, per_job: int = 1) -> Params:
     return Params.model_validate({
         "prometheus": {"url": url},
-        "targets": [{"name": f"agent-{j}", "base_url": "https://127.0.0.1:9", "prometheus_job": j} for j in JOBS]})
+        "targets": [{"name": f"agent-{j}-{i}", "base_url": "https://127.0.0.1:9", "prometheus_job": j}
+                    for j in JOBS for i in range(per_job)]})
 
 
 def test_target_independent_reads_are_asked_once_for_the_whole_fleet(prometheus):
@@ -98,7 +100,7 @@ def test_target_independent_reads_are_asked_once_for_the_whole_fleet(prometheus)
                  "/api/v2/status"):
         assert asked[path] == 1, (path, asked)
     queries = collections.Counter(q for path, q in seen if path == "/api/v1/query")
-    for job in JOBS:  # about one target: still asked for each, and once however many of its checks ask
+    for job in JOBS:  # about one job: asked for each job, once however many of its checks ask
         assert queries[f'up{{job="{job}"}} == 0'] == 1
         assert queries[f'max(up{{job="{job}"}})'] == 1
     # every result says when the shared answers were read: the same instant for every target
@@ -153,3 +155,40 @@ def test_a_failed_shared_read_is_shared_by_its_waiters_and_asked_again_later():
         return failed, await _ctx(run_state).once_per_run("k", read)
     failed, later = asyncio.run(go())
     assert all(isinstance(f, RuntimeError) for f in failed) and later.value == "answer" and len(calls) == 2
+
+
+def test_a_jobs_series_are_asked_once_for_every_target_of_the_job(prometheus):
+    url, seen = prometheus
+    params = fleet(url, per_job=3)
+    window = params.prometheus.window
+    run = engine.run_section("monitoring", params, items=["MON-ALERT-1", "MON-ALERT-2", "MON-ALERT-3"])
+    queries = collections.Counter(q for path, q in seen if path == "/api/v1/query")
+    for job in JOBS:  # three targets name each job: one question per job and query
+        sel = f'{{job="{job}"}}'
+        assert queries[f"up{sel} == 0"] == 1, queries
+        assert queries[f"sum(increase(asap_requests_total{sel}[{window}]))"] == 1, queries
+        assert queries[f"sum(increase(asap_request_duration_seconds_count{sel}[{window}]))"] == 1, queries
+    by_target = {(r.item_id, r.target): r for r in run.results}
+    for job in JOBS:  # the targets of a job were judged on the same read, and say when it was made
+        first, second = (by_target[("MON-ALERT-1", f"agent-{job}-{i}")].details["observation"] for i in (0, 1))
+        assert first["error_rate"] == second["error_rate"] and first["error_rate"]["requests"] == 1.0
+        key = f"job {job}: error rate over {window}"
+        assert first["shared_reads"][key] == second["shared_reads"][key]
+
+
+def test_a_jobs_read_is_asked_again_once_it_is_older_than_its_freshness(monkeypatch):
+    calls = []
+
+    async def read():
+        calls.append(1)
+        return len(calls)
+
+    async def go():
+        run_state = {}
+        first = await asyncio.gather(*(_ctx(run_state).job_read("j", "q", read) for _ in range(3)))
+        other = await _ctx(run_state).job_read("k", "q", read)  # another job: its own read
+        monkeypatch.setattr(_registry, "JOB_READ_FRESH_SECONDS", -1.0)
+        later = await _ctx(run_state).job_read("j", "q", read)
+        return first, other, later
+    first, other, later = asyncio.run(go())
+    assert [r.value for r in first] == [1, 1, 1] and other.value == 2 and later.value == 3

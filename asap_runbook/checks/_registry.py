@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 # how long a read shared by every target of a section run (CheckContext.once_per_run) is used before it is
 # read again: a fleet's section runs for minutes, and alert states and scrape health change meanwhile
 SHARED_READ_FRESH_SECONDS = 60.0
+# a Prometheus query about a job's series (its error rate now, its latency, which instances are down) is the same
+# question for every target of that job: asked again once this old, a few scrapes, well inside the alert window
+JOB_READ_FRESH_SECONDS = 10.0
 
 
 @dataclass
@@ -121,18 +124,26 @@ class CheckContext:
             fut = self.state[key] = asyncio.ensure_future(make())
         return await asyncio.shield(fut)
 
-    async def once_per_run(self, key: str, make: Callable[[], Awaitable[Any]]) -> SharedRead:
+    async def once_per_run(self, key: str, make: Callable[[], Awaitable[Any]],
+                           fresh_seconds: float | None = None) -> SharedRead:
         """`make()` awaited once for every target of the section run, for what does not depend on the target
         (Prometheus's rules, its scrape targets, the Alertmanager configuration): read again once it is
-        SHARED_READ_FRESH_SECONDS old, or when it failed (the targets waiting on it share the failure, later
+        `fresh_seconds` (SHARED_READ_FRESH_SECONDS) old, or when it failed (the targets waiting on it share the failure, later
         ones ask again). Never for an observation of the target itself: each target's is its own."""
         held = self.run_state.get(key)
-        if held is None or time.monotonic() - held[0] > SHARED_READ_FRESH_SECONDS or _failed(held[1]):
+        fresh = SHARED_READ_FRESH_SECONDS if fresh_seconds is None else fresh_seconds
+        if held is None or time.monotonic() - held[0] > fresh or _failed(held[1]):
             async def read() -> SharedRead:
                 at = datetime.now(UTC)
                 return SharedRead(await make(), at)
             held = self.run_state[key] = (time.monotonic(), asyncio.ensure_future(read()))
         return await asyncio.shield(held[1])
+
+    async def job_read(self, job: str, what: str, make: Callable[[], Awaitable[Any]]) -> SharedRead:
+        """A Prometheus read about `job`'s series, shared by every target of the section run that names the
+        job (targets[].prometheus_job) and asked again once JOB_READ_FRESH_SECONDS old: Prometheus's answer
+        depends on the job and the moment, not on which target asks."""
+        return await self.once_per_run(f"job {job!r}: {what}", make, JOB_READ_FRESH_SECONDS)
 
     def prometheus(self) -> "Prom | None":
         """The client of params.prometheus for this section run: one session, its connections kept alive,

@@ -96,18 +96,26 @@ async def observe_alert(ctx: CheckContext, key: str) -> AlertObservation | Findi
     agent_cov, _ = _coverage(obs)
     metrics = sorted({m for c in agent_cov if c.selects_job for m in c.metrics}
                      | ({AGENT_429_COUNTER} if key == "rate_limit" else set()))
-    async def scraped_now() -> bool:  # several MON-ALERT checks of the target ask: once
-        return await ctx.once("prom.job_up", lambda: live.job_scraped_now(prom, job))
-    obs.series = await live.series_exist(prom, job, metrics, scraped_now) if metrics else {}
+
+    async def of_job(what: str, make):  # the job's series now: the same answer for every target of the job
+        shared = await ctx.job_read(job, what, make)
+        obs.shared_reads[f"job {job}: {what}"] = shared.when()
+        return shared.value
+
+    async def scraped_now() -> bool:
+        return (await ctx.job_read(job, "up now", lambda: live.job_scraped_now(prom, job))).value
+    if metrics:
+        obs.series = await of_job(f"series of {', '.join(metrics)}",
+                                  lambda: live.series_exist(prom, job, metrics, scraped_now))
     scrape = await ctx.once_per_run("prom.targets", prom.targets)
     obs.scrape_targets = live.of_job(scrape.value, job)
     obs.shared_reads["Prometheus scrape targets"] = scrape.when()
     if key == "down":
-        obs.down_now = [r.get("metric", {}).get("instance") for r in await prom.query(f"up{live._sel(job)} == 0")]
+        obs.down_now = await of_job("instances down now", lambda: live.instances_down(prom, job))
     elif key == "error_rate":
-        obs.error_rate = await live.error_rate(prom, job, window)
+        obs.error_rate = await of_job(f"error rate over {window}", lambda: live.error_rate(prom, job, window))
     elif key == "latency":
-        obs.latency = await live.latency(prom, job, window)
+        obs.latency = await of_job(f"latency over {window}", lambda: live.latency(prom, job, window))
     if _routable(obs):
         try:  # not every Prometheus-compatible API serves its configuration (Thanos Query does not)
             labels = await ctx.once_per_run("prom.external_labels", prom.external_labels)

@@ -9,6 +9,7 @@ handler binds it (reference §2.2).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -31,12 +32,21 @@ class LogLines:
     lines: list[str]
 
     def sample(self) -> logs.LogSample:
+        return self._classified
+
+    @functools.cached_property
+    def _classified(self) -> logs.LogSample:  # MON-LOG-1 and -2 judge the same read: classified once (not a field: not kept)
         return logs.classify(self.source, self.lines)
 
 
 async def _read_lines(ctx: CheckContext) -> LogLines:
-    sample = await logs.read_sample(ctx.target, timeout=ctx.params.probe.timeout_seconds * 3)
-    return LogLines(sample.source, [redact(line, ctx.probe.secrets) for line in sample.lines])
+    """The target's log as it is now, read once for the checks that judge a sample of it (MON-LOG-1, -2):
+    one moment, one observation, as for a route that several checks read (Probe.get_once)."""
+    async def read() -> LogLines:
+        source, lines = await logs.read_lines(ctx.target, timeout=ctx.params.probe.timeout_seconds * 3)
+        secrets = ctx.probe.secrets
+        return LogLines(source, [redact(line, secrets) for line in lines] if secrets else lines)
+    return await ctx.once("log.lines", read)
 
 
 def _no_log(ctx: CheckContext) -> Finding | None:

@@ -1023,9 +1023,10 @@ async def observe_rejection_counting(ctx: CheckContext, pattern: str, code: str)
     obs.prometheus = bool(job)
     if job:
         query = f'{{__name__=~"{pattern}", job="{job}"}}'
-        series = await prom.query(query)
+        shared = await ctx.job_read(job, f"series matching /{pattern}/", lambda: prom.query(query))
+        series = shared.value
         obs.agent_in_prometheus = sorted({s["metric"].get("__name__") for s in series})
-        obs.exchanges.append((f"Prometheus: {query}", [{"metric": s.get("metric"), "value": s.get("value")}
+        obs.exchanges.append((f"Prometheus: {query} (read at {shared.when()})", [{"metric": s.get("metric"), "value": s.get("value")}
                                                        for s in series][:20]))
     if t.proxy_requests:
         query = proxy_metrics.labels_query(t.proxy_requests)
