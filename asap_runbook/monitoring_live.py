@@ -203,14 +203,22 @@ async def timeseries(prom: Prom, job: str, window: str, end: datetime | None = N
     return df
 
 
-def _judged(section, target: str, item_id: str, label_prefix: str) -> tuple[datetime, dict] | None:
-    """(when, data) of the evidence a verdict recorded for this target, to mark it on the plot."""
+def _judged_all(section, item_id: str, label_prefix: str) -> dict[str, tuple[datetime, dict]]:
+    """target -> (when, data) of the evidence the item's verdict recorded for it, to mark it on the plot
+    (one pass over the section's results, however many targets)."""
+    out: dict[str, tuple[datetime, dict]] = {}
     for r in getattr(section, "results", None) or []:
-        if r.item_id == item_id and r.target == target:
+        if r.item_id == item_id and r.target not in out:
             for e in r.evidence:
                 if e.label.startswith(label_prefix) and isinstance(e.data, dict):
-                    return r.started_at, e.data
-    return None
+                    out[r.target] = (r.started_at, e.data)
+                    break
+    return out
+
+
+def _judged(section, target: str, item_id: str, label_prefix: str) -> tuple[datetime, dict] | None:
+    """(when, data) of the evidence a verdict recorded for this target, to mark it on the plot."""
+    return _judged_all(section, item_id, label_prefix).get(target)
 
 
 def own_traffic(run_dir, section=None) -> list[tuple[str, datetime, datetime]]:
@@ -252,8 +260,22 @@ def figure(frames: dict, jobs: dict[str, str], thresholds, section=None, traffic
 
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     dots = {"marker": ".", "markersize": 4}  # a point between gaps (a series new in the window) draws no line
-    for name, df in frames.items():
-        label = f"{name} ({jobs[name]})"
+    # one set of lines per job: the series are the job's, whichever of its targets asked (a fleet's legend
+    # stays as long as its jobs, not its targets)
+    names_of: dict[str, list[str]] = {}
+    for name in frames:
+        names_of.setdefault(jobs[name], []).append(name)
+    judged_errors = _judged_all(section, "MON-ALERT-1", "error rate over")
+    judged_latency = _judged_all(section, "MON-ALERT-2", "latency over")
+
+    def last_judged(judged: dict, names: list[str]) -> tuple[datetime, dict] | None:
+        seen = [judged[n] for n in names if n in judged]
+        return max(seen, key=lambda s: s[0]) if seen else None
+
+    for job, names in names_of.items():
+        df = frames[names[0]]
+        who = names[0] if len(names) == 1 else job
+        label = f"{names[0]} ({job})" if len(names) == 1 else f"{job} ({len(names)} targets)"
         if df.empty:
             axes[0].plot([], [], label=f"{label}: no data (not scraped)")
             continue
@@ -261,17 +283,17 @@ def figure(frames: dict, jobs: dict[str, str], thresholds, section=None, traffic
             axes[0].plot(df.index, df["requests_per_s"], label=label, **dots)
         if "error_ratio" in df:
             line, = axes[1].plot(df.index, df["error_ratio"], label=f"{label}: server-side errors / requests", **dots)
-            seen = _judged(section, name, "MON-ALERT-1", "error rate over")
+            seen = last_judged(judged_errors, names)
             if seen and seen[1].get("ratio") is not None:
                 axes[1].plot([seen[0]], [seen[1]["ratio"]], "o", color=line.get_color(),
-                             label=f"{name}: MON-ALERT-1 judged {seen[1]['ratio']:.1%}")
+                             label=f"{who}: MON-ALERT-1 judged {seen[1]['ratio']:.1%}")
         if "p99_seconds" in df:
             line, = axes[2].plot(df.index, df["p99_seconds"], label=f"{label} p99"
                                  + (" (de-cumulated buckets)" if df.attrs.get("double_cumulated") else ""), **dots)
-            seen = _judged(section, name, "MON-ALERT-2", "latency over")
+            seen = last_judged(judged_latency, names)
             if seen and seen[1].get("value_seconds") is not None:
                 axes[2].plot([seen[0]], [seen[1]["value_seconds"]], "o", color=line.get_color(),
-                             label=f"{name}: MON-ALERT-2 judged {seen[1]['value_seconds']:.3g} s")
+                             label=f"{who}: MON-ALERT-2 judged {seen[1]['value_seconds']:.3g} s")
         if "mean_seconds" in df:
             axes[2].plot(df.index, df["mean_seconds"], linestyle="--", label=f"{label} mean (_sum/_count)", **dots)
     er, p99 = thresholds.error_rate_ratio, thresholds.p99_latency_seconds
@@ -301,9 +323,9 @@ def figure(frames: dict, jobs: dict[str, str], thresholds, section=None, traffic
 
 def monitoring_plots(section=None, params_path: str | None = None, targets: list[str] | None = None,
                      run_dir=None, save_to=None):
-    """Request rate, error ratio and latency (p99 + mean) over `prometheus.window` for every target
-    with a `prometheus_job`, as one matplotlib figure (a static PNG in the HTML evidence).
-    Returns the per-job DataFrames; a Prometheus that does not answer is one sentence, no plot."""
+    """Request rate, error ratio and latency (p99 + mean) over `prometheus.window` for every job a target
+    names (`prometheus_job`), as one matplotlib figure (a static PNG in the HTML evidence).
+    Returns target -> its job's DataFrame; a Prometheus that does not answer is one sentence, no plot."""
     import concurrent.futures
 
     import matplotlib.pyplot as plt
@@ -332,9 +354,10 @@ def monitoring_plots(section=None, params_path: str | None = None, targets: list
     prom = Prom(params.prometheus)
     window = params.prometheus.window
 
-    async def collect():
-        frames = await asyncio.gather(*(timeseries(prom, job, window) for job in jobs.values()))
-        return dict(zip(jobs, frames))
+    async def collect():  # one set of range queries per job, however many targets name it
+        distinct = list(dict.fromkeys(jobs.values()))
+        of_job = dict(zip(distinct, await asyncio.gather(*(timeseries(prom, job, window) for job in distinct))))
+        return {name: of_job[job] for name, job in jobs.items()}
 
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # works inside Jupyter's running loop too

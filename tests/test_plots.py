@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 
 from asap_runbook import monitoring_live as live
@@ -273,3 +274,30 @@ def test_the_drill_timeline_draws_what_the_breaker_drill_observed(demo_params, t
     shot = tmp_path / "drill-timeline-RES-2-hardened.png"
     shot.write_bytes(png)  # the very picture the evidence page shows
     _keep(shot)
+
+
+def test_a_fleets_plot_draws_each_job_once_and_asks_prometheus_once_per_job(monkeypatch, tmp_path):
+    """Targets that name the same job share its series: one set of lines and one set of range queries per
+    job, the legend as long as the jobs (a fleet of a thousand names drew a thousand lines and legend rows)."""
+    prom, window = RecordedProm(), "1m"
+    df = asyncio.run(live.timeseries(prom, JOB, window, end=AT))
+    names = [f"agent-{i}" for i in range(5)]
+    fig = live.figure({n: df for n in names}, {n: JOB for n in names}, Thresholds(), None, [], window)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == [f"{JOB} (5 targets)"]
+
+    asked = []
+
+    async def timeseries(prom, job, window, end=None):
+        asked.append(job)
+        return df
+
+    monkeypatch.setattr(live, "timeseries", timeseries)
+    monkeypatch.setattr(live, "figure", lambda *a, **k: plt.figure())
+    params = {"prometheus": {"url": "http://127.0.0.1:9"},
+              "targets": [{"name": n, "base_url": "https://127.0.0.1:9", "prometheus_job": "a" if i < 4 else "b"}
+                          for i, n in enumerate(names)]}
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps(params))
+    frames = live.monitoring_plots(None, str(path))
+    assert sorted(asked) == ["a", "b"] and set(frames) == set(names)
