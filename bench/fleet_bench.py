@@ -45,8 +45,9 @@ from bench import PeakRSS, _cpu, deployment, quiet  # noqa: E402
 HARDENED_EVERY = 100
 
 
-def names_params(dep, n: int, path: Path) -> Path:
-    """Parameters naming n targets over the deployment's agents (see the module's docstring)."""
+def names_params(dep, n: int, path: Path, probe: dict | None = None) -> Path:
+    """Parameters naming n targets over the deployment's agents (see the module's docstring); `probe`: settings
+    over the benchmark's own (--probe)."""
     base = fleet.fleet_params(dep, path.with_suffix(".agents.yaml"), active_probes=False, environment="bench")
     doc = yaml.safe_load(base.read_text())
     hardened, misconfigured = doc["targets"][0], doc["targets"][1:]
@@ -59,7 +60,9 @@ def names_params(dep, n: int, path: Path) -> Path:
         t["groups"] = {**t["groups"], "shard": f"s{i // 100}"}
         targets.append(t)
     doc["targets"] = targets
-    doc["probe"] = {"timeout_seconds": 10, "max_targets_in_parallel": 16}
+    # a fleet's checks spread over targets, not piled on each (docs/fleet.md): 128 in flight either way, but each
+    # check in flight on one target opens its own TLS connection
+    doc["probe"] = {"timeout_seconds": 10, "concurrency": 2, "max_targets_in_parallel": 64} | (probe or {})
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -151,6 +154,8 @@ def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None, idle:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--probe", type=yaml.safe_load, default=None,
+                    help="probe settings over the benchmark's, as YAML: '{concurrency: 8, max_targets_in_parallel: 16}'")
     ap.add_argument("--sizes", default="1,10,20,1000")
     ap.add_argument("--agents", type=int, default=5, help="reference agents behind the names (1 hardened)")
     ap.add_argument("--dask", action="store_true", help="also run each size on two Dask workers on loopback")
@@ -171,7 +176,7 @@ def main() -> int:
             # one uncounted warm-up: first kernel starts pay for cold disk caches
             runner.run(names_params(dep, 1, work / "warm.yaml"), work / "warm", say=quiet)
             for n in sizes:
-                params = names_params(dep, n, work / f"names-{n}.yaml")
+                params = names_params(dep, n, work / f"names-{n}.yaml", args.probe)
                 figures[f"local-{n}"] = measure(params, work / f"local-{n}", dep, None, idle=cluster)
                 print(f"local {n}: {json.dumps({k: v for k, v in figures[f'local-{n}'].items() if k != 'run_dir'})}",
                       flush=True)

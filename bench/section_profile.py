@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
@@ -109,6 +111,8 @@ def run_section(section: str, params: Path, run_dir: Path, prof: cProfile.Profil
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--probe", type=yaml.safe_load, default=None,
+                    help="probe settings over the benchmark's, as YAML: '{concurrency: 8, max_targets_in_parallel: 16}'")
     ap.add_argument("--sizes", default="4,24")
     ap.add_argument("--agents", type=int, default=9)
     ap.add_argument("--sections", default=",".join(load_catalog().sections))
@@ -128,7 +132,7 @@ def main() -> int:
             dep.wait_prometheus_targets(timeout=30)
             run_section(sections[0], names_params(dep, 1, work / "warm.yaml"), work / "warm", None)  # imports, caches
             for n in sizes:
-                params = names_params(dep, n, work / f"names-{n}.yaml")
+                params = names_params(dep, n, work / f"names-{n}.yaml", args.probe)
                 for section in sections:
                     prof = cProfile.Profile() if args.profile else None
                     run_dir = work / f"run-{section}-{n}"
