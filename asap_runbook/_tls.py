@@ -70,10 +70,16 @@ class Handshake:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+@lru_cache(maxsize=len(VERSIONS))
+def _pinned_client_context(version: ssl.TLSVersion) -> ssl.SSLContext:
+    """Built once per process: a fleet made four per target. Shared, so not mutated (wrap_socket does not)."""
+    return _pinned_context(version)
+
+
 def handshake(host: str, port: int, version: str, timeout: float) -> Handshake:
     """One handshake pinned to `version`; never raises."""
     try:
-        ctx = _pinned_context(VERSIONS[version])
+        ctx = _pinned_client_context(VERSIONS[version])
     except (ValueError, ssl.SSLError) as e:
         return Handshake(version, False, error=f"this client cannot pin {version}: {e}")
     try:
