@@ -47,34 +47,49 @@ from asap_runbook.reference import ReferenceDeployment, ReferenceDeploymentError
 
 
 class PeakRSS:
-    """Peak of the summed RSS of this process tree, minus the excluded subtrees."""
+    """Peak of the summed RSS of this process tree, minus the excluded subtrees.
 
-    def __init__(self, exclude_pids: set[int], interval: float = 0.05):
+    One pass over the process table per sample: asking psutil for each excluded process's children
+    scanned /proc once per excluded process (64 ms of CPU a sample with nine agents, nginx and
+    Prometheus up), and the sampler then took most of a CPU from the run it measured."""
+
+    def __init__(self, exclude_pids: set[int], interval: float = 0.1):
         self.exclude = exclude_pids
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
 
-    def _excluded(self) -> set[int]:
-        out = set()
-        for pid in self.exclude:
-            try:
-                p = psutil.Process(pid)
+    @staticmethod
+    def _subtree(root: int, children: dict[int, list[int]]) -> set[int]:
+        out, todo = set(), [root]
+        while todo:
+            pid = todo.pop()
+            if pid not in out:
                 out.add(pid)
-                out.update(c.pid for c in p.children(recursive=True))
-            except psutil.Error:
-                pass
+                todo.extend(children.get(pid, ()))
+        return out
+
+    @staticmethod
+    def _children() -> dict[int, list[int]]:
+        """parent pid -> its children's, from /proc (what psutil does per call of children(), done once)."""
+        out: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/stat", "rb") as f:
+                        ppid = int(f.read().rpartition(b")")[2].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue  # gone since the listing
+                out.setdefault(ppid, []).append(int(entry.name))
         return out
 
     def sample(self) -> int:
-        me = psutil.Process()
-        excluded = self._excluded()
+        children = self._children()
+        excluded = set().union(*(self._subtree(pid, children) for pid in self.exclude))
         total = 0
-        for p in [me, *me.children(recursive=True)]:
-            if p.pid in excluded:
-                continue
+        for pid in self._subtree(os.getpid(), children) - excluded:
             try:
-                total += p.memory_info().rss
+                total += psutil.Process(pid).memory_info().rss
             except psutil.Error:
                 pass
         return total
