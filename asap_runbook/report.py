@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from itertools import groupby
 from typing import Any
 
 import jinja2
@@ -105,13 +104,39 @@ def act_first(results: Iterable[Result]) -> list[Result]:
     return sorted(results, key=lambda r: STATUS_ORDER[r.status])
 
 
+@dataclass
+class SameFinding:
+    """The results of one item that say the same thing (status, finding, fix) on several targets: one row of
+    a fleet's section page, naming its targets (each a link to its evidence on the target's page)."""
+    first: Result
+    targets: list[str]
+
+
+def same_findings(results: list[Result]) -> list[SameFinding]:
+    """`results` (failures first) as rows of identical findings, in order of first appearance. A confirmed
+    or waived result keeps a row of its own: who signed it is about that target."""
+    rows: dict[tuple, SameFinding] = {}
+    for r in results:
+        key = ((r.item_id, r.status, r.summary, r.remediation) if r.confirmation is None and r.waiver is None
+               else (r.item_id, r.target))
+        if key in rows:
+            rows[key].targets.append(r.target)
+        else:
+            rows[key] = SameFinding(r, [r.target])
+    return list(rows.values())
+
+
 def findings_html(results: list[Result], evidence: bool | None = None, page_prefix: str = "") -> str:
     """One table per subsection, failures first; evidence on demand in <details>. `evidence`:
-    inline it (default: when the results span few enough targets); otherwise each row links to
-    the target's page (`page_prefix` + targets/NAME.html), where the evidence is."""
+    inline it (default: when the results span few enough targets); otherwise (a fleet) one row per
+    finding that targets share, each target a link to its page (`page_prefix` + targets/NAME.html),
+    where the evidence is: the page grows by a link per target, not a table row."""
     if evidence is None:
         evidence = evidence_inline(results)
-    groups = [(k, act_first(v)) for k, v in groupby(results, key=lambda r: r.subsection)]
+    by_subsection: dict[str, list[Result]] = {}
+    for r in results:  # in order of first appearance, whether the results come item by item or target by target
+        by_subsection.setdefault(r.subsection, []).append(r)
+    groups = [(k, act_first(v) if evidence else same_findings(act_first(v))) for k, v in by_subsection.items()]
     return env().get_template("_findings.html.j2").render(groups=groups, evidence=evidence, page_prefix=page_prefix)
 
 

@@ -262,6 +262,23 @@ def test_a_fleets_section_findings_link_to_target_pages_instead_of_embedding_evi
     assert report.findings_html(small).count("<details>") == len(small), "a small run keeps evidence inline"
 
 
+def test_a_fleets_section_page_has_one_row_per_finding_its_targets_share():
+    """Targets that show an item the same way (status, finding, fix) are one row naming them, each a link
+    to its evidence and the anchor the junit and summary links use; not a row per target repeating the fix."""
+    run = _bench_pages().synthetic_run(200)
+    security = [r for r in run.results if r.section == "security"]
+    html = report.findings_html(security)
+    distinct = {(r.item_id, r.status, r.summary, r.remediation) for r in security}
+    assert html.count("<tr>") - html.count("<thead><tr>") == len(distinct) < len(security) / 4
+    for r in security:  # every (item, target) keeps its anchor and its link
+        assert f'<a id="{r.item_id}--{r.target}" href="targets/{r.target}.html#{r.item_id}--{r.target}">' in html
+    passed = [r for r in security if r.item_id == "SEC-AUTH-1" and r.status == Status.PASS]
+    assert len(passed) > 1 and f"{len(passed)} targets: " in html
+    fix = str(report._md_code(next(r.remediation for r in security if r.remediation and r.item_id == "SEC-TLS-1")))
+    tls_fails = {r.summary for r in security if r.item_id == "SEC-TLS-1" and r.status == Status.FAIL}
+    assert html.count(fix) == len(tls_fails), "the fix once per distinct finding"
+
+
 def test_twenty_target_summary_page_screenshot(fleet_pages, browser, tmp_path):
     run, d, figures = fleet_pages[20]
     context, page, attempted = open_offline(browser, d / "index.html")
