@@ -110,6 +110,20 @@ class SameFinding:
     a fleet's section page, naming its targets (each a link to its evidence on the target's page)."""
     first: Result
     targets: list[str]
+    generic: str  # the finding with the target's own name as TARGET_MARK: what the targets of the row share
+
+    @property
+    def summary(self) -> str:
+        return self.first.summary if len(self.targets) == 1 else self.generic
+
+
+TARGET_MARK = "<target>"  # in a row shared by several targets, where each one's finding names itself
+
+
+def _generic(summary: str, target: str) -> str:
+    """The finding with the target's name, where it stands as a name, as TARGET_MARK: "targets[agent-0007].log_file
+    is not set" is the same finding on every target."""
+    return re.sub(rf"(?<![\w.-]){re.escape(target)}(?![\w.-])", TARGET_MARK, summary) if target else summary
 
 
 def same_findings(results: list[Result]) -> list[SameFinding]:
@@ -117,12 +131,13 @@ def same_findings(results: list[Result]) -> list[SameFinding]:
     or waived result keeps a row of its own: who signed it is about that target."""
     rows: dict[tuple, SameFinding] = {}
     for r in results:
-        key = ((r.item_id, r.status, r.summary, r.remediation) if r.confirmation is None and r.waiver is None
+        generic = _generic(r.summary, r.target)
+        key = ((r.item_id, r.status, generic, r.remediation) if r.confirmation is None and r.waiver is None
                else (r.item_id, r.target))
         if key in rows:
             rows[key].targets.append(r.target)
         else:
-            rows[key] = SameFinding(r, [r.target])
+            rows[key] = SameFinding(r, [r.target], generic)
     return list(rows.values())
 
 

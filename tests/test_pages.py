@@ -268,7 +268,7 @@ def test_a_fleets_section_page_has_one_row_per_finding_its_targets_share():
     run = _bench_pages().synthetic_run(200)
     security = [r for r in run.results if r.section == "security"]
     html = report.findings_html(security)
-    distinct = {(r.item_id, r.status, r.summary, r.remediation) for r in security}
+    distinct = {(r.item_id, r.status, r.summary.replace(r.target, "<target>"), r.remediation) for r in security}
     assert html.count("<tr>") - html.count("<thead><tr>") == len(distinct) < len(security) / 4
     for r in security:  # every (item, target) keeps its anchor and its link
         assert f'<a id="{r.item_id}--{r.target}" href="targets/{r.target}.html#{r.item_id}--{r.target}">' in html
@@ -277,6 +277,18 @@ def test_a_fleets_section_page_has_one_row_per_finding_its_targets_share():
     fix = str(report._md_code(next(r.remediation for r in security if r.remediation and r.item_id == "SEC-TLS-1")))
     tls_fails = {r.summary for r in security if r.item_id == "SEC-TLS-1" and r.status == Status.FAIL}
     assert html.count(fix) == len(tls_fails), "the fix once per distinct finding"
+
+
+def test_a_finding_that_names_its_target_is_one_row_for_the_targets_it_holds_on():
+    run = _bench_pages().synthetic_run(12)
+    one = [r for r in run.results if r.item_id == "SEC-AUTH-1"]
+    for r in one:
+        r.status, r.summary, r.remediation = Status.SKIP, f"targets[{r.target}].token_env is not set", None
+    one[0].summary = "no manifest: agent-0000 is down"  # its own finding
+    html = report.findings_html(one)
+    assert "11 targets: " in html and html.count("targets[&lt;target&gt;].token_env is not set") == 1
+    assert "no manifest: agent-0000 is down" in html, "a row of one target shows its finding as it is"
+    assert report._generic("agent-0001 and agent-00012 differ", "agent-0001") == "<target> and agent-00012 differ"
 
 
 def test_twenty_target_summary_page_screenshot(fleet_pages, browser, tmp_path):
