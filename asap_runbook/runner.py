@@ -14,7 +14,6 @@ import os
 import secrets
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -403,7 +402,8 @@ def write_results_json(run: RunResults, path: Path, results: Iterable[Result]) -
         n = 0
         for r in results:
             f.write(b"\n" if n == 0 else b",\n")
-            body = textwrap.indent(r.model_dump_json(indent=1), "  ").encode()  # nested two levels deep
+            # nested two levels deep; no line of a JSON dump is empty, so every line gets the indent
+            body = ("  " + r.model_dump_json(indent=1).replace("\n", "\n  ")).encode()
             spans.setdefault(r.target, []).append((f.tell(), len(body)))
             f.write(body)
             n += 1

@@ -13,7 +13,7 @@ One invocation measures, side by side:
    parameters `fleet.fleet_params` writes for each.
 
 For each: wall time (median of --repeat runs) and peak memory: the sum of the RSS of this
-process and its descendants (the notebook kernels), sampled every 50 ms, excluding the
+process and its descendants (the notebook kernels), sampled every 100 ms, excluding the
 reference deployment's own processes (agents, nginx, Redis, Prometheus), which are the
 system under test, not the runbook. Deployment start-up is reported apart and not counted.
 

@@ -13,7 +13,7 @@ default (100/minute per host) the ~120 names behind each would queue ~2000 paced
 
 For each fleet size: wall time, CPU seconds of the runbook and its kernels (this process and its
 children, reaped; with --dask, the workers' CPU too), peak RSS (summed over this process and its
-descendants, sampled every 50 ms, minus the reference deployment's processes), the run folder's
+descendants, sampled every 100 ms, minus the reference deployment's processes), the run folder's
 size, the summary page's size, results.json's size.
 
     .venv/bin/python bench/fleet_bench.py --sizes 1,10,20,1000 [--agents 5] [--dask] [--json F]
