@@ -152,7 +152,8 @@ def findings_html(results: list[Result], evidence: bool | None = None, page_pref
     for r in results:  # in order of first appearance, whether the results come item by item or target by target
         by_subsection.setdefault(r.subsection, []).append(r)
     groups = [(k, act_first(v) if evidence else same_findings(act_first(v))) for k, v in by_subsection.items()]
-    return env().get_template("_findings.html.j2").render(groups=groups, evidence=evidence, page_prefix=page_prefix)
+    return env().get_template("_findings.html.j2").render(groups=groups, evidence=evidence, page_prefix=page_prefix,
+                                                          max_inline=MAX_TARGETS_PER_ROW)
 
 
 # -- the summary page's lists ------------------------------------------------------------------

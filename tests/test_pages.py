@@ -256,7 +256,7 @@ def test_a_fleets_section_findings_link_to_target_pages_instead_of_embedding_evi
     run, _, _ = fleet_pages[20]
     security = [r for r in run.results if r.section == "security"]
     html = report.findings_html(security)
-    assert "<details>" not in html and "<pre" not in html
+    assert "<summary>evidence" not in html and "<pre" not in html
     assert 'href="targets/agent-0003.html#SEC-TLS-1--agent-0003"' in html
     small = [r for r in security if r.target in ("agent-0000", "agent-0001")]
     assert report.findings_html(small).count("<details>") == len(small), "a small run keeps evidence inline"
@@ -273,7 +273,7 @@ def test_a_fleets_section_page_has_one_row_per_finding_its_targets_share():
     for r in security:  # every (item, target) keeps its anchor and its link
         assert f'<a id="{r.item_id}--{r.target}" href="targets/{r.target}.html#{r.item_id}--{r.target}">' in html
     passed = [r for r in security if r.item_id == "SEC-AUTH-1" and r.status == Status.PASS]
-    assert len(passed) > 1 and f"{len(passed)} targets: " in html
+    assert len(passed) > report.MAX_TARGETS_PER_ROW and f"<details><summary>{len(passed)} targets</summary>" in html
     fix = str(report._md_code(next(r.remediation for r in security if r.remediation and r.item_id == "SEC-TLS-1")))
     tls_fails = {r.summary for r in security if r.item_id == "SEC-TLS-1" and r.status == Status.FAIL}
     assert html.count(fix) == len(tls_fails), "the fix once per distinct finding"
@@ -286,7 +286,7 @@ def test_a_finding_that_names_its_target_is_one_row_for_the_targets_it_holds_on(
         r.status, r.summary, r.remediation = Status.SKIP, f"targets[{r.target}].token_env is not set", None
     one[0].summary = "no manifest: agent-0000 is down"  # its own finding
     html = report.findings_html(one)
-    assert "11 targets: " in html and html.count("targets[&lt;target&gt;].token_env is not set") == 1
+    assert "<summary>11 targets</summary>" in html and html.count("targets[&lt;target&gt;].token_env is not set") == 1
     assert "no manifest: agent-0000 is down" in html, "a row of one target shows its finding as it is"
     assert report._generic("agent-0001 and agent-00012 differ", "agent-0001") == "<target> and agent-00012 differ"
 
