@@ -138,7 +138,11 @@ def same_findings(results: list[Result]) -> list[SameFinding]:
             rows[key].targets.append(r.target)
         else:
             rows[key] = SameFinding(r, [r.target], generic)
-    return list(rows.values())
+    # an item's rows together (results may come target by target), in the order the items first came
+    first_seen: dict[str, int] = {}
+    for r in results:
+        first_seen.setdefault(r.item_id, len(first_seen))
+    return sorted(rows.values(), key=lambda g: (STATUS_ORDER[g.first.status], first_seen[g.first.item_id]))
 
 
 def findings_html(results: list[Result], evidence: bool | None = None, page_prefix: str = "") -> str:
