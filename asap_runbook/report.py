@@ -127,8 +127,8 @@ def _generic(summary: str, target: str) -> str:
 
 
 def same_findings(results: list[Result]) -> list[SameFinding]:
-    """`results` (failures first) as rows of identical findings, in order of first appearance. A confirmed
-    or waived result keeps a row of its own: who signed it is about that target."""
+    """`results` as rows of identical findings: failures first, an item's rows together, items in the order
+    they first came. A confirmed or waived result keeps a row of its own: who signed it is about that target."""
     rows: dict[tuple, SameFinding] = {}
     for r in results:
         generic = _generic(r.summary, r.target)
@@ -155,7 +155,7 @@ def findings_html(results: list[Result], evidence: bool | None = None, page_pref
     by_subsection: dict[str, list[Result]] = {}
     for r in results:  # in order of first appearance, whether the results come item by item or target by target
         by_subsection.setdefault(r.subsection, []).append(r)
-    groups = [(k, act_first(v) if evidence else same_findings(act_first(v))) for k, v in by_subsection.items()]
+    groups = [(k, act_first(v) if evidence else same_findings(v)) for k, v in by_subsection.items()]
     return env().get_template("_findings.html.j2").render(groups=groups, evidence=evidence, page_prefix=page_prefix,
                                                           max_inline=MAX_TARGETS_PER_ROW)
 

@@ -120,12 +120,18 @@ def _ctx(run_state: dict) -> CheckContext:
     return CheckContext(item=None, target=None, params=None, probe=None, run_state=run_state)
 
 
-def test_a_shared_read_is_read_again_once_it_is_old(monkeypatch):
+def _counting_read():
+    """A read whose answer is how many times it was asked."""
     calls = []
 
     async def read():
         calls.append(1)
         return len(calls)
+    return read
+
+
+def test_a_shared_read_is_read_again_once_it_is_old(monkeypatch):
+    read = _counting_read()
 
     async def go():
         run_state = {}
@@ -177,11 +183,7 @@ def test_a_jobs_series_are_asked_once_for_every_target_of_the_job(prometheus):
 
 
 def test_a_jobs_read_is_asked_again_once_it_is_older_than_its_freshness(monkeypatch):
-    calls = []
-
-    async def read():
-        calls.append(1)
-        return len(calls)
+    read = _counting_read()
 
     async def go():
         run_state = {}

@@ -128,8 +128,8 @@ class CheckContext:
                            fresh_seconds: float | None = None) -> SharedRead:
         """`make()` awaited once for every target of the section run, for what does not depend on the target
         (Prometheus's rules, its scrape targets, the Alertmanager configuration): read again once it is
-        `fresh_seconds` (SHARED_READ_FRESH_SECONDS) old, or when it failed (the targets waiting on it share the failure, later
-        ones ask again). Never for an observation of the target itself: each target's is its own."""
+        `fresh_seconds` (default SHARED_READ_FRESH_SECONDS) old, or when it failed (the targets waiting on it
+        share the failure, later ones ask again). Never for an observation of the target itself: each target's is its own."""
         held = self.run_state.get(key)
         fresh = SHARED_READ_FRESH_SECONDS if fresh_seconds is None else fresh_seconds
         if held is None or time.monotonic() - held[0] > fresh or _failed(held[1]):
