@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from . import pacing
+from ._aiohttp_transport import AiohttpTransport
 from .errors import NotAnAsapAgent, ProbeError, RateLimited, TargetTimeout, TargetUnreachable, TargetUntrusted
 from .params import ProbeSettings, Target
 
@@ -184,10 +185,11 @@ class Probe:
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            context = ssl_context(self.target.ca_file, self.target.tls_verify)
             self._client = httpx.AsyncClient(
-                verify=ssl_context(self.target.ca_file, self.target.tls_verify),
+                verify=context,
                 timeout=httpx.Timeout(self.settings.timeout_seconds),
-                transport=self._transport,
+                transport=self._transport or AiohttpTransport(context),
                 follow_redirects=False,
                 trust_env=False,
             )
