@@ -51,3 +51,22 @@ def test_missing_include_is_one_sentence(tmp_path):
     (tmp_path / "nginx.conf").write_text("http { include sites-enabled/orders; }\n")
     with pytest.raises(_nginx.NginxParseError, match="orders"):
         _nginx.load(tmp_path / "nginx.conf")
+
+
+def test_a_configuration_is_parsed_once_until_one_of_its_files_changes(tmp_path, monkeypatch):
+    """A fleet's targets behind one proxy share its parse; an edited include is read again."""
+    import os
+    import shutil
+    conf_dir = tmp_path / "nginx"
+    shutil.copytree(SPLIT.parent, conf_dir)
+    parses = []
+    real = _nginx._parse
+    monkeypatch.setattr(_nginx, "_parse", lambda p: parses.append(p) or real(p))
+    first = _nginx.load(conf_dir / "nginx.conf")
+    assert _nginx.load(conf_dir / "nginx.conf") is first and len(parses) == 1
+    limits = next(Path(f) for f in first.files if Path(f).name == "limits.conf")
+    limits.write_text(limits.read_text().replace("10m", "20m"))
+    os.utime(limits, ns=(1, 1))  # a different version even within the file system's timestamp granularity
+    again = _nginx.load(conf_dir / "nginx.conf")
+    assert len(parses) == 2 and again is not first
+    assert {b.bytes for b in _nginx.body_limits(again) if b.line == "limits.conf:2"} == {20 * 1024 ** 2}
