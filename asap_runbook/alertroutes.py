@@ -15,6 +15,8 @@ configuration text is never kept as evidence: only receiver names and their inte
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
 import shlex
@@ -174,6 +176,76 @@ async def configuration(settings, prom) -> AlertmanagerConfig:
     return out
 
 
+# A route is a function of the labels the routing tree's matchers name, and of nothing else (group_by,
+# timings and time intervals do not choose the receiver). Alerts that agree on those labels take the same
+# route, so amtool (a Go process, ~35 ms of CPU) is asked once per configuration and distinct answer:
+# a fleet's targets of one job differ in `instance`, which routes rarely read. Kept for the process;
+# the configuration's text is in the key, so an edited configuration is asked again.
+_MATCHER_NAME = re.compile(r'(?:^|[{,])\s*("(?:[^"\\]|\\.)*"|[^\s{}=!~,"]+)\s*(?:=~|!~|!=|=)')
+_routed: dict[tuple, dict] = {}
+_asking: dict[tuple, asyncio.Future] = {}
+
+
+def routing_label_names(config_text: str) -> frozenset[str] | None:
+    """Every label name a route's matcher names (match, match_re, matchers; nested routes too); None when
+    some matcher does not read as one, and then no label is left out of the question."""
+    try:
+        conf = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError:
+        return None
+    if not isinstance(conf, dict):
+        return None
+    names: set[str] = set()
+    routes = [conf.get("route") or {}]
+    while routes:
+        r = routes.pop()
+        if not isinstance(r, dict):
+            return None
+        for key in ("match", "match_re"):
+            given = r.get(key) or {}
+            if not isinstance(given, dict):
+                return None
+            names.update(str(k) for k in given)
+        matchers = r.get("matchers") or []
+        for text in matchers if isinstance(matchers, list) else [None]:
+            found = _MATCHER_NAME.findall(text) if isinstance(text, str) else []
+            if not found:
+                return None
+            try:
+                names.update(json.loads(n) if n.startswith('"') else n for n in found)
+            except ValueError:
+                return None
+        routes.extend(r.get("routes") or [])
+    return frozenset(names)
+
+
+def _routing_key(config_text: str, names: frozenset[str] | None, labels: dict[str, str]) -> tuple:
+    read = {k: v for k, v in labels.items() if names is None or k in names}
+    return hashlib.sha256(config_text.encode()).hexdigest(), tuple(sorted(read.items()))
+
+
+async def _route_once(config_text: str, names: frozenset[str] | None, config_file: Path, alert: AlertToRoute,
+                      timeout: float) -> dict:
+    """route(), or the answer amtool gave for an alert that agrees on every label the routes read."""
+    key = _routing_key(config_text, names, alert.labels)
+    asking = (id(asyncio.get_running_loop()), key)  # a future belongs to its loop
+    while key not in _routed and asking in _asking:
+        await asyncio.shield(_asking[asking])  # another target is asking the same question right now
+    if key in _routed:
+        same = _routed[key]
+        return {"rule": alert.rule, "labels": alert.labels, "labels_from": alert.labels_from,
+                "receivers": same["receivers"], "routes": same["routes"],
+                "asked": f"answered as for {dict(key[1])} (the routes read no other label)"}
+    _asking[asking] = asyncio.get_running_loop().create_future()
+    try:
+        answer = await route(config_file, alert, timeout)
+        if "error" not in answer:
+            _routed[key] = {"receivers": answer["receivers"], "routes": answer["routes"]}
+        return answer
+    finally:
+        _asking.pop(asking).set_result(None)
+
+
 async def route_all(config: AlertmanagerConfig, settings, alerts: list[AlertToRoute]) -> Routing:
     """Route `alerts` (one target's) through `config` with amtool."""
     out = Routing(source=config.source, alertmanager=config.alertmanager, discovered=list(config.discovered),
@@ -185,13 +257,15 @@ async def route_all(config: AlertmanagerConfig, settings, alerts: list[AlertToRo
             raise LookupError(f"{AMTOOL} is not installed (Debian package prometheus-alertmanager), so Alertmanager's "
                               "routing could not be asked")
         amtool_timeout = max(settings.timeout_seconds if settings else 5.0, 10.0)  # a Go binary's start on a loaded machine
+        names = routing_label_names(config.text)
         if settings is not None and settings.config_file:  # the file itself: its relative paths mean what they mean
-            out.routes = [await route(Path(settings.config_file), a, amtool_timeout) for a in alerts]
+            out.routes = [await _route_once(config.text, names, Path(settings.config_file), a, amtool_timeout)
+                          for a in alerts]
         else:
             with tempfile.TemporaryDirectory(prefix="asap-am-") as tmp:  # private (0700), removed at once
                 config_file = Path(tmp) / "alertmanager.yml"
                 config_file.write_text(config.text)
-                out.routes = [await route(config_file, a, amtool_timeout) for a in alerts]
+                out.routes = [await _route_once(config.text, names, config_file, a, amtool_timeout) for a in alerts]
     except LookupError as e:
         out.error = str(e)
     return out

@@ -190,3 +190,41 @@ def test_a_secret_in_the_configuration_stays_out_of_the_observation(tmp_path):
                                                                       "test")])
     assert o["routes"][0]["receivers"] == ["chat", "team"] and o["error"] is None, o
     assert canary not in json.dumps(o) and canary not in json.dumps(ar.judge(o, ["X"]).rows)
+
+
+# ------------------------------------------------------------------- one question per distinct answer
+@pytest.mark.parametrize("matchers, names", [
+    (['severity="critical"'], {"severity"}),
+    (['{team=~"a|b", "ütf name"!="x"}'], {"team", "ütf name"}),
+    ([' job = "x"', 'alertname!~"Watch.*"'], {"job", "alertname"}),
+    (['foo=~"a,b=c"'], {"foo", "b"}),  # a label read too many leaves nothing out
+    (["not a matcher"], None),  # cannot say which labels it reads: every label is asked
+    ('severity="x"', None),  # not a list
+])
+def test_the_labels_a_routing_tree_reads(matchers, names):
+    import yaml
+    text = yaml.safe_dump({"route": {"receiver": "a", "match": {"service": "x"}, "match_re": {"env": "p.*"},
+                                     "routes": [{"receiver": "b", "matchers": matchers}]}})
+    got = ar.routing_label_names(text)
+    assert got == (None if names is None else frozenset(names | {"service", "env"}))
+
+
+def test_alerts_that_differ_only_in_labels_no_route_reads_ask_amtool_once(tmp_path, monkeypatch):
+    """The shipped routes read alertname, job and severity: a fleet's targets of one job (one instance each)
+    take one amtool run per rule; a label a route reads is asked again."""
+    monkeypatch.setattr(ar, "_routed", {})
+    asked = []
+    real = ar.route
+
+    async def counted(config_file, alert, timeout):
+        asked.append(alert.labels)
+        return await real(config_file, alert, timeout)
+    monkeypatch.setattr(ar, "route", counted)
+    base = {"alertname": "ASAPAgentDown", "job": "asap-misconfigured", "severity": "critical"}
+    alerts = [ar.AlertToRoute("ASAPAgentDown", base | {"instance": f"10.0.0.{i}:443"}, "test") for i in range(5)]
+    alerts.append(ar.AlertToRoute("ASAPAgentDown", base | {"job": "asap-hardened"}, "test"))
+    o = observe(settings(config_file=ALERTMANAGER_CONFIG), None, alerts)
+    assert len(asked) == 2 and asked[1]["job"] == "asap-hardened"
+    assert [r["receivers"] for r in o["routes"]] == [["null"]] * 5 + [["oncall"]]
+    assert [r["labels"]["instance"] for r in o["routes"][:5]] == [f"10.0.0.{i}:443" for i in range(5)]
+    assert "asked" not in o["routes"][0] and "the routes read no other label" in o["routes"][1]["asked"]
