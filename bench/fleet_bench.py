@@ -12,7 +12,8 @@ state it (`targets[].rate_limit`), as an operator states each agent's limit; und
 default (100/minute per host) the ~120 names behind each would queue ~2000 paced POSTs, 20 minutes.
 
 For each fleet size: wall time, CPU seconds of the runbook and its kernels (this process and its
-children, reaped; with --dask, the workers' CPU too), peak RSS (summed over this process and its
+children, reaped, amtool's runs included; with --dask, the workers' CPU too; not the memory sampler's
+thread, which is reported apart), peak RSS (summed over this process and its
 descendants, sampled every 100 ms, minus the reference deployment's processes), the run folder's
 size, the summary page's size, results.json's size.
 
@@ -145,8 +146,9 @@ def measure(params: Path, out: Path, dep, cluster: LoopbackCluster | None, idle:
         wall = time.perf_counter() - t0
         cpu = _cpu() - c0 + ((cluster.cpu() - k0) if cluster else 0.0)
         agents_cpu = _tree_cpu(dep.pids().values()) - a0
+    cpu -= mem.cpu  # the benchmark's own memory sampler (a thread of this process), reported apart
     results = json.loads((run_dir / "results.json").read_text())
-    return {"wall": wall, "cpu": cpu, "agents_cpu": agents_cpu, "peak_rss": mem.peak + peak_cluster, "exit_code": code,
+    return {"wall": wall, "cpu": cpu, "sampler_cpu": mem.cpu, "agents_cpu": agents_cpu, "peak_rss": mem.peak + peak_cluster, "exit_code": code,
             "run_dir_bytes": _size(run_dir), "index_bytes": (run_dir / "index.html").stat().st_size,
             "results_bytes": (run_dir / "results.json").stat().st_size,
             "statuses": {s: n for s, n in results["counts"].items() if n}, "run_dir": str(run_dir)}
