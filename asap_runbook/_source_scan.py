@@ -13,6 +13,8 @@ Heuristics, stated as such in every finding: they find the usual shapes, not eve
 from __future__ import annotations
 
 import ast
+import copy
+import functools
 import math
 import re
 from collections import Counter
@@ -187,6 +189,34 @@ class ScanResult:
                 "files that did not parse": self.broken}
 
 
+# A fleet's targets name one source tree per app: each scan is made once per process for a version of
+# the tree (every file it reads, by mtime and size), and its report copied to each caller.
+_scans: dict[tuple, object] = {}
+
+
+def _tree_version(root: Path) -> tuple:
+    out = []
+    for path in [*python_files(Path(root)), *_config_files(Path(root))]:
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(path), None))
+    return tuple(out)
+
+
+def _once_per_tree_version(scan):
+    @functools.wraps(scan)
+    def cached(roots):
+        key = (scan.__name__, tuple(_tree_version(r) for r in (roots if isinstance(roots, list) else [roots])),
+               repr(roots))
+        if key not in _scans:
+            _scans[key] = scan(roots)
+        return copy.deepcopy(_scans[key])
+    return cached
+
+
+@_once_per_tree_version
 def hardcoded_credentials(roots: list[Path]) -> ScanResult:
     rep = ScanResult(0, [], [])
     for root in roots:
@@ -328,6 +358,7 @@ class SinkReport:
                 "files that did not parse": self.broken}
 
 
+@_once_per_tree_version
 def file_sinks(root: Path) -> SinkReport:
     """Calls that open or resolve a path/URI built from request data, and whether a guard is near."""
     rep = SinkReport(0, [], [], [], [])
@@ -413,6 +444,7 @@ class LogReport:
                 "files that did not parse": self.broken}
 
 
+@_once_per_tree_version
 def unsanitized_logging(root: Path) -> LogReport:
     rep = LogReport(0, 0, [], [], [])
     for rel, tree in parsed_python_files(root, rep.broken):

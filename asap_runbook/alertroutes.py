@@ -16,6 +16,7 @@ configuration text is never kept as evidence: only receiver names and their inte
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import re
@@ -186,6 +187,7 @@ _routed: dict[tuple, dict] = {}
 _asking: dict[tuple, asyncio.Future] = {}
 
 
+@functools.lru_cache(maxsize=16)  # one configuration for every target of a run: parsed once, not per target
 def routing_label_names(config_text: str) -> frozenset[str] | None:
     """Every label name a route's matcher names (match, match_re, matchers; nested routes too); None when
     some matcher does not read as one, and then no label is left out of the question."""
@@ -219,9 +221,14 @@ def routing_label_names(config_text: str) -> frozenset[str] | None:
     return frozenset(names)
 
 
+@functools.lru_cache(maxsize=16)
+def _digest(config_text: str) -> str:
+    return hashlib.sha256(config_text.encode()).hexdigest()
+
+
 def _routing_key(config_text: str, names: frozenset[str] | None, labels: dict[str, str]) -> tuple:
     read = {k: v for k, v in labels.items() if names is None or k in names}
-    return hashlib.sha256(config_text.encode()).hexdigest(), tuple(sorted(read.items()))
+    return _digest(config_text), tuple(sorted(read.items()))
 
 
 async def _route_once(config_text: str, names: frozenset[str] | None, config_file: Path, alert: AlertToRoute,

@@ -165,3 +165,24 @@ def test_wire_failures_come_first():
     assert judge_client_auth("u", "T", "sender", "x", "refused", [], None).status is Status.FAIL
     assert judge_client_auth("u", "T", "unknown", "HTTP 502", "refused", [], None).status is Status.ERROR
     assert judge_client_auth("u", "T", "passed", "x", "passed", [], None).status is Status.WARN
+
+
+def test_a_source_tree_is_scanned_once_until_a_file_in_it_changes(tmp_path, monkeypatch):
+    """A fleet's targets of one app share the scan of its tree; an edited or added file is read again, and
+    each caller gets its own copy of the report."""
+    import os
+    monkeypatch.setattr(_source_scan, "_scans", {})
+    parsed = []
+    real = _source_scan.parsed_python_files
+    monkeypatch.setattr(_source_scan, "parsed_python_files", lambda root, broken: parsed.append(root) or real(root, broken))
+    app = tmp_path / "app.py"
+    app.write_text('API_KEY = "sk-live-0123456789abcdef0123"\n')
+    first = _source_scan.hardcoded_credentials([tmp_path])
+    first.hits.clear()  # a caller's copy: the next caller's report is whole
+    again = _source_scan.hardcoded_credentials([tmp_path])
+    assert len(parsed) == 1 and len(again.hits) == 1
+    app.write_text('API_KEY = os.environ["API_KEY"]\nimport os\n')
+    os.utime(app, ns=(1, 1))  # a new version even within the file system's timestamp granularity
+    assert _source_scan.hardcoded_credentials([tmp_path]).hits == [] and len(parsed) == 2
+    (tmp_path / "other.py").write_text('TOKEN = "ghp_0123456789abcdefghijklmnopqrstuvwxyz01"\n')
+    assert len(_source_scan.hardcoded_credentials([tmp_path]).hits) == 1 and len(parsed) == 3
