@@ -1,9 +1,9 @@
 """httpx's client over aiohttp's connections: the probe's default transport.
 
 Why: a fleet run sends ~35 requests per target, and httpx's own connection layer (httpcore on
-anyio, TLS through a Python memory BIO) cost ~3.6 ms of CPU per kept-alive request on the
-reference machine, and ~10 ms per new TLS connection. Over aiohttp's connections (a C parser,
-asyncio's TLS) the same requests cost ~2.1 ms (bench/http_client.py). httpx stays the client
+anyio, TLS through a Python memory BIO) cost 2.7-3.5 ms of client CPU per kept-alive request on
+the reference machine, and 7-9 ms per new TLS connection; over aiohttp's connections (a C parser,
+asyncio's TLS) 1.9-2.5 ms and 5.8-7.3 ms (bench/http_client.py, BENCHMARKS.md). httpx stays the client
 and the seam: checks, evidence, redirects (never followed), decoding and the tests'
 ``httpx.MockTransport`` are unchanged.
 
