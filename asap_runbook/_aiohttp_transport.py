@@ -74,7 +74,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:  # inside the running loop, as aiohttp wants
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                # httpx's own pool limits: 100 connections, an idle one kept 5 s (a bare uvicorn closes idle
+                # connections after 5 s; reusing one it is closing would fail a POST)
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=100, keepalive_timeout=5.0),
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the client's cookies
                 auto_decompress=False,  # httpx decodes, within the probe's read bound
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # httpx sends its own
