@@ -214,7 +214,7 @@ async def _run_target(items: list[CatalogItem], target: Target, params: Params, 
     another when `serial` (exclusive checks). `state` carries over between the two phases; the
     first phase looks once before the checks (the preflight, for `needs`: every need of the section).
     `run_state` is shared by every target of the section run (CheckContext.once_per_run)."""
-    checks = registered()
+    checks = registered({i.section for i in items})
     sem = asyncio.Semaphore(1 if serial else params.probe.concurrency)
     state = {} if state is None else state
     run_state = {} if run_state is None else run_state
@@ -278,7 +278,7 @@ async def _run_target(items: list[CatalogItem], target: Target, params: Params, 
 
 
 def _split(items: list[CatalogItem]) -> tuple[list[CatalogItem], list[CatalogItem]]:
-    checks = registered()
+    checks = registered({i.section for i in items})
     exclusive = [i for i in items if i.id in checks and checks[i.id].exclusive]
     return [i for i in items if i not in exclusive], exclusive
 
@@ -291,7 +291,7 @@ async def _run_phases(items: list[CatalogItem], targets: list[Target], params: P
     lock = RunLock(run_dir)
     states: dict[str, dict] = {t.name: {} for t in targets}
     run_state: dict = {}  # what the checks read once for every target (CheckContext.once_per_run)
-    checks = registered()
+    checks = registered({i.section for i in items})
     needs = set().union(*(checks[i.id].needs for i in items if i.id in checks))
     # Prometheus is the same for every target: asked once per section run
     asks = "prometheus" in needs and any(t.prometheus_job for t in targets)

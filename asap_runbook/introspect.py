@@ -20,10 +20,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import RunbookError
 
@@ -196,7 +197,7 @@ def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, st
     The child gets the runbook's environment without ASAP_*/OTEL_* (the operator's `app_env` says
     what the app should see) and without `drop_env` (the target's token variable). Concurrent
     calls for the same app wait for one child (threads: the checks call this through to_thread)."""
-    key = (ref, str(app_path or ""), tuple(sorted((app_env or {}).items())), timeout, tuple(sorted(drop_env)))
+    key = _key(ref, app_path, app_env, timeout, drop_env)
     with _locks_guard:
         lock = _locks.setdefault(key, threading.Lock())
     with lock:
@@ -217,7 +218,68 @@ def introspect_target(target, params) -> dict[str, Any]:
     """The target's app (`targets[].app`, which must be set) as the checks read it: the operator's
     path and environment, without the target's token variable; raise IntrospectionError."""
     return introspect_app(target.app, target.app_path, target.app_env, introspection_timeout(params),
-                          (target.token_env,) if target.token_env else ())
+                          _drop_env(target))
+
+
+def _drop_env(target) -> tuple[str, ...]:
+    return (target.token_env,) if target.token_env else ()
+
+
+def _key(ref: str, app_path, app_env, timeout: float, drop_env: tuple[str, ...]) -> tuple:
+    """What makes two introspections the same question (the cache's and the shared folder's key)."""
+    return ref, str(app_path or ""), tuple(sorted((app_env or {}).items())), timeout, tuple(sorted(drop_env))
+
+
+def _answer_path(where: str | Path, key: tuple) -> Path:
+    return Path(where) / f"introspect-{hashlib.sha256(repr(key).encode()).hexdigest()[:32]}.json"
+
+
+def answer_ahead(params, shared_dir: Path, cwd: Path | None = None) -> Callable[[], None]:
+    """The runner's side of the shared folder: every distinct app of the run introspected at once, as the
+    kernels start, in one process that imports asap-protocol's dependencies once and forks a child per
+    app (`_many`). The answers' locks are taken before this returns, so a kernel that asks early waits
+    for the answer rather than importing the app itself. Returns a function that waits for the answers.
+    If the forking process fails, no answer is written and each kernel looks for itself, as without a
+    shared folder. `cwd`: where the kernels run (an app found from the working folder is found here too)."""
+    keys = list(dict.fromkeys(_key(t.app, t.app_path, t.app_env, introspection_timeout(params), _drop_env(t))
+                              for t in params.targets if t.app))
+    if not keys:
+        return lambda: None
+    held = []
+    for key in keys:
+        lock = open(_answer_path(shared_dir, key).with_suffix(".lock"), "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        held.append(lock)
+
+    def answer() -> None:
+        try:
+            for key, doc in zip(keys, _introspect_many(keys, cwd)):
+                if doc is not None:
+                    _answer_path(shared_dir, key).write_text(json.dumps(doc, default=str))
+        finally:
+            for lock in held:  # closing the file releases its lock
+                lock.close()
+
+    thread = threading.Thread(target=answer, name="introspect-ahead", daemon=True)
+    thread.start()
+    return thread.join
+
+
+def _introspect_many(keys: list[tuple], cwd: Path | None) -> list[dict | None]:
+    """One `_many` process for the apps of `keys`: a shared-folder document per key ({"config": ...} or
+    {"error": sentence}), or None for every key when that process itself failed."""
+    requests = [{"ref": ref, "app_path": app_path or None, "app_env": dict(env), "timeout": timeout,
+                 "drop_env": list(drop)} for ref, app_path, env, timeout, drop in keys]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "asap_runbook.introspect", "--many"], input=json.dumps(requests),
+                              env=child_env(None, None), capture_output=True, text=True,
+                              timeout=max(r["timeout"] for r in requests) + 30, cwd=str(cwd) if cwd else None)
+        docs = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
+        return [None] * len(keys)
+    if not isinstance(docs, list) or len(docs) != len(keys):
+        return [None] * len(keys)
+    return [{"config": d["config"]} if d.get("ok") else {"error": str(d.get("error"))} for d in docs]
 
 
 def _shared_across_kernels(key: tuple, introspect) -> dict[str, Any]:
@@ -227,7 +289,7 @@ def _shared_across_kernels(key: tuple, introspect) -> dict[str, Any]:
     where = os.environ.get(SHARED_DIR_ENV)
     if not where or not Path(where).is_dir():
         return introspect()
-    path = Path(where) / f"introspect-{hashlib.sha256(repr(key).encode()).hexdigest()[:32]}.json"
+    path = _answer_path(where, key)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -262,7 +324,96 @@ def _introspect_child(ref: str, app_path: Path | None, app_env: dict[str, str] |
     return doc["config"]
 
 
+# What importing an ASAP app costs is mostly asap-protocol's own dependencies: these modules are ~90 % of
+# `import asap.transport` (asap-protocol 2.5). `_many` imports them once and forks a child per app; a name
+# missing here only costs that child its import. asap-protocol itself is not imported before the fork:
+# importing it builds a default app from the ASAP_* environment, and each app's environment is its own.
+PRELOAD = ("asyncio", "fastapi", "fastapi.responses", "starlette.middleware.base", "pydantic", "httpx", "structlog",
+           "limits", "ulid", "aiosqlite", "joserfc.jwt", "authlib.integrations.httpx_client",
+           "cryptography.hazmat.primitives.serialization", "opentelemetry.sdk.resources", "opentelemetry.sdk.trace",
+           "opentelemetry.instrumentation.fastapi", "opentelemetry.instrumentation.httpx")
+
+
+def _many() -> int:
+    """Introspect several apps: a JSON list of requests on stdin (ref, app_path, app_env, drop_env,
+    timeout), PRELOAD imported once, then one forked child per app (at most a CPU's worth at once), each
+    with the environment, path and working folder a child of its own would have had. One JSON list on
+    stdout: `_child`'s document per request, in order."""
+    requests = json.load(sys.stdin)
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - not installed here: the app's own import will say so
+            pass
+    preloaded = {m.partition(".")[0] for m in sys.modules}
+    docs: list[dict | None] = [None] * len(requests)
+    waiting, running = list(enumerate(requests)), {}
+    while waiting or running:
+        while waiting and len(running) < max(2, os.cpu_count() or 2):
+            i, req = waiting.pop(0)
+            result, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+            pid = os.fork()
+            if pid == 0:
+                _forked(req, result.fileno(), err.fileno(), preloaded)
+            running[pid] = (i, req, result, err, time.monotonic() + req["timeout"])
+        for pid, (i, req, result, err, deadline) in list(running.items()):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done and time.monotonic() < deadline:
+                continue
+            if not done:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                docs[i] = {"ok": False, "error": f"importing {req['ref']} did not finish within {req['timeout']:g} s"}
+            else:
+                docs[i] = _read_child(req["ref"], result, err, os.waitstatus_to_exitcode(status))
+            del running[pid]
+        time.sleep(0.02)
+    out.write(json.dumps(docs, default=str))
+    out.flush()
+    return 0
+
+
+def _forked(req: dict, result_fd: int, err_fd: int, preloaded: set[str]) -> None:
+    """In the forked child: become what `_introspect_child` starts, answer into `result_fd`, exit."""
+    code = 1
+    try:
+        os.dup2(err_fd, 2)
+        os.dup2(result_fd, 1)
+        app_path = Path(req["app_path"]) if req["app_path"] else None
+        env = child_env(app_path, req["app_env"], tuple(req["drop_env"]))
+        if app_path is not None:
+            os.chdir(app_path)
+            # a module of the app's own folder that a preloaded one would hide: a fresh interpreter, as before
+            if any((app_path / n).is_dir() or (app_path / f"{n}.py").exists() for n in preloaded):
+                os.execve(sys.executable, [sys.executable, "-m", "asap_runbook.introspect", req["ref"]], env)
+            sys.path.insert(0, str(app_path))
+        os.environ.clear()
+        os.environ.update(env)
+        code = _child(req["ref"])
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _read_child(ref: str, result, err, returncode: int) -> dict:
+    result.seek(0)
+    err.seek(0)
+    try:
+        return json.loads(result.read().decode(errors="replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = (err.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1][:300]
+        return {"ok": False, "error": f"introspecting {ref} exited with code {returncode}: {tail}"}
+    finally:
+        result.close()
+        err.close()
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] == "--many":
+        raise SystemExit(_many())
     if len(sys.argv) == 3 and sys.argv[1] == "--snapshots":
         raise SystemExit(_snapshot_child(sys.argv[2]))
     if len(sys.argv) != 2:

@@ -129,7 +129,10 @@ def ipc_kernel_manager(replay: bool = False, shared_dir: Path | None = None):
             if shared_dir is not None:
                 from .introspect import SHARED_DIR_ENV
                 kw["env"][SHARED_DIR_ENV] = str(shared_dir)
-            return await super()._async_pre_start_kernel(**kw)
+            cmd, kw = await super()._async_pre_start_kernel(**kw)
+            # no input history: nobody recalls a headless run's cells, and the kernels of a run each wrote
+            # theirs to the one shared SQLite file (up to 0.8 s of a kernel's CPU)
+            return [*cmd, "--HistoryManager.enabled=False"], kw
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
             await super()._async_cleanup_resources(restart)
@@ -448,14 +451,16 @@ def usable_out_dir(out_dir: str | os.PathLike) -> Path:
 
 
 def _execute_and_render(chosen: list[str], params_path: Path, run_dir: Path, totals: dict[str, int], say,
-                        replay: bool = False) -> tuple[list[str], dict[str, str]]:
-    """Every section's notebook in its own kernel, in parallel; each page rendered as soon as its notebook is done."""
+                        replay: bool = False, params: Params | None = None) -> tuple[list[str], dict[str, str]]:
+    """Every section's notebook in its own kernel, in parallel; each page rendered as soon as its notebook is done.
+    `params`: the run's, when its apps are to be introspected while the kernels start (introspect.answer_ahead)."""
     problems: list[str] = []
     t0 = time.monotonic()
     from .progress import watch_sections
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as pool, \
             tempfile.TemporaryDirectory(prefix="asap-run-shared-") as shared, \
             watch_sections(run_dir / "sections", totals, say) as tell:
+        answered = _apps_ahead(chosen, params, Path(shared)) if params is not None and not replay else (lambda: None)
         futures = {pool.submit(execute, s, params_path, run_dir, replay=replay, shared_dir=Path(shared)): s
                    for s in chosen}
         renderer = Renderer()  # built while the kernels start
@@ -470,7 +475,20 @@ def _execute_and_render(chosen: list[str], params_path: Path, run_dir: Path, tot
             if nb.exists():
                 renderer.render(nb, run_dir / f"{section}.html")
                 pages[section] = f"{section}.html"
+        answered()  # before the shared folder goes
     return problems, pages
+
+
+def _apps_ahead(chosen: list[str], params: Params, shared: Path) -> Callable[[], None]:
+    """The run's apps introspected once, as the kernels start, when a chosen section reads them (an item
+    whose inputs name targets[].app); returns the wait for the answers."""
+    from .catalog import input_names
+    from .introspect import answer_ahead
+    catalog = load_catalog()
+    if not any("targets[].app" in input_names(entry) for s in chosen for item in catalog.section(s)
+               for entry in item.inputs):
+        return lambda: None
+    return answer_ahead(params, shared, cwd=NOTEBOOKS_DIR)
 
 
 def write_evidence(run_results: RunResults, run_dir: Path, pages: dict[str, str], groups: dict[str, dict[str, str]],
@@ -567,7 +585,8 @@ def run(params_path: str | os.PathLike, out_dir: str | os.PathLike = "outputs", 
         page_problems, pages = _execute_and_render(chosen, params_path, run_dir, totals, say, replay=True)
         problems += page_problems
     else:
-        problems, pages = _execute_and_render(chosen, params_path, run_dir, totals, say, replay=walked is not None)
+        problems, pages = _execute_and_render(chosen, params_path, run_dir, totals, say, replay=walked is not None,
+                                              params=params)
     from .report import INLINE_EVIDENCE_MAX_TARGETS
     whole = run_dir / "sections" / "all-results.jsonl"  # gone with sections/ once results.json is written
     results = _gather(chosen, run_dir, params, problems, len(params.targets) > INLINE_EVIDENCE_MAX_TARGETS, whole)

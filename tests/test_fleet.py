@@ -7,6 +7,7 @@ import os
 import json
 import re
 
+import pytest
 import yaml
 
 from asap_runbook import fleet, progress
@@ -197,6 +198,67 @@ def test_the_kernels_of_one_run_share_one_introspection_child_per_app(tmp_path):
     (tmp_path / "imports.log").unlink()
     two_kernels({})
     assert sorted((tmp_path / "imports.log").read_text().split()) == ["broken", "broken", "imported", "imported"]
+
+
+def _apps(tmp_path):
+    """Apps that log their imports, tell whether asap-protocol's dependencies were loaded before them
+    (a forked child of the process that preloaded them), and whether the target's token reached them."""
+    folder = tmp_path / "apps"
+    folder.mkdir()
+    (folder / "preloaded_app.py").write_text(
+        "import os, sys, types\n"
+        "open(os.path.join(os.path.dirname(__file__), 'imports.log'), 'a').write('preloaded_app\\n')\n"
+        "class App: pass\n"
+        "app = App(); app.state = types.SimpleNamespace(max_request_size=int('fastapi' in sys.modules),\n"
+        "                                               max_batch_size=os.environ.get('APP_SETTING'))\n")
+    (folder / "tattle_app.py").write_text(
+        "import os\nraise RuntimeError('token=' + os.environ.get('MY_TOKEN', 'absent'))\n")
+    shadowing = tmp_path / "shadowing"  # an app folder with its own module named like a preloaded one
+    shadowing.mkdir()
+    (shadowing / "structlog.py").write_text("")
+    (shadowing / "preloaded_app.py").write_text((folder / "preloaded_app.py").read_text())
+    return folder, shadowing
+
+
+def test_the_run_introspects_its_apps_once_as_the_kernels_start(tmp_path, monkeypatch):
+    """The runner's one process imports asap-protocol's dependencies once and forks a child per app:
+    each child sees its own environment and not the token; the kernels read the answers and import
+    nothing themselves; an app folder that shadows a preloaded module gets a fresh interpreter."""
+    from types import SimpleNamespace
+    from asap_runbook import introspect
+    folder, shadowing = _apps(tmp_path)
+    monkeypatch.setenv("MY_TOKEN", "canary-7f3a9c")
+    monkeypatch.setattr(introspect, "_cache", {})
+
+    def target(ref, path, env=None):
+        return SimpleNamespace(app=ref, app_path=path, app_env=env or {}, token_env="MY_TOKEN")
+    params = SimpleNamespace(probe=SimpleNamespace(timeout_seconds=3), targets=[
+        target("preloaded_app:app", folder, {"APP_SETTING": "a"}), target("preloaded_app:app", folder, {"APP_SETTING": "a"}),
+        target("preloaded_app:app", folder, {"APP_SETTING": "b"}), target("tattle_app:app", folder),
+        target("preloaded_app:app", shadowing)])
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    introspect.answer_ahead(params, shared)()
+    assert (folder / "imports.log").read_text().split() == ["preloaded_app", "preloaded_app"]  # two environments
+    monkeypatch.setenv(introspect.SHARED_DIR_ENV, str(shared))
+    a, b = (introspect.introspect_target(t, params) for t in params.targets[1:3])
+    assert (a["max_batch_size"], b["max_batch_size"]) == ("a", "b")
+    assert a["max_request_size"] == 1  # imported in a child of the preloading process
+    assert introspect.introspect_target(params.targets[4], params)["max_request_size"] == 0  # a fresh interpreter
+    with pytest.raises(introspect.IntrospectionError) as e:
+        introspect.introspect_target(params.targets[3], params)
+    assert "token=absent" in e.value.message and "canary" not in e.value.message
+    assert (folder / "imports.log").read_text().split() == ["preloaded_app", "preloaded_app"]  # none by the kernels
+
+
+def test_an_app_that_hangs_is_one_sentence_and_the_others_still_answer(tmp_path):
+    from asap_runbook import introspect
+    folder, _ = _apps(tmp_path)
+    (folder / "hanging_app.py").write_text("import time\ntime.sleep(120)\n")
+    docs = introspect._introspect_many([("hanging_app:app", str(folder), (), 1.0, ()),
+                                        ("preloaded_app:app", str(folder), (("APP_SETTING", "x"),), 30.0, ())], None)
+    assert docs[0] == {"error": "importing hanging_app:app did not finish within 1 s"}
+    assert docs[1]["config"]["max_batch_size"] == "x"
 
 
 def test_section_results_are_appended_once_and_recovered_if_the_kernel_dies(tmp_path):
