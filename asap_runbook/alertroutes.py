@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from . import _shell
+from . import _shell, _yaml
 from .errors import PrometheusError
 
 AMTOOL = "amtool"
@@ -60,7 +60,7 @@ def alert_labels(rule: str, rule_labels: dict, series_labels: dict, external: di
 
 def integrations(config_text: str) -> dict[str, list[str]]:
     """Receiver name -> the kinds of integration it has (webhook_configs, pagerduty_configs, ...)."""
-    conf = yaml.safe_load(config_text) or {}
+    conf = _yaml.safe_load(config_text) or {}
     return {str(r.get("name")): sorted(k for k, v in r.items() if k.endswith("_configs") and v)
             for r in conf.get("receivers") or [] if isinstance(r, dict)}
 
@@ -192,7 +192,7 @@ def routing_label_names(config_text: str) -> frozenset[str] | None:
     """Every label name a route's matcher names (match, match_re, matchers; nested routes too); None when
     some matcher does not read as one, and then no label is left out of the question."""
     try:
-        conf = yaml.safe_load(config_text) or {}
+        conf = _yaml.safe_load(config_text) or {}
     except yaml.YAMLError:
         return None
     if not isinstance(conf, dict):

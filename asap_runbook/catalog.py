@@ -23,6 +23,8 @@ from importlib import resources
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import _yaml
+
 __all__ = [
     "SECTIONS",
     "SECTION_TITLES",
@@ -281,7 +283,7 @@ def _load_section(section: str) -> list[CatalogItem]:
     where = f"asap_runbook/catalog/{section}.yaml"
     try:
         # libyaml's C loader when present: every section kernel loads the catalog, and the pure-Python one takes ~0.5 s
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = _yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise CatalogError(f"cannot read {where}: {exc}") from exc
     if not isinstance(data, dict) or set(data) != {"section", "section_title", "items"}:

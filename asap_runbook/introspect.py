@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import RunbookError
 
@@ -253,11 +253,11 @@ def answer_ahead(params, shared_dir: Path, cwd: Path | None = None) -> Callable[
 
     def answer() -> None:
         try:
-            for key, doc in zip(keys, _introspect_many(keys, cwd)):
-                if doc is not None:
-                    _answer_path(shared_dir, key).write_text(json.dumps(doc, default=str))
+            for i, doc in _introspect_many(keys, cwd):
+                _answer_path(shared_dir, keys[i]).write_text(json.dumps(doc, default=str))
+                held[i].close()  # closing the file releases its lock: the kernels waiting for this app go on
         finally:
-            for lock in held:  # closing the file releases its lock
+            for lock in held:  # and those the forking process did not answer look for themselves
                 lock.close()
 
     thread = threading.Thread(target=answer, name="introspect-ahead", daemon=True)
@@ -265,21 +265,37 @@ def answer_ahead(params, shared_dir: Path, cwd: Path | None = None) -> Callable[
     return thread.join
 
 
-def _introspect_many(keys: list[tuple], cwd: Path | None) -> list[dict | None]:
-    """One `_many` process for the apps of `keys`: a shared-folder document per key ({"config": ...} or
-    {"error": sentence}), or None for every key when that process itself failed."""
+def _introspect_many(keys: list[tuple], cwd: Path | None) -> Iterator[tuple[int, dict]]:
+    """One `_many` process for the apps of `keys`: (index of the key, its shared-folder document:
+    {"config": ...} or {"error": sentence}) as each app's answer comes. Stops early, without a word,
+    when that process itself fails; the keys it did not answer are the kernels' to look at."""
     requests = [{"ref": ref, "app_path": app_path or None, "app_env": dict(env), "timeout": timeout,
                  "drop_env": list(drop)} for ref, app_path, env, timeout, drop in keys]
     try:
-        proc = subprocess.run([sys.executable, "-m", "asap_runbook.introspect", "--many"], input=json.dumps(requests),
-                              env=child_env(None, None), capture_output=True, text=True,
-                              timeout=max(r["timeout"] for r in requests) + 30, cwd=str(cwd) if cwd else None)
-        docs = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
-        return [None] * len(keys)
-    if not isinstance(docs, list) or len(docs) != len(keys):
-        return [None] * len(keys)
-    return [{"config": d["config"]} if d.get("ok") else {"error": str(d.get("error"))} for d in docs]
+        proc = subprocess.Popen([sys.executable, "-m", "asap_runbook.introspect", "--many"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env(None, None),
+                                cwd=str(cwd) if cwd else None)
+    except OSError:
+        return
+    # each child has its own deadline in the forking process; this one is for that process itself
+    watchdog = threading.Timer(30 + sum(r["timeout"] for r in requests), proc.kill)
+    watchdog.start()
+    try:
+        proc.stdin.write(json.dumps(requests))
+        proc.stdin.close()
+        for line in proc.stdout:
+            try:
+                answer = json.loads(line)
+                i, doc = int(answer["i"]), answer["doc"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            yield i, {"config": doc["config"]} if doc.get("ok") else {"error": str(doc.get("error"))}
+    except OSError:
+        return
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()
 
 
 def _shared_across_kernels(key: tuple, introspect) -> dict[str, Any]:
@@ -337,8 +353,8 @@ PRELOAD = ("asyncio", "fastapi", "fastapi.responses", "starlette.middleware.base
 def _many() -> int:
     """Introspect several apps: a JSON list of requests on stdin (ref, app_path, app_env, drop_env,
     timeout), PRELOAD imported once, then one forked child per app (at most a CPU's worth at once), each
-    with the environment, path and working folder a child of its own would have had. One JSON list on
-    stdout: `_child`'s document per request, in order."""
+    with the environment, path and working folder a child of its own would have had. On stdout, a JSON
+    line per request as its child ends: {"i": its index, "doc": `_child`'s document}."""
     requests = json.load(sys.stdin)
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
@@ -349,7 +365,6 @@ def _many() -> int:
         except Exception:  # noqa: BLE001 - not installed here: the app's own import will say so
             pass
     preloaded = {m.partition(".")[0] for m in sys.modules}
-    docs: list[dict | None] = [None] * len(requests)
     waiting, running = list(enumerate(requests)), {}
     while waiting or running:
         while waiting and len(running) < max(2, os.cpu_count() or 2):
@@ -366,13 +381,13 @@ def _many() -> int:
             if not done:
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)
-                docs[i] = {"ok": False, "error": f"importing {req['ref']} did not finish within {req['timeout']:g} s"}
+                doc = {"ok": False, "error": f"importing {req['ref']} did not finish within {req['timeout']:g} s"}
             else:
-                docs[i] = _read_child(req["ref"], result, err, os.waitstatus_to_exitcode(status))
+                doc = _read_child(req["ref"], result, err, os.waitstatus_to_exitcode(status))
             del running[pid]
+            out.write(json.dumps({"i": i, "doc": doc}, default=str) + "\n")
+            out.flush()
         time.sleep(0.02)
-    out.write(json.dumps(docs, default=str))
-    out.flush()
     return 0
 
 

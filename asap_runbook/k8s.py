@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import _yaml
 from .errors import RunbookError
 from .source import CREDENTIAL_NAME
 
@@ -126,7 +127,7 @@ def documents(paths: list[Path]) -> list[Document]:
     for path in files:
         try:
             text = Path(path).read_text()
-            docs = list(yaml.safe_load_all(text))
+            docs = list(_yaml.safe_load_all(text))
         except OSError as e:
             raise ManifestError(f"cannot read Kubernetes manifest {path}: {e.strerror}") from None
         except yaml.YAMLError as e:

@@ -285,6 +285,8 @@ class Walk:
             print(f"asap-runbook: {e.message}", file=sys.stderr)
             return
         if self.mode == "headless":
+            if section == "monitoring":  # its last cell plots (monitoring_plots)
+                _import_meanwhile("pandas", "matplotlib.figure")
             self.results = self._run(None)
         elif self.mode == "replay":
             from .engine import held_lean
@@ -411,6 +413,21 @@ class Walk:
                        + f"<p>Run folder: <code>{_esc(str(run_dir))}</code> (exit {code}); open "
                        f"<code>{_esc(str(run_dir / 'index.html'))}</code>.</p>"))
         return run_dir
+
+
+def _import_meanwhile(*modules: str) -> None:
+    """Import what a later cell needs while the checks wait on the network: a thread that takes the GIL
+    between their requests (the plotting libraries are ~1 s of CPU; a headless run ends with them)."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the cell that needs it says what is wrong
+                return
+    threading.Thread(target=load, name="import-meanwhile", daemon=True).start()
 
 
 def walk(section: str, params_path: str, run_dir: str | None = None, targets: list[str] | None = None,

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import _yaml
 from .errors import ParamsError
 from .pacing import parse_limits
 
@@ -625,7 +626,7 @@ def check_params(path: str | os.PathLike) -> tuple[Params | None, list[Problem]]
         return None, [Problem((), f"cannot be read: {e.strerror}")]
     try:
         try:  # libyaml when present: a fleet's file is read by the runner and every kernel (~2 ms a target in Python)
-            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            data = _yaml.safe_load(text)
         except yaml.YAMLError:
             data = yaml.safe_load(text)  # the pure-Python parser says what is wrong and where, in its own words
     except yaml.YAMLError as e:

@@ -17,6 +17,7 @@ from prometheus_api_client import PrometheusConnect
 from requests.adapters import HTTPAdapter, Retry
 from urllib3.exceptions import InsecureRequestWarning
 
+from . import _yaml
 from .errors import PrometheusError
 from .params import HttpEndpoint
 
@@ -131,10 +132,8 @@ class Prom:
 
     async def external_labels(self) -> dict[str, str]:
         """global.external_labels of the loaded configuration: Prometheus adds them to every alert it sends."""
-        import yaml
-
         text = (await self._api_get("the configuration query", "/api/v1/status/config") or {}).get("yaml") or ""
-        conf = yaml.safe_load(text) or {}  # Prometheus's own rendering of a configuration it loaded
+        conf = _yaml.safe_load(text) or {}  # Prometheus's own rendering of a configuration it loaded
         return {str(k): str(v) for k, v in ((conf.get("global") or {}).get("external_labels") or {}).items()}
 
 

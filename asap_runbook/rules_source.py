@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import _shell
+from . import _shell, _yaml
 from .errors import RunbookError
 from .params import Params
 from .prom import Prom
@@ -86,7 +84,7 @@ def seconds(duration: Any) -> float:
 
 def groups_from_file(path: Path) -> list[dict]:
     """A rule file (one promtool accepted) as /api/v1/rules groups: no alert state, none evaluated."""
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = _yaml.safe_load(path.read_text()) or {}
     out = []
     for g in doc.get("groups") or []:
         rules = []

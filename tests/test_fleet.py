@@ -251,14 +251,32 @@ def test_the_run_introspects_its_apps_once_as_the_kernels_start(tmp_path, monkey
     assert (folder / "imports.log").read_text().split() == ["preloaded_app", "preloaded_app"]  # none by the kernels
 
 
+def test_when_the_run_cannot_introspect_ahead_each_kernel_looks_for_itself(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from asap_runbook import introspect
+    folder, _ = _apps(tmp_path)
+    monkeypatch.setattr(introspect, "_cache", {})
+    monkeypatch.setattr(introspect, "_introspect_many", lambda keys, cwd: iter(()))  # it died before answering
+    t = SimpleNamespace(app="preloaded_app:app", app_path=folder, app_env={"APP_SETTING": "c"}, token_env=None)
+    params = SimpleNamespace(probe=SimpleNamespace(timeout_seconds=3), targets=[t])
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    introspect.answer_ahead(params, shared)()
+    monkeypatch.setenv(introspect.SHARED_DIR_ENV, str(shared))
+    assert introspect.introspect_target(t, params)["max_batch_size"] == "c"
+    assert (folder / "imports.log").read_text().split() == ["preloaded_app"]  # by the kernel, in its own child
+
+
 def test_an_app_that_hangs_is_one_sentence_and_the_others_still_answer(tmp_path):
     from asap_runbook import introspect
     folder, _ = _apps(tmp_path)
     (folder / "hanging_app.py").write_text("import time\ntime.sleep(120)\n")
-    docs = introspect._introspect_many([("hanging_app:app", str(folder), (), 1.0, ()),
-                                        ("preloaded_app:app", str(folder), (("APP_SETTING", "x"),), 30.0, ())], None)
-    assert docs[0] == {"error": "importing hanging_app:app did not finish within 1 s"}
-    assert docs[1]["config"]["max_batch_size"] == "x"
+    answers = list(introspect._introspect_many([("hanging_app:app", str(folder), (), 1.0, ()),
+                                                ("preloaded_app:app", str(folder), (("APP_SETTING", "x"),), 30.0, ())],
+                                               None))
+    assert [i for i, _ in answers] == [1, 0]  # each as it comes: the others need not wait for the slow one
+    assert answers[1][1] == {"error": "importing hanging_app:app did not finish within 1 s"}
+    assert answers[0][1]["config"]["max_batch_size"] == "x"
 
 
 def test_section_results_are_appended_once_and_recovered_if_the_kernel_dies(tmp_path):
