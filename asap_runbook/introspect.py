@@ -271,10 +271,11 @@ def _introspect_many(keys: list[tuple], cwd: Path | None) -> Iterator[tuple[int,
     when that process itself fails; the keys it did not answer are the kernels' to look at."""
     requests = [{"ref": ref, "app_path": app_path or None, "app_env": dict(env), "timeout": timeout,
                  "drop_env": list(drop)} for ref, app_path, env, timeout, drop in keys]
+    tokens = tuple(sorted({name for key in keys for name in key[4]}))  # no child needs another target's token
     try:
         proc = subprocess.Popen([sys.executable, "-m", "asap_runbook.introspect", "--many"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env(None, None),
-                                cwd=str(cwd) if cwd else None)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                env=child_env(None, None, tokens), cwd=str(cwd) if cwd else None)
     except OSError:
         return
     # each child has its own deadline in the forking process; this one is for that process itself
