@@ -409,6 +409,8 @@ def _forked(req: dict, result_fd: int, err_fd: int, preloaded: set[str]) -> None
         os.environ.clear()
         os.environ.update(env)
         code = _child(req["ref"])
+    except BaseException as e:  # noqa: BLE001 - before the app's import (a folder gone): its one line
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
     finally:
         sys.stderr.flush()
         os._exit(code)
