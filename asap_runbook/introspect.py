@@ -254,7 +254,10 @@ def answer_ahead(params, shared_dir: Path, cwd: Path | None = None) -> Callable[
     def answer() -> None:
         try:
             for i, doc in _introspect_many(keys, cwd):
-                _answer_path(shared_dir, keys[i]).write_text(json.dumps(doc, default=str))
+                try:
+                    _answer_path(shared_dir, keys[i]).write_text(json.dumps(doc, default=str))
+                except OSError:  # the run ended early and its shared folder is gone: nobody asks any more
+                    return
                 held[i].close()  # closing the file releases its lock: the kernels waiting for this app go on
         finally:
             for lock in held:  # and those the forking process did not answer look for themselves
