@@ -217,12 +217,14 @@ def introspect_app(ref: str, app_path: Path | None = None, app_env: dict[str, st
 def introspect_target(target, params) -> dict[str, Any]:
     """The target's app (`targets[].app`, which must be set) as the checks read it: the operator's
     path and environment, without the target's token variable; raise IntrospectionError."""
-    return introspect_app(target.app, target.app_path, target.app_env, introspection_timeout(params),
-                          _drop_env(target))
+    return introspect_app(*_target_question(target, params))
 
 
-def _drop_env(target) -> tuple[str, ...]:
-    return (target.token_env,) if target.token_env else ()
+def _target_question(target, params) -> tuple:
+    """introspect_app's arguments for a target: its app, path, environment, the run's timeout, and its
+    token variable to leave out."""
+    return (target.app, target.app_path, target.app_env, introspection_timeout(params),
+            (target.token_env,) if target.token_env else ())
 
 
 def _key(ref: str, app_path, app_env, timeout: float, drop_env: tuple[str, ...]) -> tuple:
@@ -241,8 +243,7 @@ def answer_ahead(params, shared_dir: Path, cwd: Path | None = None) -> Callable[
     for the answer rather than importing the app itself. Returns a function that waits for the answers.
     If the forking process fails, no answer is written and each kernel looks for itself, as without a
     shared folder. `cwd`: where the kernels run (an app found from the working folder is found here too)."""
-    keys = list(dict.fromkeys(_key(t.app, t.app_path, t.app_env, introspection_timeout(params), _drop_env(t))
-                              for t in params.targets if t.app))
+    keys = list(dict.fromkeys(_key(*_target_question(t, params)) for t in params.targets if t.app))
     if not keys:
         return lambda: None
     held = []
@@ -333,15 +334,24 @@ def _introspect_child(ref: str, app_path: Path | None, app_env: dict[str, str] |
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                               cwd=str(app_path) if app_path else None)
     except subprocess.TimeoutExpired:
-        raise IntrospectionError(f"importing {ref} did not finish within {timeout:g} s") from None
-    try:
-        doc = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        raise IntrospectionError(f"introspecting {ref} exited with code {proc.returncode}: {tail}") from None
+        raise IntrospectionError(_too_slow(ref, timeout)) from None
+    doc = _child_doc(ref, proc.stdout, proc.stderr, proc.returncode)
     if not doc.get("ok"):
         raise IntrospectionError(str(doc.get("error")))
     return doc["config"]
+
+
+def _too_slow(ref: str, timeout: float) -> str:
+    return f"importing {ref} did not finish within {timeout:g} s"
+
+
+def _child_doc(ref: str, stdout: str, stderr: str, returncode: int) -> dict:
+    """`_child`'s document from what the child printed, or the sentence for a child that printed none."""
+    try:
+        return json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+        return {"ok": False, "error": f"introspecting {ref} exited with code {returncode}: {tail}"}
 
 
 # What importing an ASAP app costs is mostly asap-protocol's own dependencies: these modules are ~90 % of
@@ -385,9 +395,11 @@ def _many() -> int:
             if not done:
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)
-                doc = {"ok": False, "error": f"importing {req['ref']} did not finish within {req['timeout']:g} s"}
+                doc = {"ok": False, "error": _too_slow(req["ref"], req["timeout"])}
             else:
-                doc = _read_child(req["ref"], result, err, os.waitstatus_to_exitcode(status))
+                doc = _child_doc(req["ref"], _read_back(result), _read_back(err), os.waitstatus_to_exitcode(status))
+            result.close()
+            err.close()
             del running[pid]
             out.write(json.dumps({"i": i, "doc": doc}, default=str) + "\n")
             out.flush()
@@ -419,17 +431,9 @@ def _forked(req: dict, result_fd: int, err_fd: int, preloaded: set[str]) -> None
         os._exit(code)
 
 
-def _read_child(ref: str, result, err, returncode: int) -> dict:
-    result.seek(0)
-    err.seek(0)
-    try:
-        return json.loads(result.read().decode(errors="replace").strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        tail = (err.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1][:300]
-        return {"ok": False, "error": f"introspecting {ref} exited with code {returncode}: {tail}"}
-    finally:
-        result.close()
-        err.close()
+def _read_back(file) -> str:
+    file.seek(0)
+    return file.read().decode(errors="replace")
 
 
 if __name__ == "__main__":
