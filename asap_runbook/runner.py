@@ -463,19 +463,21 @@ def _execute_and_render(chosen: list[str], params_path: Path, run_dir: Path, tot
         answered = _apps_ahead(chosen, params, Path(shared)) if params is not None and not replay else (lambda: None)
         futures = {pool.submit(execute, s, params_path, run_dir, replay=replay, shared_dir=Path(shared)): s
                    for s in chosen}
-        renderer = Renderer()  # built while the kernels start
-        pages = {}
-        for fut in concurrent.futures.as_completed(futures):
-            section, why = futures[fut], fut.result()
-            if why:
-                problems.append(why)
-            tell(f"  {section}: {'executed' if not why else why}{' (pages)' if replay else ''} "
-                 f"({time.monotonic() - t0:.1f} s)")
-            nb = run_dir / "notebooks" / f"{section}.ipynb"
-            if nb.exists():
-                renderer.render(nb, run_dir / f"{section}.html")
-                pages[section] = f"{section}.html"
-        answered()  # before the shared folder goes
+        try:
+            renderer = Renderer()  # built while the kernels start
+            pages = {}
+            for fut in concurrent.futures.as_completed(futures):
+                section, why = futures[fut], fut.result()
+                if why:
+                    problems.append(why)
+                tell(f"  {section}: {'executed' if not why else why}{' (pages)' if replay else ''} "
+                     f"({time.monotonic() - t0:.1f} s)")
+                nb = run_dir / "notebooks" / f"{section}.ipynb"
+                if nb.exists():
+                    renderer.render(nb, run_dir / f"{section}.html")
+                    pages[section] = f"{section}.html"
+        finally:  # before the shared folder goes, even when a kernel's thread raised: an answer written
+            answered()  # while the folder is removed would put an OSError in place of that exception
     return problems, pages
 
 

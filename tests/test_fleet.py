@@ -279,6 +279,28 @@ def test_an_app_that_hangs_is_one_sentence_and_the_others_still_answer(tmp_path)
     assert answers[0][1]["config"]["max_batch_size"] == "x"
 
 
+def test_a_kernel_thread_that_raises_is_the_error_the_run_gives_after_the_apps_answered(tmp_path, monkeypatch):
+    """An exception in a section's thread propagates as itself, and only once the run's introspection is
+    over: an answer written while the shared folder is removed would raise an OSError in its place."""
+    import threading
+    from types import SimpleNamespace
+    from asap_runbook import introspect, runner
+    folder, _ = _apps(tmp_path)
+    (folder / "slow_app.py").write_text("import time\ntime.sleep(1.5)\nfrom preloaded_app import app\n")
+    monkeypatch.setattr(introspect, "_cache", {})
+
+    def execute(section, *a, **kw):
+        raise RuntimeError(f"{section} kernel thread failed")
+    monkeypatch.setattr(runner, "execute", execute)
+    params = SimpleNamespace(probe=SimpleNamespace(timeout_seconds=10), targets=[
+        SimpleNamespace(app="slow_app:app", app_path=folder, app_env={}, token_env=None)])
+    (tmp_path / "run" / "notebooks").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="security kernel thread failed"):
+        runner._execute_and_render(["security"], tmp_path / "p.yaml", tmp_path / "run", {"security": 1},
+                                   lambda line: None, params=params)
+    assert not [t for t in threading.enumerate() if t.name == "introspect-ahead"]
+    assert (folder / "imports.log").read_text().split() == ["preloaded_app"]  # the slow app was answered
+
 def test_section_results_are_appended_once_and_recovered_if_the_kernel_dies(tmp_path):
     """Results go to a partial file as they arrive (each written once); the results file is
     written at the end; a section whose kernel died is recovered from the partial file."""
