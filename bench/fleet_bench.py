@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from asap_runbook import fleet, runner  # noqa: E402
 from asap_runbook.reference.dask_cluster import LoopbackDaskCluster  # noqa: E402
 from asap_runbook.reference.deployment import MISCONFIGURED_RATE_LIMIT  # noqa: E402
-from bench import PeakRSS, _cpu, deployment, quiet  # noqa: E402
+from bench import PeakRSS, _cpu, as_installed, deployment, quiet  # noqa: E402
 
 HARDENED_EVERY = 100
 
@@ -166,6 +166,7 @@ def main() -> int:
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     runner.ensure_kernel()
+    as_installed()
     work = Path(tempfile.mkdtemp(prefix="asap-fleet-bench-"))
     figures: dict[str, dict] = {}
     cluster = None
