@@ -476,8 +476,10 @@ def _execute_and_render(chosen: list[str], params_path: Path, run_dir: Path, tot
                 if nb.exists():
                     renderer.render(nb, run_dir / f"{section}.html")
                     pages[section] = f"{section}.html"
-        finally:  # before the shared folder goes, even when a kernel's thread raised: an answer written
-            answered()  # while the folder is removed would put an OSError in place of that exception
+        finally:
+            # before the shared folder goes, even when a kernel's thread raised: an answer written while
+            # the folder is removed would put an OSError in place of that exception
+            answered()
     return problems, pages
 
 

@@ -301,6 +301,7 @@ def test_a_kernel_thread_that_raises_is_the_error_the_run_gives_after_the_apps_a
     assert not [t for t in threading.enumerate() if t.name == "introspect-ahead"]
     assert (folder / "imports.log").read_text().split() == ["preloaded_app"]  # the slow app was answered
 
+
 def test_section_results_are_appended_once_and_recovered_if_the_kernel_dies(tmp_path):
     """Results go to a partial file as they arrive (each written once); the results file is
     written at the end; a section whose kernel died is recovered from the partial file."""
